@@ -1,0 +1,162 @@
+//! The command line as the user typed it (clap derive); no I/O here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "zdd",
+    version,
+    about = "Zero-downtime deploys of a web app on one host: two slots behind a static nginx upstream",
+    after_help = "Exit codes: 0 done or nothing to do; 1 failed, the version that was serving still serves; \
+2 bad usage, config or input, nothing changed; 3 another zdd holds the lock; 4 zdd could not finish, state needs attention."
+)]
+pub struct Cli {
+    /// Config file [default: ./zdd.toml]
+    #[arg(short, long, global = true, env = "ZDD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// More detail on stderr (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only warnings and errors on stderr
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy COMMIT (sha, tag or branch; default: tip of `branch`) to the idle slot
+    Deploy {
+        /// What to deploy [default: the tip of the configured branch]
+        #[arg(value_name = "COMMIT")]
+        commit: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Bring back the previous release (kept built in the idle slot)
+    Rollback {
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Start CMD in DIR on PORT as a named, tracked process and check its health
+    Start {
+        /// Name to track it by ([A-Za-z0-9_-]+)
+        name: String,
+        /// Folder to run it in
+        dir: PathBuf,
+        /// Port it listens on (passed as $PORT)
+        port: u16,
+        /// Command and arguments [default: `start` from the config]
+        #[arg(last = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Stop a named process or slot (a, b): stop signal, wait, SIGKILL after the timeout
+    Stop {
+        /// A name given to `zdd start`, or slot `a` or `b`
+        name: String,
+    },
+    /// Show the live slot, processes, health and drift between state and reality
+    Status {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show recorded deploys, rollbacks and failed attempts
+    History {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Render the nginx config for both slots
+    Nginx {
+        /// Write it atomically to `nginx.output` instead of stdout
+        #[arg(long)]
+        write: bool,
+        /// Run the nginx test command, then signal the nginx master to reload
+        #[arg(long)]
+        reload: bool,
+    },
+    /// Write a commented starter zdd.toml in the current folder
+    Init,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Wait {
+    /// Wait for another zdd to finish instead of exiting 3 (optionally at most DURATION)
+    #[arg(
+        long,
+        value_name = "DURATION",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "forever",
+        value_parser = parse_wait
+    )]
+    pub wait: Option<WaitFor>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum WaitFor {
+    Forever,
+    AtMost(Duration),
+}
+
+impl Wait {
+    /// In the form `state::Lock::acquire` takes.
+    pub fn lock_wait(&self) -> Option<Option<Duration>> {
+        self.wait.map(|w| match w {
+            WaitFor::Forever => None,
+            WaitFor::AtMost(d) => Some(d),
+        })
+    }
+}
+
+fn parse_wait(s: &str) -> Result<WaitFor, String> {
+    if s == "forever" {
+        Ok(WaitFor::Forever)
+    } else {
+        crate::config::parse_duration(s).map(WaitFor::AtMost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn wait_takes_an_optional_duration() {
+        let cli = Cli::try_parse_from(["zdd", "deploy", "--wait", "abc"]).unwrap();
+        match cli.command {
+            Command::Deploy { commit, wait } => {
+                assert_eq!(commit.as_deref(), Some("abc"));
+                assert!(matches!(wait.wait, Some(WaitFor::Forever)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["zdd", "rollback", "--wait=2s"]).unwrap();
+        match cli.command {
+            Command::Rollback { wait } => {
+                assert_eq!(wait.lock_wait(), Some(Some(Duration::from_secs(2))))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn option_like_commit_is_rejected_by_the_parser() {
+        let e = Cli::try_parse_from(["zdd", "deploy", "--upload-pack=touch /tmp/x"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+}

@@ -1,0 +1,549 @@
+//! `zdd.toml`: parsing, validation with file:line:col errors, and the
+//! resolved [`Config`] that the rest of zdd takes as plain data.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+
+/// The file name looked up in the current folder when no `--config` is given.
+pub const DEFAULT_FILE: &str = "zdd.toml";
+
+/// A fully resolved configuration: defaults applied, paths absolute.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    pub name: String,
+    pub repo: Option<String>,
+    pub branch: String,
+    pub root: PathBuf,
+    pub build: Option<String>,
+    pub start: String,
+    pub ports: [u16; 2],
+    pub user: Option<RunAs>,
+    pub health: Health,
+    pub stop: Stop,
+    pub env: BTreeMap<String, String>,
+    pub hooks: Hooks,
+    pub nginx: Nginx,
+}
+
+/// The unprivileged account that builds and runs the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub path: String,
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub request_timeout: Duration,
+    pub expect_status: (u16, u16),
+    pub expect_body: Option<String>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            path: "/".into(),
+            timeout: Duration::from_secs(30),
+            interval: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(2),
+            expect_status: (200, 299),
+            expect_body: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Stop {
+    pub signal: Signal,
+    pub timeout: Duration,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop {
+            signal: Signal::SIGTERM,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub after_checkout: Option<String>,
+    pub before_start: Option<String>,
+    pub verify: Option<String>,
+    pub after_swap: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Nginx {
+    pub listen: String,
+    pub server_name: String,
+    pub output: Option<PathBuf>,
+    pub template: Option<PathBuf>,
+    pub pid_file: PathBuf,
+    /// The URL of the template's loopback probe location, which reports
+    /// `$upstream_addr`; derived from `listen` unless set.
+    pub probe_url: String,
+    /// How long a slot stays marked failed in nginx after a refused connect.
+    pub fail_timeout: Duration,
+    /// Give up when nginx has not routed to the new slot after this long.
+    pub route_timeout: Duration,
+    /// Opt in to `proxy_next_upstream ... non_idempotent` (may run a POST twice).
+    pub retry_non_idempotent: bool,
+    /// The command that checks nginx's configuration before a reload.
+    pub test_command: String,
+}
+
+impl Config {
+    /// The port of slot `a` (0) or `b` (1).
+    pub fn port(&self, slot: crate::state::Slot) -> u16 {
+        self.ports[slot.index()]
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.root.join("state.toml")
+    }
+
+    /// Find the config file: `--config`/`$ZDD_CONFIG` if given, else
+    /// `./zdd.toml`. `None` when nothing was given and there is no file.
+    pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+        match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => {
+                let p = PathBuf::from(DEFAULT_FILE);
+                p.exists().then_some(p)
+            }
+        }
+    }
+
+    /// Read and resolve a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parse config text; `path` names the file in errors and anchors
+    /// relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, column) = line_col(text, span.map(|s| s.start).unwrap_or(0));
+            Error::Config {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_string()))?;
+        let dir = path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                dir.join(p)
+            }
+        };
+
+        let name = raw.name.get_ref();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(at(
+                Some(raw.name.span()),
+                format!("invalid name {name:?}: expected letters, digits, '_' or '-'"),
+            ));
+        }
+        let ports = match &raw.ports {
+            Some(p) => {
+                let [a, b] = *p.get_ref();
+                if a == b {
+                    return Err(at(
+                        Some(p.span()),
+                        format!("the two slot ports must differ, both are {a}"),
+                    ));
+                }
+                if a == 0 || b == 0 {
+                    return Err(at(
+                        Some(p.span()),
+                        "port 0 is not a usable slot port".into(),
+                    ));
+                }
+                [a, b]
+            }
+            None => [3001, 3002],
+        };
+        if raw.start.get_ref().trim().is_empty() {
+            return Err(at(
+                Some(raw.start.span()),
+                "`start` must not be empty".into(),
+            ));
+        }
+        let user = match &raw.user {
+            None => None,
+            Some(u) => Some(resolve_user(u.get_ref()).map_err(|m| at(Some(u.span()), m))?),
+        };
+
+        let h = raw.health.unwrap_or_default();
+        let defaults = Health::default();
+        let expect_status = match h.expect_status {
+            None => defaults.expect_status,
+            Some(s) => {
+                let [lo, hi] = *s.get_ref();
+                if lo > hi || !(100..=599).contains(&lo) || !(100..=599).contains(&hi) {
+                    return Err(at(
+                        Some(s.span()),
+                        "expect_status must be [LOW, HIGH] with 100 <= LOW <= HIGH <= 599".into(),
+                    ));
+                }
+                (lo, hi)
+            }
+        };
+        let health_path = h.path.unwrap_or(defaults.path);
+        if !health_path.starts_with('/') {
+            return Err(at(
+                None,
+                format!("health.path must start with '/', got {health_path:?}"),
+            ));
+        }
+        let health = Health {
+            path: health_path,
+            timeout: h.timeout.map_or(defaults.timeout, |d| d.0),
+            interval: h.interval.map_or(defaults.interval, |d| d.0),
+            request_timeout: h.request_timeout.map_or(defaults.request_timeout, |d| d.0),
+            expect_status,
+            expect_body: h.expect_body,
+        };
+
+        let s = raw.stop.unwrap_or_default();
+        let stop = Stop {
+            signal: match s.signal {
+                None => Signal::SIGTERM,
+                Some(sig) => parse_signal(sig.get_ref()).map_err(|m| at(Some(sig.span()), m))?,
+            },
+            timeout: s.timeout.map_or(Stop::default().timeout, |d| d.0),
+        };
+
+        let n = raw.nginx.unwrap_or_default();
+        let listen = n.listen.unwrap_or_else(|| "80".into());
+        let probe_url = match n.probe_url {
+            Some(u) => u,
+            None => format!("http://{}/.zdd/upstream", probe_authority(&listen)),
+        };
+        let nginx = Nginx {
+            listen,
+            server_name: n.server_name.unwrap_or_else(|| "_".into()),
+            output: n.output.as_deref().map(resolve),
+            template: n.template.as_deref().map(resolve),
+            pid_file: n
+                .pid_file
+                .as_deref()
+                .map(resolve)
+                .unwrap_or_else(|| PathBuf::from("/run/nginx.pid")),
+            probe_url,
+            fail_timeout: n.fail_timeout.map_or(Duration::from_secs(1), |d| d.0),
+            route_timeout: n.route_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            retry_non_idempotent: n.retry_non_idempotent.unwrap_or(false),
+            test_command: n.test_command.unwrap_or_else(|| "nginx -t".into()),
+        };
+        if nginx.fail_timeout < Duration::from_secs(1) {
+            return Err(at(
+                None,
+                "nginx.fail_timeout must be at least 1s (nginx counts whole seconds)".into(),
+            ));
+        }
+
+        let hooks = raw.hooks.unwrap_or_default();
+        Ok(Config {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            repo: raw.repo.map(|r| resolve_repo(&r, &dir)),
+            branch: raw.branch.unwrap_or_else(|| "main".into()),
+            root: raw.root.as_deref().map(resolve).unwrap_or(dir.clone()),
+            build: raw.build.filter(|b| !b.trim().is_empty()),
+            start: raw.start.into_inner(),
+            ports,
+            user,
+            health,
+            stop,
+            env: raw.env.unwrap_or_default(),
+            hooks: Hooks {
+                after_checkout: hooks.after_checkout,
+                before_start: hooks.before_start,
+                verify: hooks.verify,
+                after_swap: hooks.after_swap,
+            },
+            nginx,
+        })
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// A local repo path is made absolute (relative to the config's folder);
+/// URLs and `host:path` forms are left as they are.
+fn resolve_repo(repo: &str, dir: &Path) -> String {
+    let looks_remote = repo.contains("://")
+        || repo
+            .split_once(':')
+            .is_some_and(|(host, _)| !host.contains('/'));
+    if looks_remote || Path::new(repo).is_absolute() {
+        repo.to_string()
+    } else {
+        dir.join(repo).to_string_lossy().into_owned()
+    }
+}
+
+/// `host:port` to reach nginx's `listen` from this machine.
+fn probe_authority(listen: &str) -> String {
+    let addr = listen.split_whitespace().next().unwrap_or("80");
+    if let Ok(port) = addr.parse::<u16>() {
+        return format!("127.0.0.1:{port}");
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            let host = match host {
+                "*" | "0.0.0.0" | "" => "127.0.0.1",
+                "[::]" => "[::1]",
+                h => h,
+            };
+            format!("{host}:{port}")
+        }
+        None => format!("{addr}:80"),
+    }
+}
+
+/// Parse `SIGTERM`, `TERM` or `sigterm`.
+pub fn parse_signal(name: &str) -> std::result::Result<Signal, String> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&full)
+        .map_err(|_| format!("unknown signal {name:?}; expected a name like SIGTERM or SIGQUIT"))
+}
+
+fn resolve_user(name: &str) -> std::result::Result<RunAs, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(format!(
+            "`user = {name:?}` needs zdd to run as root (it switches to that user for build and app); remove `user` or run zdd as root"
+        ));
+    }
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(RunAs {
+            name: name.to_string(),
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            home: u.dir,
+        }),
+        Ok(None) => Err(format!("no such user {name:?}")),
+        Err(e) => Err(format!("cannot look up user {name:?}: {e}")),
+    }
+}
+
+/// A duration written like `100ms`, `30s`, `5m`, `1h`.
+#[derive(Debug, Clone, Copy)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parse `100ms`, `30s`, `5m`, `1h` (and combinations like `1m30s`).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); expected a number with ms, s, m or h, like \"100ms\" or \"30s\""))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    name: Spanned<String>,
+    repo: Option<String>,
+    branch: Option<String>,
+    root: Option<PathBuf>,
+    build: Option<String>,
+    start: Spanned<String>,
+    ports: Option<Spanned<[u16; 2]>>,
+    user: Option<Spanned<String>>,
+    health: Option<RawHealth>,
+    stop: Option<RawStop>,
+    env: Option<BTreeMap<String, String>>,
+    hooks: Option<RawHooks>,
+    nginx: Option<RawNginx>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Option<String>,
+    timeout: Option<HumanDuration>,
+    interval: Option<HumanDuration>,
+    request_timeout: Option<HumanDuration>,
+    expect_status: Option<Spanned<[u16; 2]>>,
+    expect_body: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStop {
+    signal: Option<Spanned<String>>,
+    timeout: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    after_checkout: Option<String>,
+    before_start: Option<String>,
+    verify: Option<String>,
+    after_swap: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNginx {
+    listen: Option<String>,
+    server_name: Option<String>,
+    output: Option<PathBuf>,
+    template: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+    probe_url: Option<String>,
+    fail_timeout: Option<HumanDuration>,
+    route_timeout: Option<HumanDuration>,
+    retry_non_idempotent: Option<bool>,
+    test_command: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(Path::new("/etc/zdd/zdd.toml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("name = \"shop\"\nstart = \"./run\"\n").unwrap();
+        assert_eq!(c.ports, [3001, 3002]);
+        assert_eq!(c.branch, "main");
+        assert_eq!(c.root, PathBuf::from("/etc/zdd"));
+        assert_eq!(c.health.interval, Duration::from_millis(100));
+        assert_eq!(c.stop.signal, Signal::SIGTERM);
+        assert_eq!(c.nginx.probe_url, "http://127.0.0.1:80/.zdd/upstream");
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_file() {
+        let c = parse("name = \"s\"\nstart = \"x\"\nroot = \"state\"\nrepo = \"../git/s.git\"\n")
+            .unwrap();
+        assert_eq!(c.root, PathBuf::from("/etc/zdd/state"));
+        assert_eq!(c.repo.as_deref(), Some("/etc/zdd/../git/s.git"));
+        let c = parse("name = \"s\"\nstart = \"x\"\nrepo = \"git@host:s.git\"\n").unwrap();
+        assert_eq!(c.repo.as_deref(), Some("git@host:s.git"));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let e = err("name = \"s\"\nstart = \"x\"\n\n[health]\n  tiemout = \"3s\"\n");
+        assert!(
+            e.starts_with("/etc/zdd/zdd.toml:5:3: unknown field `tiemout`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_the_value() {
+        let e = err("name = \"s\"\nstart = \"x\"\n[stop]\ntimeout = \"soon\"\n");
+        assert!(
+            e.starts_with("/etc/zdd/zdd.toml:4:11: invalid duration \"soon\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn equal_ports_are_rejected_with_position() {
+        let e = err("name = \"s\"\nstart = \"x\"\nports = [3001, 3001]\n");
+        assert_eq!(
+            e,
+            "/etc/zdd/zdd.toml:3:9: the two slot ports must differ, both are 3001"
+        );
+    }
+
+    #[test]
+    fn missing_start_is_an_error() {
+        let e = err("name = \"s\"\n");
+        assert!(e.contains("missing field `start`"), "{e}");
+        assert!(e.starts_with("/etc/zdd/zdd.toml:1:1"), "{e}");
+    }
+
+    #[test]
+    fn bad_name_and_signal() {
+        assert!(err("name = \"a b\"\nstart = \"x\"\n")
+            .starts_with("/etc/zdd/zdd.toml:1:8: invalid name"));
+        let e = err("name = \"s\"\nstart = \"x\"\n[stop]\nsignal = \"SIGNOPE\"\n");
+        assert!(e.contains(":4:10: unknown signal"), "{e}");
+        let c = parse("name = \"s\"\nstart = \"x\"\n[stop]\nsignal = \"quit\"\n").unwrap();
+        assert_eq!(c.stop.signal, Signal::SIGQUIT);
+    }
+
+    #[test]
+    fn probe_url_follows_listen() {
+        assert_eq!(probe_authority("8080"), "127.0.0.1:8080");
+        assert_eq!(
+            probe_authority("127.0.0.2:81 default_server"),
+            "127.0.0.2:81"
+        );
+        assert_eq!(probe_authority("*:80"), "127.0.0.1:80");
+        assert_eq!(probe_authority("[::]:80"), "[::1]:80");
+    }
+}

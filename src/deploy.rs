@@ -1,0 +1,778 @@
+//! Deploy and rollback, step by step as in SPEC §6: lock, reconcile,
+//! resolve, clear the idle slot's port, check out and build, start, verify,
+//! confirm nginx routes to the new slot, stop the old one, record.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::health::{Checker, Route, RouteProbe};
+use crate::process::{self, Spec, Started, StepEnd, Stopped};
+use crate::state::{Action, HistoryEntry, Lock, Outcome, Phases, Slot, SlotStatus, State};
+use crate::{fsutil, git, signals};
+
+/// `zdd deploy [COMMIT]`.
+pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duration>>) -> Result<()> {
+    if let Some(c) = commit {
+        if c.is_empty()
+            || c.starts_with('-')
+            || c.chars().any(|ch| ch.is_control() || ch.is_whitespace())
+        {
+            return Err(Error::Usage(format!(
+                "{c:?} is not a commit: expected a sha, tag or branch name"
+            )));
+        }
+    }
+    let repo = config.repo.clone().ok_or_else(|| {
+        Error::Usage(format!(
+            "{}: set `repo` to deploy from it",
+            config.path.display()
+        ))
+    })?;
+    let mut run = Run::begin(config, wait)?;
+    let target = run.state.next_deploy;
+    let dir = run.slot_dir(target);
+
+    // Step 3: fetch and resolve.
+    let t = Instant::now();
+    git::ensure_repo(&dir).map_err(Error::Failed)?;
+    let fetched = git::fetch(&dir, &repo);
+    run.check_signal("nothing was changed")?;
+    fetched.map_err(|e| Error::Failed(format!("cannot fetch {repo}: {e}")))?;
+    let wanted = commit.unwrap_or(&config.branch);
+    let sha = git::resolve(&dir, wanted).ok_or_else(|| {
+        Error::Usage(match commit {
+            Some(c) => format!("unknown commit {c:?}: not a sha, tag or branch in {repo}"),
+            None => format!("branch {wanted:?} not found in {repo}; set `branch` in the config"),
+        })
+    })?;
+    let short = git::short(&sha).to_string();
+    let fetch_time = t.elapsed();
+
+    if run.state.live_commit() == Some(sha.as_str()) && run.live_is_healthy() {
+        let slot = run.state.active.expect("a live commit has a slot");
+        match commit {
+            Some(_) => println!("{short} is already live in slot {slot}; nothing to do"),
+            None => log::debug!("{wanted} is {short}, already live in slot {slot}; nothing to do"),
+        }
+        return Ok(());
+    }
+    if commit.is_none() {
+        if let Some(failed) = run.failed_attempt(&sha) {
+            log::debug!(
+                "{wanted} is {short}, whose deploy failed at {}; not retrying until {wanted} moves (run `zdd deploy {short}` to retry)",
+                failed.at
+            );
+            return Ok(());
+        }
+    }
+    let subject = git::subject(&dir, &sha);
+    log::info!(
+        "fetched in {}: {wanted} is {short}{}",
+        fmt(fetch_time),
+        subject
+            .as_deref()
+            .map(|s| format!(" {s:?}"))
+            .unwrap_or_default()
+    );
+
+    // Step 4: the idle slot's port must be free, or held by our own leftover.
+    run.clear_port(target)?;
+
+    // Step 5: check out and build. From here on the slot no longer holds
+    // what it held before, so say so in the state first.
+    let previous = run.state.live_commit().map(str::to_string);
+    {
+        let s = run.state.slot_mut(target);
+        s.status = SlotStatus::Starting;
+        s.commit = Some(sha.clone());
+        s.subject.clone_from(&subject);
+    }
+    run.save()?;
+    let t = Instant::now();
+    if let Err(e) = git::checkout(&dir, &sha) {
+        return Err(run.abort(
+            Action::Deploy,
+            target,
+            &sha,
+            previous,
+            format!("cannot check out {short}: {e}"),
+            None,
+        ));
+    }
+    run.phases.fetch_ms = ms(fetch_time + t.elapsed());
+    log::info!("slot {target}: checked out {short} in {}", fmt(t.elapsed()));
+
+    let t = Instant::now();
+    for (label, command) in [
+        (
+            "after_checkout hook",
+            config.hooks.after_checkout.as_deref(),
+        ),
+        ("build", config.build.as_deref()),
+        ("before_start hook", config.hooks.before_start.as_deref()),
+    ] {
+        let Some(command) = command else { continue };
+        let step = Instant::now();
+        if let Err(e) = run.step(target, &sha, label, command) {
+            return Err(run.abort_with(Action::Deploy, target, &sha, previous, e, None));
+        }
+        log::info!("slot {target}: {label} done in {}", fmt(step.elapsed()));
+    }
+    run.phases.build_ms = ms(t.elapsed());
+
+    run.bring_up(Action::Deploy, target, sha, previous)
+}
+
+/// `zdd rollback`.
+pub fn rollback(config: &Config, wait: Option<Option<Duration>>) -> Result<()> {
+    let mut run = Run::begin(config, wait)?;
+    let target = run.state.next_deploy;
+    let slot = run.state.slot(target).clone();
+    let commit = match (slot.status, slot.commit) {
+        (SlotStatus::Standby, Some(c)) => c,
+        (status, commit) => {
+            return Err(Error::Usage(format!(
+                "nothing to roll back to: slot {target} holds {} ({}), not a previous release",
+                commit.as_deref().map(git::short).unwrap_or("no commit"),
+                status.as_str()
+            )))
+        }
+    };
+    let dir = run.slot_dir(target);
+    if git::head(&dir).as_deref() != Some(commit.as_str()) {
+        return Err(Error::NeedsAttention(format!(
+            "slot {target} should hold {} but its checkout in {} differs; deploy a commit instead",
+            git::short(&commit),
+            dir.display()
+        )));
+    }
+    run.clear_port(target)?;
+    let previous = run.state.live_commit().map(str::to_string);
+    run.bring_up(Action::Rollback, target, commit, previous)
+}
+
+/// How the start-up check of a new slot ended.
+enum Verified {
+    Healthy,
+    Failed(String),
+    Interrupted(Signal),
+}
+
+/// One deploy or rollback in progress: holds the lock and the state.
+struct Run<'a> {
+    config: &'a Config,
+    state: State,
+    state_path: PathBuf,
+    started: Instant,
+    phases: Phases,
+    _lock: Lock,
+}
+
+impl<'a> Run<'a> {
+    /// Steps 1 and 2: lock, load, reconcile with reality.
+    fn begin(config: &'a Config, wait: Option<Option<Duration>>) -> Result<Run<'a>> {
+        let started = Instant::now();
+        for dir in [config.root.clone(), config.root.join("slots")] {
+            fsutil::create_dir(&dir, 0o755).map_err(Error::io("cannot create", &dir))?;
+        }
+        let logs = config.root.join("logs");
+        fsutil::create_dir(&logs, 0o700).map_err(Error::io("cannot create", &logs))?;
+        let lock = Lock::acquire(&config.root, wait)?;
+        let state_path = config.state_path();
+        let state = State::load(&state_path, config.ports)?;
+        let mut run = Run {
+            config,
+            state,
+            state_path,
+            started,
+            phases: Phases::default(),
+            _lock: lock,
+        };
+        if run.reconcile() {
+            run.save()?;
+        }
+        Ok(run)
+    }
+
+    /// Make the state match the processes that really run. Returns whether
+    /// anything changed.
+    fn reconcile(&mut self) -> bool {
+        let before = self.state.clone();
+        for slot in Slot::BOTH {
+            let s = self.state.slot_mut(slot);
+            if let Some(id) = &s.process {
+                if !id.group_is_ours() {
+                    log::warn!("slot {slot}: recorded pid {} is gone", id.pid);
+                    s.process = None;
+                    s.started_at = None;
+                }
+            }
+        }
+        // zdd was killed after the new slot started and the old one is gone:
+        // the new slot is what serves, so it is the live one.
+        if let Some(live) = self.state.active {
+            let other = live.other();
+            let live_running = self.state.slot(live).process.is_some();
+            let o = self.state.slot(other);
+            if !live_running && o.status == SlotStatus::Starting && o.process.is_some() {
+                log::warn!("slot {other} runs and slot {live} does not: an earlier zdd was interrupted mid-swap; slot {other} is live");
+                self.state.slot_mut(live).status = SlotStatus::Standby;
+                self.state.slot_mut(other).status = SlotStatus::Live;
+                self.state.active = Some(other);
+                self.state.next_deploy = live;
+            }
+        }
+        self.state != before
+    }
+
+    fn save(&self) -> Result<()> {
+        self.state.save(&self.state_path)
+    }
+
+    fn slot_dir(&self, slot: Slot) -> PathBuf {
+        self.config.root.join("slots").join(slot.name())
+    }
+
+    fn log_path(&self, slot: Slot) -> PathBuf {
+        process::log_path(&self.config.root, slot.name())
+    }
+
+    fn check_signal(&self, what: &str) -> Result<()> {
+        match signals::pending() {
+            Some(sig) => Err(interrupted(sig, what.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Is the live slot running and answering its health check right now?
+    fn live_is_healthy(&self) -> bool {
+        let Some(live) = self.state.active else {
+            return false;
+        };
+        self.state.slot(live).process.is_some()
+            && Checker::new(&self.config.health, self.config.port(live))
+                .check()
+                .is_ok()
+    }
+
+    /// The last failed attempt to deploy `sha`, unless it deployed since.
+    fn failed_attempt(&self, sha: &str) -> Option<&HistoryEntry> {
+        self.state
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.commit == sha && h.action == Action::Deploy)
+            .filter(|h| h.outcome == Outcome::Failed)
+    }
+
+    /// The environment of the app, its build and hooks.
+    fn env(&self, slot: Slot, sha: &str) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PORT".to_string(), self.config.port(slot).to_string()),
+            ("ZDD_SLOT".to_string(), slot.name().to_string()),
+            ("ZDD_COMMIT".to_string(), sha.to_string()),
+            (
+                "ZDD_ROOT".to_string(),
+                self.config.root.display().to_string(),
+            ),
+        ];
+        env.extend(self.config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    /// Step 4: stop our own leftover in `slot`; refuse a foreign listener.
+    fn clear_port(&mut self, slot: Slot) -> Result<()> {
+        let port = self.config.port(slot);
+        if let Some(id) = self.state.slot(slot).process.clone() {
+            log::warn!(
+                "slot {slot}: pid {} from an earlier run still runs; stopping it",
+                id.pid
+            );
+            process::stop_group(&id, self.config.stop.signal, self.config.stop.timeout, None);
+            let s = self.state.slot_mut(slot);
+            s.process = None;
+            s.started_at = None;
+            self.save()?;
+        }
+        for listener in process::listeners(port) {
+            let ours = listener
+                .pid
+                .and_then(|pid| process::leftover_group(pid, &self.config.root, slot.name()));
+            match ours {
+                Some(pgid) => {
+                    log::warn!("slot {slot}: {listener} on port {port} was started by an earlier zdd; stopping it");
+                    if let Some(id) = process::ProcessId::of(pgid) {
+                        process::stop_group(&id, self.config.stop.signal, self.config.stop.timeout, None);
+                    }
+                }
+                None => {
+                    return Err(Error::Failed(format!(
+                        "port {port} of slot {slot} is taken by {listener}, which zdd did not start; stop it or change `ports` (nothing was changed{})",
+                        self.serving_note()
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// ", slot a still serves" or "".
+    fn serving_note(&self) -> String {
+        match self.state.active {
+            Some(live) if self.state.slot(live).process.is_some() => format!(
+                "; slot {live} still serves {}",
+                self.state
+                    .slot(live)
+                    .commit
+                    .as_deref()
+                    .map(git::short)
+                    .unwrap_or("?")
+            ),
+            _ => String::new(),
+        }
+    }
+
+    /// Run a build or hook in the slot; `Err` is the reason it failed.
+    fn step(
+        &self,
+        slot: Slot,
+        sha: &str,
+        label: &str,
+        command: &str,
+    ) -> std::result::Result<(), StepError> {
+        let log = self.log_path(slot);
+        process::log_marker(
+            &log,
+            &format!("{label} of {} in slot {slot}: {command}", git::short(sha)),
+        );
+        let env = self.env(slot, sha);
+        let dir = self.slot_dir(slot);
+        let spec = Spec {
+            command,
+            dir: &dir,
+            env: &env,
+            log: &log,
+            run_as: self.config.user.as_ref(),
+        };
+        match process::run_step(&spec) {
+            Err(e) => Err(StepError::Failed(format!("cannot run the {label}: {e}"))),
+            Ok(StepEnd::Interrupted(sig)) => Err(StepError::Interrupted(sig)),
+            Ok(StepEnd::Exited(status)) if status.success() => Ok(()),
+            Ok(StepEnd::Exited(status)) => {
+                Err(StepError::Failed(format!("the {label} failed ({status})")))
+            }
+        }
+    }
+
+    /// Steps 6 to 9 for `target`, which holds `sha` checked out and built.
+    fn bring_up(
+        mut self,
+        action: Action,
+        target: Slot,
+        sha: String,
+        previous: Option<String>,
+    ) -> Result<()> {
+        let config = self.config;
+        let short = git::short(&sha).to_string();
+        let port = config.port(target);
+        if let Err(e) = self.check_signal("") {
+            return Err(self.abort_with(action, target, &sha, previous, StepError::from(e), None));
+        }
+
+        // Step 6: start in its own process group; record it at once.
+        let log = self.log_path(target);
+        process::log_marker(
+            &log,
+            &format!(
+                "start {short} in slot {target} on port {port}: {}",
+                config.start
+            ),
+        );
+        let env = self.env(target, &sha);
+        let dir = self.slot_dir(target);
+        let spec = Spec {
+            command: &config.start,
+            dir: &dir,
+            env: &env,
+            log: &log,
+            run_as: config.user.as_ref(),
+        };
+        let t = Instant::now();
+        let mut started = match process::spawn_app(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(self.abort(
+                    action,
+                    target,
+                    &sha,
+                    previous,
+                    format!("cannot start `{}`: {e}", config.start),
+                    None,
+                ))
+            }
+        };
+        {
+            let s = self.state.slot_mut(target);
+            s.status = SlotStatus::Starting;
+            s.process = Some(started.id.clone());
+            s.started_at = Some(now());
+        }
+        self.save()?;
+
+        // Step 7: verify over HTTP, then the verify hook.
+        let checker = Checker::new(&config.health, port);
+        let verified = match wait_healthy(config, &checker, &mut started) {
+            Verified::Healthy => match config.hooks.verify.as_deref() {
+                Some(hook) => match self.step(target, &sha, "verify hook", hook) {
+                    Ok(()) => Verified::Healthy,
+                    Err(StepError::Failed(m)) => Verified::Failed(m),
+                    Err(StepError::Interrupted(sig)) => Verified::Interrupted(sig),
+                },
+                None => Verified::Healthy,
+            },
+            other => other,
+        };
+        match verified {
+            Verified::Healthy => {}
+            Verified::Failed(reason) => {
+                return Err(self.abort(action, target, &sha, previous, reason, Some(&mut started)))
+            }
+            Verified::Interrupted(sig) => {
+                return Err(self.abort_with(
+                    action,
+                    target,
+                    &sha,
+                    previous,
+                    StepError::Interrupted(sig),
+                    Some(&mut started),
+                ))
+            }
+        }
+        self.phases.ready_ms = ms(t.elapsed());
+        log::info!(
+            "slot {target}: pid {} healthy on port {port} after {}",
+            started.id.pid,
+            fmt(t.elapsed())
+        );
+
+        // Step 8: from here on zdd finishes the swap even if signalled.
+        let old = target.other();
+        let old_process = self
+            .state
+            .slot(old)
+            .process
+            .clone()
+            .filter(|id| id.group_is_ours());
+        if let Some(old_id) = old_process {
+            let t = Instant::now();
+            if let Err(reason) = confirm_route(config, target, port) {
+                return Err(self.abort(action, target, &sha, previous, reason, Some(&mut started)));
+            }
+            self.phases.route_ms = ms(t.elapsed());
+            log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
+
+            let t = Instant::now();
+            let signal = config.stop.signal;
+            match process::stop_group(&old_id, signal, config.stop.timeout, None) {
+                Stopped::Exited(d) => log::info!("slot {old}: pid {} exited {} after {signal}", old_id.pid, fmt(d)),
+                Stopped::Killed(d) => log::warn!(
+                    "slot {old}: pid {} did not exit within {} of {signal}; killed its process group ({} in all)",
+                    old_id.pid,
+                    humantime::format_duration(config.stop.timeout),
+                    fmt(d)
+                ),
+                Stopped::NotRunning => log::info!("slot {old}: already stopped"),
+            }
+            self.phases.drain_ms = ms(t.elapsed());
+        }
+
+        // Step 9: record.
+        let subject = self.state.slot(target).subject.clone();
+        {
+            let s = self.state.slot_mut(target);
+            s.status = SlotStatus::Live;
+            s.commit = Some(sha.clone());
+        }
+        {
+            let o = self.state.slot_mut(old);
+            o.process = None;
+            o.started_at = None;
+            if o.status == SlotStatus::Live {
+                o.status = SlotStatus::Standby;
+            }
+        }
+        self.state.active = Some(target);
+        self.state.next_deploy = old;
+        self.phases.total_ms = ms(self.started.elapsed());
+        let phases = self.phases;
+        self.state.push_history(HistoryEntry {
+            at: now(),
+            action,
+            outcome: Outcome::Ok,
+            commit: sha.clone(),
+            slot: target,
+            previous,
+            reason: None,
+            phases,
+        });
+        self.save()?;
+        let current = config.root.join("current");
+        if let Err(e) =
+            fsutil::symlink_atomic(&PathBuf::from("slots").join(target.name()), &current)
+        {
+            log::warn!("cannot update {}: {e}", current.display());
+        }
+        if let Some(hook) = config.hooks.after_swap.as_deref() {
+            match self.step(target, &sha, "after_swap hook", hook) {
+                Ok(()) => {}
+                Err(StepError::Failed(m)) => log::warn!("{m}; the swap itself is done"),
+                Err(StepError::Interrupted(sig)) => {
+                    log::warn!(
+                        "the after_swap hook was stopped by {}; the swap itself is done",
+                        sig.as_str()
+                    )
+                }
+            }
+        }
+        let verb = match action {
+            Action::Deploy => "deployed",
+            Action::Rollback => "rolled back to",
+        };
+        println!(
+            "{verb} {short}{} in slot {target} (port {port}): fetch {}, build {}, ready {}, nginx {}, drain {}, total {}",
+            subject.map(|s| format!(" {s:?}")).unwrap_or_default(),
+            fmt_ms(phases.fetch_ms),
+            fmt_ms(phases.build_ms),
+            fmt_ms(phases.ready_ms),
+            fmt_ms(phases.route_ms),
+            fmt_ms(phases.drain_ms),
+            fmt_ms(phases.total_ms),
+        );
+        if let Some(sig) = signals::pending() {
+            log::warn!("got {} during the swap; finished it first", sig.as_str());
+        }
+        Ok(())
+    }
+
+    fn abort(
+        &mut self,
+        action: Action,
+        slot: Slot,
+        sha: &str,
+        previous: Option<String>,
+        reason: String,
+        new: Option<&mut Started>,
+    ) -> Error {
+        self.abort_with(action, slot, sha, previous, StepError::Failed(reason), new)
+    }
+
+    /// A deploy or rollback failed before the swap: stop the new slot,
+    /// record the attempt, and explain.
+    fn abort_with(
+        &mut self,
+        action: Action,
+        slot: Slot,
+        sha: &str,
+        previous: Option<String>,
+        why: StepError,
+        new: Option<&mut Started>,
+    ) -> Error {
+        let mut stopped = String::new();
+        if let Some(started) = new {
+            let r = process::stop_group(
+                &started.id,
+                self.config.stop.signal,
+                self.config.stop.timeout,
+                Some(&mut started.child),
+            );
+            if r != Stopped::NotRunning {
+                stopped = format!("stopped slot {slot}; ");
+            }
+        }
+        {
+            let s = self.state.slot_mut(slot);
+            s.process = None;
+            s.started_at = None;
+            s.status = match action {
+                // A rollback target still holds the release it held.
+                Action::Rollback => SlotStatus::Standby,
+                Action::Deploy => SlotStatus::Failed,
+            };
+        }
+        let (outcome, reason) = match &why {
+            StepError::Failed(r) => (Outcome::Failed, r.clone()),
+            StepError::Interrupted(sig) => (
+                Outcome::Interrupted,
+                format!("interrupted by {}", sig.as_str()),
+            ),
+        };
+        self.phases.total_ms = ms(self.started.elapsed());
+        self.state.push_history(HistoryEntry {
+            at: now(),
+            action,
+            outcome,
+            commit: sha.to_string(),
+            slot,
+            previous,
+            reason: Some(reason.clone()),
+            phases: self.phases,
+        });
+        let saved = self.save();
+        let serving = self.serving_note();
+        let what = match action {
+            Action::Deploy => "deploy",
+            Action::Rollback => "rollback",
+        };
+        let tail = process::tail(&self.log_path(slot), 15);
+        let tail = if tail.is_empty() || matches!(why, StepError::Interrupted(_)) {
+            String::new()
+        } else {
+            format!(
+                "\nlast lines of {}:\n{}",
+                self.log_path(slot).display(),
+                tail.iter()
+                    .map(|l| format!("  {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        };
+        if let Err(e) = saved {
+            return e;
+        }
+        let after = if action == Action::Deploy && outcome == Outcome::Failed {
+            format!(
+                "; cron runs will not retry {} until the branch moves",
+                git::short(sha)
+            )
+        } else {
+            String::new()
+        };
+        match why {
+            StepError::Failed(reason) => Error::Failed(format!(
+                "{what} of {} to slot {slot} failed: {reason}; {stopped}nothing else changed{serving}{after}{tail}",
+                git::short(sha)
+            )),
+            StepError::Interrupted(sig) => interrupted(
+                sig,
+                format!("{stopped}the {what} of {} was abandoned{serving}", git::short(sha)),
+            ),
+        }
+    }
+}
+
+/// Why a build, hook or check ended a deploy.
+enum StepError {
+    Failed(String),
+    Interrupted(Signal),
+}
+
+impl From<Error> for StepError {
+    fn from(e: Error) -> StepError {
+        match e {
+            Error::Interrupted { number, .. } => {
+                StepError::Interrupted(Signal::try_from(number).unwrap_or(Signal::SIGTERM))
+            }
+            other => StepError::Failed(other.to_string()),
+        }
+    }
+}
+
+fn interrupted(sig: Signal, what: String) -> Error {
+    Error::Interrupted {
+        signal: sig.as_str(),
+        number: sig as i32,
+        what,
+    }
+}
+
+/// Step 7: probe until healthy, the process exits, or the timeout passes.
+fn wait_healthy(config: &Config, checker: &Checker, started: &mut Started) -> Verified {
+    let t = Instant::now();
+    loop {
+        if let Some(sig) = signals::pending() {
+            return Verified::Interrupted(sig);
+        }
+        if let Some(status) = started.exited() {
+            return Verified::Failed(format!("the app exited during start-up ({status})"));
+        }
+        let last = match checker.check() {
+            Ok(()) => return Verified::Healthy,
+            Err(seen) => seen,
+        };
+        if let Some(status) = started.exited() {
+            return Verified::Failed(format!("the app exited during start-up ({status})"));
+        }
+        if t.elapsed() >= config.health.timeout {
+            return Verified::Failed(format!(
+                "not healthy after {} (last check of {}: {last})",
+                humantime::format_duration(config.health.timeout),
+                checker.url()
+            ));
+        }
+        std::thread::sleep(
+            config
+                .health
+                .interval
+                .min(config.health.timeout.saturating_sub(t.elapsed())),
+        );
+    }
+}
+
+/// Step 8: confirm through nginx's probe location that nginx sends
+/// requests to the new slot; without a probe location, wait until a
+/// failure mark on it must have expired.
+fn confirm_route(config: &Config, slot: Slot, port: u16) -> std::result::Result<(), String> {
+    let probe = RouteProbe::new(&config.nginx.probe_url);
+    let want = format!("127.0.0.1:{port}");
+    let t = Instant::now();
+    let mut last;
+    loop {
+        match probe.ask() {
+            Route::Upstream(addr) if addr == want => return Ok(()),
+            Route::Upstream(addr) => last = format!("it answered through {addr}"),
+            Route::NoProbe(status) => {
+                let wait = config.nginx.fail_timeout + Duration::from_secs(1);
+                log::warn!(
+                    "nginx has no zdd probe location at {} (HTTP {status}); waiting {} for it to try slot {slot}",
+                    probe.url(),
+                    humantime::format_duration(wait)
+                );
+                std::thread::sleep(wait.saturating_sub(t.elapsed()));
+                return Ok(());
+            }
+            Route::Unreachable(e) => last = format!("{} did not answer: {e}", probe.url()),
+        }
+        if t.elapsed() >= config.nginx.route_timeout {
+            return Err(format!(
+                "nginx did not route to slot {slot} ({want}) within {} ({last}); does its upstream list that port? `zdd nginx` prints the config zdd expects",
+                humantime::format_duration(config.nginx.route_timeout)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// `850ms`, `12.3s`.
+pub fn fmt_ms(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+fn fmt(d: Duration) -> String {
+    fmt_ms(ms(d))
+}

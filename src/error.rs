@@ -1,0 +1,96 @@
+//! The one error type of zdd: every failure, its wording, and its exit code.
+//!
+//! Messages are lower case and read well after "zdd: ". Exit codes follow
+//! SPEC §5: 1 the operation failed but what served still serves, 2 bad
+//! usage/config/input (nothing changed), 3 the lock is held, 4 zdd could not
+//! finish and the state needs attention.
+
+use std::path::PathBuf;
+
+/// Documented exit codes.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const LOCKED: i32 = 3;
+    pub const NEEDS_ATTENTION: i32 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}:{line}:{column}: {message}")]
+    Config {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("cannot read {path}: {source}")]
+    ConfigRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("another zdd (pid {holder}) holds the lock {path}; try again later or pass --wait")]
+    Locked { path: PathBuf, holder: String },
+
+    #[error("timed out after {waited} waiting for the lock {path} held by pid {holder}")]
+    LockTimeout {
+        path: PathBuf,
+        holder: String,
+        waited: String,
+    },
+
+    #[error("state file {path} is corrupt or unreadable: {reason}; fix or move it aside (zdd never overwrites it)")]
+    StateCorrupt { path: PathBuf, reason: String },
+
+    #[error("{0}")]
+    Failed(String),
+
+    #[error("{0}")]
+    NeedsAttention(String),
+
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("interrupted by {signal}; {what}")]
+    Interrupted {
+        signal: &'static str,
+        number: i32,
+        what: String,
+    },
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn code(&self) -> i32 {
+        match self {
+            Error::Config { .. } | Error::Usage(_) | Error::ConfigRead { .. } => exit::USAGE,
+            Error::Locked { .. } | Error::LockTimeout { .. } => exit::LOCKED,
+            Error::StateCorrupt { .. } | Error::NeedsAttention(_) | Error::Io { .. } => {
+                exit::NEEDS_ATTENTION
+            }
+            Error::Failed(_) => exit::FAILED,
+            Error::Interrupted { number, .. } => 128 + number,
+        }
+    }
+
+    /// Wrap an I/O error with what was being done and to which path.
+    pub fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { what, path, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,112 @@
+//! Git plumbing for slot checkouts, always by argv (never a shell):
+//! init, fetch, resolve a name to a commit, forced detached checkout.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Run `git -C dir ARGS...`; `Err` carries git's own message.
+fn git(dir: &Path, args: &[&str]) -> Result<Output, String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "safe.directory=*", "-c", "advice.detachedHead=false"])
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        let msg = msg.trim();
+        Err(if msg.is_empty() {
+            format!(
+                "git {} failed ({})",
+                args.first().unwrap_or(&""),
+                out.status
+            )
+        } else {
+            msg.lines().last().unwrap_or(msg).to_string()
+        })
+    }
+}
+
+fn stdout_line(out: Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Make `dir` a git repository if it is not one yet.
+pub fn ensure_repo(dir: &Path) -> Result<(), String> {
+    if dir.join(".git").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    git(dir, &["init", "--quiet"]).map(|_| ())
+}
+
+/// Fetch every branch (as `origin/NAME`) and tag from `repo` into `dir`.
+pub fn fetch(dir: &Path, repo: &str) -> Result<(), String> {
+    git(
+        dir,
+        &[
+            "fetch",
+            "--quiet",
+            "--force",
+            "--prune",
+            "--tags",
+            "--no-write-fetch-head",
+            "--end-of-options",
+            repo,
+            "+refs/heads/*:refs/remotes/origin/*",
+        ],
+    )
+    .map(|_| ())
+}
+
+/// Resolve a sha, tag or branch name to a full commit sha, or `None` if it
+/// names no commit. A branch name is looked up among the fetched branches.
+pub fn resolve(dir: &Path, name: &str) -> Option<String> {
+    let candidates = [
+        format!("{name}^{{commit}}"),
+        format!("refs/remotes/origin/{name}^{{commit}}"),
+    ];
+    candidates.iter().find_map(|rev| {
+        git(
+            dir,
+            &["rev-parse", "--verify", "--quiet", "--end-of-options", rev],
+        )
+        .ok()
+        .map(stdout_line)
+    })
+}
+
+/// Check `sha` out detached and forced; remove untracked files but keep
+/// ignored ones (build caches).
+pub fn checkout(dir: &Path, sha: &str) -> Result<(), String> {
+    git(
+        dir,
+        &["checkout", "--quiet", "--force", "--detach", sha, "--"],
+    )?;
+    git(dir, &["clean", "--quiet", "--force", "-d"]).map(|_| ())
+}
+
+/// The commit checked out in `dir`, read without running git.
+pub fn head(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(".git").join("HEAD")).ok()?;
+    let text = text.trim();
+    (text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())).then(|| text.to_string())
+}
+
+/// The subject line of a commit, if the slot has it.
+pub fn subject(dir: &Path, sha: &str) -> Option<String> {
+    git(dir, &["log", "-1", "--format=%s", sha, "--"])
+        .ok()
+        .map(stdout_line)
+}
+
+/// The short form of a sha for messages.
+pub fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}

@@ -1,0 +1,144 @@
+//! HTTP checks over plain HTTP to loopback: the app's health URL, and the
+//! nginx probe location that reports which upstream served a request.
+
+use std::time::Duration;
+
+use crate::config::Health;
+
+/// One health check target with its expectations.
+pub struct Checker {
+    agent: ureq::Agent,
+    url: String,
+    expect_status: (u16, u16),
+    expect_body: Option<String>,
+}
+
+impl Checker {
+    pub fn new(health: &Health, port: u16) -> Checker {
+        let agent = agent(health.request_timeout, 0);
+        Checker {
+            agent,
+            url: format!("http://127.0.0.1:{port}{}", health.path),
+            expect_status: health.expect_status,
+            expect_body: health.expect_body.clone(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// One probe: `Ok` when healthy, else what was seen, in a few words.
+    pub fn check(&self) -> Result<(), String> {
+        let mut resp = self.agent.get(&self.url).call().map_err(describe_error)?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        let (lo, hi) = self.expect_status;
+        if !(lo..=hi).contains(&status) {
+            return Err(format!(
+                "HTTP {status} (expected {lo}-{hi}), body {}",
+                snippet(&body)
+            ));
+        }
+        if let Some(want) = &self.expect_body {
+            if !body.contains(want.as_str()) {
+                return Err(format!(
+                    "HTTP {status}, body {} lacks {want:?}",
+                    snippet(&body)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What nginx's probe location said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// nginx answered through this upstream address (the last one tried).
+    Upstream(String),
+    /// nginx answered, but without the probe header: the template has no
+    /// probe location.
+    NoProbe(u16),
+    /// nobody answered.
+    Unreachable(String),
+}
+
+/// Asks nginx's loopback probe location which slot served the request.
+pub struct RouteProbe {
+    agent: ureq::Agent,
+    url: String,
+}
+
+/// The response header the default template's probe location sets.
+pub const UPSTREAM_HEADER: &str = "x-zdd-upstream";
+
+impl RouteProbe {
+    pub fn new(url: &str) -> RouteProbe {
+        RouteProbe {
+            agent: agent(Duration::from_secs(2), 2),
+            url: url.to_string(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn ask(&self) -> Route {
+        match self.agent.get(&self.url).call() {
+            Err(e) => Route::Unreachable(describe_error(e)),
+            Ok(mut resp) => {
+                let _ = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(64 * 1024)
+                    .read_to_string();
+                match resp
+                    .headers()
+                    .get(UPSTREAM_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    // "$upstream_addr" lists every server tried: "a, b".
+                    Some(addrs) => Route::Upstream(
+                        addrs.rsplit(',').next().unwrap_or(addrs).trim().to_string(),
+                    ),
+                    None => Route::NoProbe(resp.status().as_u16()),
+                }
+            }
+        }
+    }
+}
+
+fn agent(timeout: Duration, idle: usize) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_idle_connections(idle)
+        .max_idle_connections_per_host(idle)
+        .build()
+        .new_agent()
+}
+
+fn describe_error(e: ureq::Error) -> String {
+    match e {
+        ureq::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+            std::io::ErrorKind::TimedOut => "timed out".into(),
+            _ => io.to_string(),
+        },
+        ureq::Error::Timeout(_) => "timed out".into(),
+        other => other.to_string(),
+    }
+}
+
+fn snippet(body: &str) -> String {
+    let one_line: String = body.trim().chars().take(120).collect();
+    format!("{:?}", one_line.replace('\n', " "))
+}

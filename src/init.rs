@@ -1,0 +1,82 @@
+//! `zdd init`: a commented starter `zdd.toml`, never overwriting one.
+
+use std::io::Write;
+
+use crate::config::DEFAULT_FILE;
+use crate::error::{Error, Result};
+
+/// The starter config; every key is documented in the README.
+pub const STARTER: &str = r#"# zdd.toml: how zdd deploys this app. Relative paths are relative to this file.
+
+name   = "myapp"                    # names the nginx upstream; letters, digits, _ and -
+repo   = "/srv/git/myapp.git"       # anything `git clone` accepts
+branch = "main"                     # what `zdd deploy` with no COMMIT deploys
+# root = "/var/lib/zdd/myapp"       # slots, logs and state (default: this folder)
+# build = "npm ci --omit=dev"       # run in the slot before start (sh -c)
+start  = "node server.js"           # run in the slot with PORT set; keep it one command
+ports  = [3001, 3002]               # slot a, slot b
+# user = "www-data"                 # run build and app as this user (zdd must be root)
+
+[health]
+path     = "/"                      # GET http://127.0.0.1:$PORT/ must answer 2xx
+timeout  = "30s"                    # give up on a new slot after this
+interval = "100ms"                  # between probes; the first one is immediate
+# expect_body = "ok"
+
+[stop]
+signal  = "SIGTERM"                 # the app stops accepting, finishes requests, exits
+timeout = "30s"                     # then SIGKILL to its process group
+
+[env]
+# NODE_ENV = "production"
+
+[hooks]
+# before_start = "npm run migrate"
+# verify       = "./smoke-test http://127.0.0.1:$PORT"
+
+[nginx]
+listen      = "80"
+server_name = "_"
+output      = "/etc/nginx/conf.d/myapp.conf"   # `zdd nginx --write` writes here
+"#;
+
+/// `zdd init`.
+pub fn init() -> Result<()> {
+    let path = std::path::Path::new(DEFAULT_FILE);
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::Usage(format!(
+                "{DEFAULT_FILE} already exists here; zdd init never overwrites it"
+            )))
+        }
+        Err(e) => return Err(Error::io("cannot create", path)(e)),
+    };
+    file.write_all(STARTER.as_bytes())
+        .map_err(Error::io("cannot write", path))?;
+    println!("wrote {DEFAULT_FILE}; next:");
+    println!("  1. edit it, then `zdd nginx --write --reload` (or include `zdd nginx` output in your nginx config)");
+    println!("  2. `zdd deploy` for the first deploy, `zdd status` to see it");
+    println!(
+        "  3. cron: */5 * * * * cd {} && zdd deploy -q",
+        std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|_| ".".into())
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn starter_config_parses() {
+        let c =
+            crate::config::Config::parse(std::path::Path::new("/srv/app/zdd.toml"), super::STARTER)
+                .unwrap();
+        assert_eq!(c.name, "myapp");
+    }
+}

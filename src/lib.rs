@@ -1,0 +1,109 @@
+//! zdd: zero-downtime deploys of a web app on one Linux host, two slots
+//! behind a static nginx upstream. The binary's `main` calls [`run`].
+
+pub mod cli;
+pub mod config;
+pub mod deploy;
+pub mod error;
+pub mod fsutil;
+pub mod git;
+pub mod health;
+pub mod init;
+pub mod named;
+pub mod nginx;
+pub mod process;
+pub mod report;
+pub mod signals;
+pub mod state;
+
+use std::io::Write;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// Parse the command line, run the command, print any error once, and
+/// return the exit code.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    if let Err(e) = signals::install() {
+        eprintln!("zdd: cannot install signal handlers: {e}");
+        return error::exit::NEEDS_ATTENTION;
+    }
+    match dispatch(cli) {
+        Ok(()) => error::exit::OK,
+        Err(e) => {
+            eprintln!("zdd: {e}");
+            e.code()
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    let explicit = cli.config.as_deref();
+    let load = || -> Result<Config> {
+        let path = Config::locate(explicit).ok_or_else(|| {
+            Error::Usage(format!(
+                "no {} in this folder; pass --config PATH, set ZDD_CONFIG, or create one with `zdd init`",
+                config::DEFAULT_FILE
+            ))
+        })?;
+        Config::load(&path)
+    };
+    match cli.command {
+        Command::Deploy { commit, wait } => {
+            deploy::deploy(&load()?, commit.as_deref(), wait.lock_wait())
+        }
+        Command::Rollback { wait } => deploy::rollback(&load()?, wait.lock_wait()),
+        Command::Start {
+            name,
+            dir,
+            port,
+            cmd,
+        } => {
+            let config = Config::locate(explicit)
+                .map(|p| Config::load(&p))
+                .transpose()?;
+            named::start(config.as_ref(), &name, &dir, port, &cmd)
+        }
+        Command::Stop { name } => {
+            let config = Config::locate(explicit)
+                .map(|p| Config::load(&p))
+                .transpose()?;
+            named::stop(config.as_ref(), &name)
+        }
+        Command::Status { json } => report::status(&load()?, json),
+        Command::History { json } => report::history(&load()?, json),
+        Command::Nginx { write, reload } => nginx::run(&load()?, write, reload),
+        Command::Init => init::init(),
+    }
+}
+
+/// Progress goes to stderr as plain lines; `RUST_LOG` overrides the level.
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(format!("warn,zdd={level}")),
+    )
+    .format(|buf, record| match record.level() {
+        log::Level::Info => writeln!(buf, "zdd: {}", record.args()),
+        log::Level::Warn => writeln!(buf, "zdd: warning: {}", record.args()),
+        log::Level::Error => writeln!(buf, "zdd: error: {}", record.args()),
+        level => writeln!(
+            buf,
+            "zdd: {}: {}",
+            level.as_str().to_lowercase(),
+            record.args()
+        ),
+    })
+    .target(env_logger::Target::Stderr)
+    .init();
+}

@@ -1,0 +1,316 @@
+//! Named processes: `zdd start NAME DIR PORT [-- CMD...]` starts and
+//! checks one and records it in `root/run/NAME.toml`; `zdd stop NAME`
+//! stops it (or slot `a`/`b`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Stop};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::health::Checker;
+use crate::process::{self, ProcessId, Spec, Stopped};
+use crate::state::{Lock, Slot, State};
+
+/// What `run/NAME.toml` holds.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub name: String,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub command: String,
+    pub process: ProcessId,
+    pub started_at: String,
+}
+
+/// Where records live when there is no config file.
+fn default_root() -> Result<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(root) = var("ZDD_ROOT") {
+        return Ok(root);
+    }
+    if let Some(state) = var("XDG_STATE_HOME") {
+        return Ok(state.join("zdd"));
+    }
+    var("HOME")
+        .map(|h| h.join(".local/state/zdd"))
+        .ok_or_else(|| Error::Usage("no config file and neither ZDD_ROOT nor HOME is set: cannot tell where to keep records".into()))
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(Error::Usage(format!(
+            "invalid name {name:?}: use letters, digits, '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+fn record_path(root: &Path, name: &str) -> PathBuf {
+    root.join("run").join(format!("{name}.toml"))
+}
+
+fn read_record(path: &Path) -> Result<Option<Record>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::StateCorrupt {
+                path: path.to_path_buf(),
+                reason: e.message().trim().to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::StateCorrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Quote one argument for `sh`.
+fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// `zdd start NAME DIR PORT [-- CMD...]`.
+pub fn start(
+    config: Option<&Config>,
+    name: &str,
+    dir: &Path,
+    port: u16,
+    cmd: &[String],
+) -> Result<()> {
+    check_name(name)?;
+    if Slot::parse(name).is_some() {
+        return Err(Error::Usage(format!(
+            "{name:?} is a slot name; slots are started by `zdd deploy` and `zdd rollback`"
+        )));
+    }
+    let command = if cmd.is_empty() {
+        config.map(|c| c.start.clone()).ok_or_else(|| {
+            Error::Usage(
+                "no command: pass one after `--`, or run with a config file whose `start` to use"
+                    .into(),
+            )
+        })?
+    } else {
+        cmd.iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if port == 0 {
+        return Err(Error::Usage("port 0 is not a usable port".into()));
+    }
+    let dir = std::path::absolute(dir).map_err(Error::io("cannot resolve", dir))?;
+    if !dir.is_dir() {
+        return Err(Error::Usage(format!("{} is not a folder", dir.display())));
+    }
+    let root = match config {
+        Some(c) => c.root.clone(),
+        None => default_root()?,
+    };
+    for (sub, mode) in [("", 0o755), ("run", 0o700), ("logs", 0o700)] {
+        let d = root.join(sub);
+        fsutil::create_dir(&d, mode).map_err(Error::io("cannot create", &d))?;
+    }
+    let _lock = Lock::acquire(&root, None)?;
+    let path = record_path(&root, name);
+    if let Some(old) = read_record(&path)? {
+        if old.process.group_is_ours() {
+            return Err(Error::Failed(format!(
+                "{name} is already running (pid {}, port {}); stop it first with `zdd stop {name}`",
+                old.process.pid, old.port
+            )));
+        }
+    }
+    if let Some(listener) = process::listeners(port).into_iter().next() {
+        return Err(Error::Failed(format!(
+            "port {port} is taken by {listener}; {name} was not started"
+        )));
+    }
+
+    let health = config.map(|c| c.health.clone()).unwrap_or_default();
+    let log = process::log_path(&root, name);
+    process::log_marker(
+        &log,
+        &format!(
+            "start {name} in {} on port {port}: {command}",
+            dir.display()
+        ),
+    );
+    let mut env = vec![
+        ("PORT".to_string(), port.to_string()),
+        ("ZDD_SLOT".to_string(), name.to_string()),
+        ("ZDD_ROOT".to_string(), root.display().to_string()),
+    ];
+    if let Some(c) = config {
+        env.extend(c.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let spec = Spec {
+        command: &command,
+        dir: &dir,
+        env: &env,
+        log: &log,
+        run_as: config.and_then(|c| c.user.as_ref()),
+    };
+    let t = Instant::now();
+    let mut started = process::spawn_app(&spec)
+        .map_err(|e| Error::Failed(format!("cannot start `{command}`: {e}")))?;
+    let record = Record {
+        name: name.to_string(),
+        dir: dir.clone(),
+        port,
+        command: command.clone(),
+        process: started.id.clone(),
+        started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    };
+    let text = toml::to_string(&record).expect("record serializes");
+    fsutil::write_atomic(&path, text.as_bytes(), 0o600)
+        .map_err(Error::io("cannot write", &path))?;
+
+    let checker = Checker::new(&health, port);
+    let stop = config.map(|c| c.stop.clone()).unwrap_or_default();
+    let failure = loop {
+        if let Some(sig) = crate::signals::pending() {
+            break format!("interrupted by {}", sig.as_str());
+        }
+        if let Some(status) = started.exited() {
+            break format!("it exited during start-up ({status})");
+        }
+        let last = match checker.check() {
+            Ok(()) => {
+                log::info!(
+                    "{name}: pid {} healthy on port {port} after {}",
+                    started.id.pid,
+                    crate::deploy::fmt_ms(t.elapsed().as_millis() as u64)
+                );
+                println!("started {name} (pid {}) on port {port}", started.id.pid);
+                return Ok(());
+            }
+            Err(seen) => seen,
+        };
+        if t.elapsed() >= health.timeout {
+            break format!(
+                "not healthy after {} (last check of {}: {last})",
+                humantime::format_duration(health.timeout),
+                checker.url()
+            );
+        }
+        std::thread::sleep(health.interval);
+    };
+    process::stop_group(
+        &started.id,
+        stop.signal,
+        stop.timeout,
+        Some(&mut started.child),
+    );
+    let _ = std::fs::remove_file(&path);
+    let tail = process::tail(&log, 15);
+    Err(Error::Failed(format!(
+        "{name} failed to start: {failure}; it was stopped{}",
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "\nlast lines of {}:\n{}",
+                log.display(),
+                tail.iter()
+                    .map(|l| format!("  {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        }
+    )))
+}
+
+/// `zdd stop NAME`.
+pub fn stop(config: Option<&Config>, name: &str) -> Result<()> {
+    check_name(name)?;
+    if let Some(slot) = Slot::parse(name) {
+        let config = config.ok_or_else(|| {
+            Error::Usage(format!(
+                "stopping slot {slot} needs the config file (zdd.toml or --config)"
+            ))
+        })?;
+        return stop_slot(config, slot);
+    }
+    let root = match config {
+        Some(c) => c.root.clone(),
+        None => default_root()?,
+    };
+    let _lock = Lock::acquire(&root, None)?;
+    let path = record_path(&root, name);
+    let record = read_record(&path)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "no process named {name} in {}",
+            root.join("run").display()
+        ))
+    })?;
+    let stop = config.map(|c| c.stop.clone()).unwrap_or_default();
+    report_stop(name, &record.process, &stop);
+    std::fs::remove_file(&path).map_err(Error::io("cannot remove", &path))?;
+    Ok(())
+}
+
+fn stop_slot(config: &Config, slot: Slot) -> Result<()> {
+    let _lock = Lock::acquire(&config.root, None)?;
+    let state_path = config.state_path();
+    let mut state = State::load(&state_path, config.ports)?;
+    match state.slot(slot).process.clone() {
+        Some(id) => report_stop(&format!("slot {slot}"), &id, &config.stop),
+        None => println!("slot {slot} was not running"),
+    }
+    let s = state.slot_mut(slot);
+    if s.process.is_some() {
+        s.process = None;
+        s.started_at = None;
+        state.save(&state_path)?;
+    }
+    Ok(())
+}
+
+fn report_stop(what: &str, id: &ProcessId, stop: &Stop) {
+    match process::stop_group(id, stop.signal, stop.timeout, None) {
+        Stopped::NotRunning => println!("{what} was not running"),
+        Stopped::Exited(d) => println!("stopped {what} (pid {}) after {}", id.pid, crate::deploy::fmt_ms(d.as_millis() as u64)),
+        Stopped::Killed(d) => println!(
+            "killed {what} (pid {}): it did not exit within {} of {}, so its process group got SIGKILL ({} in all)",
+            id.pid,
+            humantime::format_duration(stop.timeout),
+            stop.signal,
+            crate::deploy::fmt_ms(d.as_millis() as u64)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        assert_eq!(shell_quote("python3"), "python3");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

@@ -1,0 +1,497 @@
+//! App processes: spawn in their own process group with output to a log,
+//! prove ownership by `/proc/PID/stat` start time, stop a whole group with
+//! grace then SIGKILL, and find who listens on a port.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunAs;
+
+/// A process as zdd recorded it: pid plus what makes it unique over time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessId {
+    pub pid: i32,
+    /// Field 22 of `/proc/PID/stat`: clock ticks after boot.
+    pub start_time: u64,
+    /// `/proc/sys/kernel/random/boot_id` when it started.
+    pub boot_id: String,
+}
+
+/// The fields of `/proc/PID/stat` zdd needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub state: char,
+    pub pgrp: i32,
+    pub start_time: u64,
+}
+
+/// Parse `/proc/PID/stat` text (the command name may hold spaces and ')').
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After "pid (comm)": state is field 3, pgrp 5, starttime 22.
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+pub fn read_stat(pid: i32) -> Option<Stat> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| parse_stat(&t))
+}
+
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+impl ProcessId {
+    /// Identify a running process now.
+    pub fn of(pid: i32) -> Option<ProcessId> {
+        read_stat(pid).map(|st| ProcessId {
+            pid,
+            start_time: st.start_time,
+            boot_id: boot_id(),
+        })
+    }
+
+    /// Does the process group zdd started still exist, provably the same?
+    ///
+    /// The leader counts only if its start time and boot match. A group whose
+    /// leader is gone still counts while members remain: the kernel does not
+    /// reuse a pid while it names a process group, so those members are ours.
+    pub fn group_is_ours(&self) -> bool {
+        if self.pid <= 1 || self.boot_id != boot_id() {
+            return false;
+        }
+        match read_stat(self.pid) {
+            Some(st) if st.start_time == self.start_time && st.pgrp == self.pid => {
+                // A zombie leader only counts while living members remain.
+                st.state != 'Z' || group_has_members(self.pid)
+            }
+            Some(_) => false,
+            None => group_has_members(self.pid),
+        }
+    }
+
+    /// Is the leader itself alive (not a zombie) and ours?
+    pub fn leader_alive(&self) -> bool {
+        self.boot_id == boot_id()
+            && read_stat(self.pid)
+                .is_some_and(|st| st.start_time == self.start_time && st.state != 'Z')
+    }
+}
+
+/// Any process (zombies aside) left in process group `pgid`?
+pub fn group_has_members(pgid: i32) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    match killpg(Pid::from_raw(pgid), None) {
+        Err(Errno::ESRCH) => false,
+        // Members exist (or are not ours to probe); look for a living one.
+        _ => group_members(pgid).next().is_some(),
+    }
+}
+
+/// Pids of the non-zombie processes in group `pgid`.
+pub fn group_members(pgid: i32) -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(move |&pid| read_stat(pid).is_some_and(|st| st.pgrp == pgid && st.state != 'Z'))
+}
+
+/// If `pid` was started by zdd for `slot` under `root` (its environment
+/// says so), the process group to stop: a leftover of an interrupted run.
+pub fn leftover_group(pid: i32, root: &Path, slot: &str) -> Option<i32> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let mut vars = environ.split(|&b| b == 0);
+    let root_var = format!("ZDD_ROOT={}", root.display());
+    let slot_var = format!("ZDD_SLOT={slot}");
+    let (mut has_root, mut has_slot) = (false, false);
+    for v in &mut vars {
+        has_root |= v == root_var.as_bytes();
+        has_slot |= v == slot_var.as_bytes();
+    }
+    let pgrp = read_stat(pid)?.pgrp;
+    (has_root && has_slot && pgrp > 1).then_some(pgrp)
+}
+
+/// What to run and where: shared by the app, the build and hooks.
+pub struct Spec<'a> {
+    pub command: &'a str,
+    pub dir: &'a Path,
+    pub env: &'a [(String, String)],
+    pub log: &'a Path,
+    pub run_as: Option<&'a RunAs>,
+}
+
+impl Spec<'_> {
+    /// `sh -c COMMAND` in its own process group, stdin from /dev/null,
+    /// stdout and stderr appended to the log.
+    fn command(&self, script: &str) -> std::io::Result<Command> {
+        let log = open_log(self.log)?;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(script)
+            .current_dir(self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        for (k, v) in self.env {
+            cmd.env(k, v);
+        }
+        if let Some(user) = self.run_as {
+            cmd.uid(user.uid)
+                .gid(user.gid)
+                .env("HOME", &user.home)
+                .env("USER", &user.name)
+                .env("LOGNAME", &user.name);
+        }
+        Ok(cmd)
+    }
+}
+
+pub fn open_log(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Append a marker line to a log, so each start can be found in it.
+pub fn log_marker(path: &Path, text: &str) {
+    if let Ok(mut f) = open_log(path) {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let _ = writeln!(f, "=== zdd {now}: {text}");
+    }
+}
+
+/// A process zdd started in this run: we can also reap it.
+pub struct Started {
+    pub id: ProcessId,
+    pub child: Child,
+}
+
+impl Started {
+    /// The exit status if the leader has exited (reaps it).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+/// Start the long-running app. `exec` is prefixed so that the app replaces
+/// the shell and gets signals directly; the group covers its children.
+pub fn spawn_app(spec: &Spec) -> std::io::Result<Started> {
+    let command = spec.command.trim();
+    let script = if command.starts_with("exec ") {
+        command.to_string()
+    } else {
+        format!("exec {command}")
+    };
+    let child = spec.command(&script)?.spawn()?;
+    let pid = child.id() as i32;
+    let id = ProcessId::of(pid).unwrap_or(ProcessId {
+        pid,
+        start_time: 0,
+        boot_id: boot_id(),
+    });
+    Ok(Started { id, child })
+}
+
+/// How a step that runs to completion (build, hook) ended.
+pub enum StepEnd {
+    Exited(ExitStatus),
+    /// zdd got a signal; the step's group was stopped.
+    Interrupted(Signal),
+}
+
+/// Run a build or hook to completion in its own process group. If zdd is
+/// signalled meanwhile, the step's group is stopped and that is reported.
+pub fn run_step(spec: &Spec) -> std::io::Result<StepEnd> {
+    let mut child = spec.command(spec.command)?.spawn()?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(StepEnd::Exited(status));
+        }
+        if let Some(sig) = crate::signals::pending() {
+            let pgid = child.id() as i32;
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait()?.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            let _ = child.wait();
+            return Ok(StepEnd::Interrupted(sig));
+        }
+        std::thread::sleep(poll_interval(started.elapsed()));
+    }
+}
+
+/// Poll fast at first (most steps are quick), then back off.
+pub fn poll_interval(elapsed: Duration) -> Duration {
+    if elapsed < Duration::from_millis(50) {
+        Duration::from_millis(1)
+    } else if elapsed < Duration::from_secs(1) {
+        Duration::from_millis(5)
+    } else {
+        Duration::from_millis(20)
+    }
+}
+
+/// How stopping a group went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// It was not running (or not provably ours): nothing was signalled.
+    NotRunning,
+    /// It exited after the stop signal.
+    Exited(Duration),
+    /// It outlived the timeout and was killed with SIGKILL.
+    Killed(Duration),
+}
+
+/// Send `signal` to the group, wait up to `timeout` for every member to
+/// exit, then SIGKILL the group. `child` reaps the leader if zdd spawned it.
+pub fn stop_group(
+    id: &ProcessId,
+    signal: Signal,
+    timeout: Duration,
+    mut child: Option<&mut Child>,
+) -> Stopped {
+    if !id.group_is_ours() {
+        return Stopped::NotRunning;
+    }
+    let pgid = Pid::from_raw(id.pid);
+    let started = Instant::now();
+    if killpg(pgid, signal) == Err(Errno::ESRCH) {
+        return Stopped::NotRunning;
+    }
+    let mut gone = || {
+        if let Some(c) = child.as_deref_mut() {
+            let _ = c.try_wait();
+        }
+        !group_has_members(id.pid)
+    };
+    while started.elapsed() < timeout {
+        if gone() {
+            return Stopped::Exited(started.elapsed());
+        }
+        std::thread::sleep(poll_interval(started.elapsed()));
+    }
+    if gone() {
+        return Stopped::Exited(started.elapsed());
+    }
+    log::warn!(
+        "process group {} did not exit within {} of {signal}; sending SIGKILL",
+        id.pid,
+        humantime::format_duration(timeout)
+    );
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gone() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Stopped::Killed(started.elapsed())
+}
+
+/// A process listening on a TCP port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub pid: Option<i32>,
+    pub command: Option<String>,
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.pid, &self.command) {
+            (Some(pid), Some(c)) => write!(f, "pid {pid} ({c})"),
+            (Some(pid), None) => write!(f, "pid {pid}"),
+            _ => f.write_str("a process zdd cannot see"),
+        }
+    }
+}
+
+/// Socket inodes listening on `port` (any address, IPv4 and IPv6).
+fn listening_inodes(port: u16) -> Vec<u64> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let local_port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                if let Ok(inode) = f[9].parse() {
+                    inodes.push(inode);
+                }
+            }
+        }
+    }
+    inodes
+}
+
+/// Who listens on `port`, if anyone.
+pub fn listeners(port: u16) -> Vec<Listener> {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|t| wanted.iter().any(|w| t.as_os_str() == w.as_str()))
+        });
+        if holds {
+            let command = std::fs::read_to_string(entry.path().join("cmdline"))
+                .ok()
+                .map(|c| {
+                    c.split('\0')
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .filter(|c| !c.is_empty());
+            found.push(Listener {
+                pid: Some(pid),
+                command,
+            });
+        }
+    }
+    if found.is_empty() {
+        found.push(Listener {
+            pid: None,
+            command: None,
+        });
+    }
+    found
+}
+
+/// The last `n` lines of a log file (reads at most its last 64 KiB).
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let Ok(mut f) = File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Where a slot's or named process's log lives.
+pub fn log_path(root: &Path, name: &str) -> PathBuf {
+    root.join("logs").join(format!("{name}.log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_stat_handles_odd_names() {
+        let text = "1234 (we ird) name)) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 100 18446744073709551615";
+        let st = parse_stat(text).unwrap();
+        assert_eq!(st.state, 'S');
+        assert_eq!(st.pgrp, 1234);
+        assert_eq!(st.start_time, 987654);
+    }
+
+    #[test]
+    fn own_process_is_identified_and_a_changed_start_time_is_not() {
+        let me = ProcessId::of(std::process::id() as i32).unwrap();
+        assert!(me.leader_alive());
+        let reused = ProcessId {
+            start_time: me.start_time + 1,
+            ..me.clone()
+        };
+        assert!(!reused.leader_alive());
+        assert!(!reused.group_is_ours());
+        let init = ProcessId { pid: 1, ..me };
+        assert!(!init.group_is_ours(), "pid 1 is never ours");
+    }
+
+    #[test]
+    fn stop_group_kills_children_that_ignore_the_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("x.log");
+        let spec = Spec {
+            command: "sh -c \"trap '' TERM; sleep 30 & sleep 30\"",
+            dir: dir.path(),
+            env: &[],
+            log: &log,
+            run_as: None,
+        };
+        let mut started = spawn_app(&spec).unwrap();
+        let id = started.id.clone();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(group_members(id.pid).count() >= 2);
+        let r = stop_group(
+            &id,
+            Signal::SIGTERM,
+            Duration::from_millis(200),
+            Some(&mut started.child),
+        );
+        assert!(matches!(r, Stopped::Killed(_)), "{r:?}");
+        assert!(!group_has_members(id.pid));
+        assert_eq!(
+            stop_group(&id, Signal::SIGTERM, Duration::from_millis(200), None),
+            Stopped::NotRunning
+        );
+    }
+
+    #[test]
+    fn listeners_finds_our_own_socket() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let found = listeners(port);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].pid, Some(std::process::id() as i32));
+        drop(l);
+        assert!(listeners(port).is_empty());
+    }
+}

@@ -1,0 +1,258 @@
+//! `zdd status` and `zdd history`: what the state file says, checked
+//! against what really runs, as text or as JSON with a `version` field.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::deploy::fmt_ms;
+use crate::error::Result;
+use crate::git;
+use crate::health::Checker;
+use crate::process;
+use crate::state::{HistoryEntry, Slot, State};
+
+/// The JSON schema version of `status --json` and `history --json`.
+pub const JSON_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct StatusReport {
+    version: u32,
+    name: String,
+    active: Option<Slot>,
+    next_deploy: Slot,
+    /// What `zdd rollback` would bring back, if anything.
+    rollback_to: Option<String>,
+    slots: Vec<SlotReport>,
+    last: Option<HistoryEntry>,
+    drift: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct SlotReport {
+    slot: Slot,
+    port: u16,
+    status: &'static str,
+    commit: Option<String>,
+    subject: Option<String>,
+    running: bool,
+    pid: Option<i32>,
+    started_at: Option<String>,
+    uptime_s: Option<u64>,
+    healthy: Option<bool>,
+    health: Option<String>,
+}
+
+/// `zdd status [--json]`.
+pub fn status(config: &Config, json: bool) -> Result<()> {
+    let state = State::load(&config.state_path(), config.ports)?;
+    let mut drift = Vec::new();
+    let mut slots = Vec::new();
+    for slot in Slot::BOTH {
+        let s = state.slot(slot);
+        let port = config.port(slot);
+        let running = s.process.as_ref().is_some_and(|id| id.group_is_ours());
+        if let (Some(id), false) = (&s.process, running) {
+            drift.push(format!(
+                "slot {slot}: recorded pid {} is not running",
+                id.pid
+            ));
+        }
+        let listeners = process::listeners(port);
+        let recorded_pgid = s.process.as_ref().filter(|_| running).map(|id| id.pid);
+        for l in &listeners {
+            let in_group = l
+                .pid
+                .and_then(process::read_stat)
+                .is_some_and(|st| Some(st.pgrp) == recorded_pgid);
+            if !in_group {
+                drift.push(format!(
+                    "slot {slot}: port {port} is held by {l}, which the state does not record"
+                ));
+            }
+        }
+        if state.active == Some(slot) && !running {
+            drift.push(format!("slot {slot} is live but not running"));
+        }
+        let (healthy, health) = if running || !listeners.is_empty() {
+            let t = std::time::Instant::now();
+            let mut h = config.health.clone();
+            h.request_timeout = h.request_timeout.min(Duration::from_secs(1));
+            match Checker::new(&h, port).check() {
+                Ok(()) => (
+                    Some(true),
+                    Some(format!(
+                        "healthy ({})",
+                        fmt_ms(t.elapsed().as_millis() as u64)
+                    )),
+                ),
+                Err(e) => (Some(false), Some(format!("unhealthy: {e}"))),
+            }
+        } else {
+            (None, None)
+        };
+        let uptime_s = s
+            .started_at
+            .as_deref()
+            .filter(|_| running)
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map(|d| d.as_secs());
+        slots.push(SlotReport {
+            slot,
+            port,
+            status: s.status.as_str(),
+            commit: s.commit.clone(),
+            subject: s.subject.clone(),
+            running,
+            pid: s.process.as_ref().filter(|_| running).map(|p| p.pid),
+            started_at: s.started_at.clone().filter(|_| running),
+            uptime_s,
+            healthy,
+            health,
+        });
+    }
+    let next = state.slot(state.next_deploy);
+    let rollback_to = (next.status == crate::state::SlotStatus::Standby)
+        .then(|| next.commit.clone())
+        .flatten();
+    let report = StatusReport {
+        version: JSON_VERSION,
+        name: config.name.clone(),
+        active: state.active,
+        next_deploy: state.next_deploy,
+        rollback_to,
+        slots,
+        last: state.history.last().cloned(),
+        drift,
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("status serializes")
+        );
+    } else {
+        print!("{}", status_text(&report));
+    }
+    Ok(())
+}
+
+fn status_text(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let live = r.active.and_then(|a| r.slots.iter().find(|s| s.slot == a));
+    match live {
+        Some(s) => out.push_str(&format!(
+            "{}: live slot {} on port {}, commit {}{}\n",
+            r.name,
+            s.slot,
+            s.port,
+            s.commit.as_deref().map(git::short).unwrap_or("?"),
+            s.subject
+                .as_deref()
+                .map(|x| format!(" {x:?}"))
+                .unwrap_or_default()
+        )),
+        None => out.push_str(&format!("{}: nothing deployed yet\n", r.name)),
+    }
+    for s in &r.slots {
+        let mut line = format!("  slot {}  {:<8}  port {}", s.slot, s.status, s.port);
+        if let Some(c) = &s.commit {
+            line.push_str(&format!("  {}", git::short(c)));
+        }
+        match (s.pid, s.uptime_s) {
+            (Some(pid), Some(up)) => line.push_str(&format!(
+                "  pid {pid}  up {}",
+                humantime::format_duration(Duration::from_secs(up))
+            )),
+            (Some(pid), None) => line.push_str(&format!("  pid {pid}")),
+            _ => line.push_str("  not running"),
+        }
+        if let Some(h) = &s.health {
+            line.push_str(&format!("  {h}"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push_str(&format!("next deploy goes to slot {}", r.next_deploy));
+    match &r.rollback_to {
+        Some(c) => out.push_str(&format!("; `zdd rollback` brings back {}\n", git::short(c))),
+        None => out.push_str("; nothing to roll back to\n"),
+    }
+    if let Some(h) = &r.last {
+        out.push_str(&format!("last: {}\n", history_line(h)));
+    }
+    if r.drift.is_empty() {
+        out.push_str("state matches the running processes\n");
+    } else {
+        for d in &r.drift {
+            out.push_str(&format!("drift: {d}\n"));
+        }
+    }
+    out
+}
+
+fn history_line(h: &HistoryEntry) -> String {
+    let action = match h.action {
+        crate::state::Action::Deploy => "deploy",
+        crate::state::Action::Rollback => "rollback",
+    };
+    let outcome = match h.outcome {
+        crate::state::Outcome::Ok => "ok",
+        crate::state::Outcome::Failed => "FAILED",
+        crate::state::Outcome::Interrupted => "interrupted",
+    };
+    let p = &h.phases;
+    let mut line = format!(
+        "{}  {action:<8}  {outcome:<11}  {}  slot {}  total {}",
+        h.at,
+        git::short(&h.commit),
+        h.slot,
+        fmt_ms(p.total_ms)
+    );
+    if h.outcome == crate::state::Outcome::Ok {
+        line.push_str(&format!(
+            " (fetch {}, build {}, ready {}, nginx {}, drain {})",
+            fmt_ms(p.fetch_ms),
+            fmt_ms(p.build_ms),
+            fmt_ms(p.ready_ms),
+            fmt_ms(p.route_ms),
+            fmt_ms(p.drain_ms)
+        ));
+    }
+    if let Some(r) = &h.reason {
+        let first = r.lines().next().unwrap_or(r);
+        line.push_str(&format!("  {first}"));
+    }
+    line
+}
+
+#[derive(Serialize)]
+struct HistoryReport<'a> {
+    version: u32,
+    name: &'a str,
+    history: &'a [HistoryEntry],
+}
+
+/// `zdd history [--json]`.
+pub fn history(config: &Config, json: bool) -> Result<()> {
+    let state = State::load(&config.state_path(), config.ports)?;
+    if json {
+        let report = HistoryReport {
+            version: JSON_VERSION,
+            name: &config.name,
+            history: &state.history,
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("history serializes")
+        );
+    } else if state.history.is_empty() {
+        println!("no deploys recorded yet");
+    } else {
+        for h in &state.history {
+            println!("{}", history_line(h));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,422 @@
+//! The state under `root`: the model saved in `state.toml`, its atomic
+//! save, and the `zdd.lock` flock that serializes zdd runs.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::process::ProcessId;
+
+/// The state file's format version.
+pub const STATE_VERSION: u32 = 1;
+/// How many history entries are kept (newest last).
+pub const HISTORY_LIMIT: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    pub const BOTH: [Slot; 2] = [Slot::A, Slot::B];
+
+    pub fn index(self) -> usize {
+        match self {
+            Slot::A => 0,
+            Slot::B => 1,
+        }
+    }
+
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Slot> {
+        match s {
+            "a" => Some(Slot::A),
+            "b" => Some(Slot::B),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotStatus {
+    /// Nothing deployed here yet.
+    #[default]
+    Empty,
+    /// Checked out and possibly built, process started, not yet verified.
+    Starting,
+    /// Serving: the live slot.
+    Live,
+    /// Stopped, holding a release that served before: the rollback target.
+    Standby,
+    /// Holds a checkout that failed to build, start or verify.
+    Failed,
+}
+
+impl SlotStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotStatus::Empty => "empty",
+            SlotStatus::Starting => "starting",
+            SlotStatus::Live => "live",
+            SlotStatus::Standby => "standby",
+            SlotStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotState {
+    pub port: u16,
+    pub status: SlotStatus,
+    /// The commit checked out in the slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The commit's subject line, for status output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The running process group leader, if zdd started one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessId>,
+    /// When that process was started (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+}
+
+/// Milliseconds spent in each phase of a deploy or rollback.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phases {
+    pub fetch_ms: u64,
+    pub build_ms: u64,
+    pub ready_ms: u64,
+    pub route_ms: u64,
+    pub drain_ms: u64,
+    pub total_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Deploy,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    Failed,
+    Interrupted,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryEntry {
+    /// When it finished (RFC 3339, UTC).
+    pub at: String,
+    pub action: Action,
+    pub outcome: Outcome,
+    pub commit: String,
+    pub slot: Slot,
+    /// The commit that was live before, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub phases: Phases,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub version: u32,
+    /// The live slot, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active: Option<Slot>,
+    /// The slot the next deploy goes to (and a rollback brings back).
+    pub next_deploy: Slot,
+    pub slots: Slots,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slots {
+    pub a: SlotState,
+    pub b: SlotState,
+}
+
+impl State {
+    /// The state of a fresh install.
+    pub fn fresh(ports: [u16; 2]) -> State {
+        let slot = |port| SlotState {
+            port,
+            ..SlotState::default()
+        };
+        State {
+            version: STATE_VERSION,
+            active: None,
+            next_deploy: Slot::A,
+            slots: Slots {
+                a: slot(ports[0]),
+                b: slot(ports[1]),
+            },
+            history: Vec::new(),
+        }
+    }
+
+    pub fn slot(&self, s: Slot) -> &SlotState {
+        match s {
+            Slot::A => &self.slots.a,
+            Slot::B => &self.slots.b,
+        }
+    }
+
+    pub fn slot_mut(&mut self, s: Slot) -> &mut SlotState {
+        match s {
+            Slot::A => &mut self.slots.a,
+            Slot::B => &mut self.slots.b,
+        }
+    }
+
+    /// The commit that is live, if any.
+    pub fn live_commit(&self) -> Option<&str> {
+        self.active.and_then(|s| self.slot(s).commit.as_deref())
+    }
+
+    pub fn push_history(&mut self, entry: HistoryEntry) {
+        self.history.push(entry);
+        if self.history.len() > HISTORY_LIMIT {
+            let excess = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..excess);
+        }
+    }
+
+    /// Load `path`; a missing file is a fresh install. Anything else that
+    /// cannot be read or parsed is an error naming the file.
+    pub fn load(path: &Path, ports: [u16; 2]) -> Result<State> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::fresh(ports)),
+            Err(e) => {
+                return Err(Error::StateCorrupt {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let mut state: State = toml::from_str(&text).map_err(|e| Error::StateCorrupt {
+            path: path.to_path_buf(),
+            reason: e.message().trim().to_string(),
+        })?;
+        if state.version != STATE_VERSION {
+            return Err(Error::StateCorrupt {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "format version {} is not the {} this zdd understands",
+                    state.version, STATE_VERSION
+                ),
+            });
+        }
+        // The config's ports are the truth; the file records them for readers.
+        state.slots.a.port = ports[0];
+        state.slots.b.port = ports[1];
+        Ok(state)
+    }
+
+    /// Replace the state file atomically (temp, fsync, rename), mode 0600.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = toml::to_string(self).expect("state serializes to TOML");
+        fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| {
+            Error::NeedsAttention(format!(
+                "cannot write the state file {}: {source}; the previous state file is intact, but it may no longer match the running processes (run `zdd status`)",
+                path.display()
+            ))
+        })
+    }
+}
+
+/// An exclusive flock on `root/zdd.lock`, released when dropped or when
+/// the process dies.
+pub struct Lock {
+    _file: Flock<File>,
+}
+
+impl Lock {
+    /// Take the lock. `wait`: `None` fails at once when held (exit 3);
+    /// `Some(None)` waits forever; `Some(Some(d))` waits up to `d`.
+    pub fn acquire(root: &Path, wait: Option<Option<Duration>>) -> Result<Lock> {
+        let path = root.join("zdd.lock");
+        let started = Instant::now();
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(Error::io("cannot open the lock file", &path))?;
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(mut locked) => {
+                    let pid = std::process::id().to_string();
+                    let _ = locked.set_len(0);
+                    let _ = locked.rewind();
+                    let _ = locked.write_all(pid.as_bytes());
+                    return Ok(Lock { _file: locked });
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    let holder = read_holder(&path);
+                    match wait {
+                        None => return Err(Error::Locked { path, holder }),
+                        Some(Some(limit)) if started.elapsed() >= limit => {
+                            return Err(Error::LockTimeout {
+                                path,
+                                holder,
+                                waited: humantime::format_duration(limit).to_string(),
+                            })
+                        }
+                        Some(_) => {
+                            if started.elapsed() < Duration::from_millis(60) {
+                                log::info!("waiting for the lock held by pid {holder}");
+                            }
+                            if let Some(sig) = crate::signals::pending() {
+                                return Err(Error::Interrupted {
+                                    signal: sig.as_str(),
+                                    number: sig as i32,
+                                    what: "stopped waiting for the lock; nothing was changed"
+                                        .into(),
+                                });
+                            }
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+                Err((_, errno)) => {
+                    return Err(Error::io("cannot lock", &path)(std::io::Error::from(errno)))
+                }
+            }
+        }
+    }
+}
+
+fn read_holder(path: &PathBuf) -> String {
+    let mut s = String::new();
+    let _ = File::open(path).and_then(|mut f| f.read_to_string(&mut s));
+    let s = s.trim();
+    if s.is_empty() {
+        "unknown".into()
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_is_fresh_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::load(&dir.path().join("state.toml"), [1, 2]).unwrap();
+        assert_eq!(s.next_deploy, Slot::A);
+        assert_eq!(s.active, None);
+    }
+
+    #[test]
+    fn round_trip_and_history_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.toml");
+        let mut s = State::fresh([3001, 3002]);
+        s.active = Some(Slot::B);
+        s.slots.b.commit = Some("abc".into());
+        s.slots.b.status = SlotStatus::Live;
+        s.slots.b.process = Some(ProcessId {
+            pid: 42,
+            start_time: 7,
+            boot_id: "x".into(),
+        });
+        for i in 0..(HISTORY_LIMIT + 5) {
+            s.push_history(HistoryEntry {
+                at: format!("t{i}"),
+                action: Action::Deploy,
+                outcome: Outcome::Ok,
+                commit: "abc".into(),
+                slot: Slot::B,
+                previous: None,
+                reason: None,
+                phases: Phases::default(),
+            });
+        }
+        s.save(&path).unwrap();
+        let loaded = State::load(&path, [3001, 3002]).unwrap();
+        assert_eq!(loaded, s);
+        assert_eq!(loaded.history.len(), HISTORY_LIMIT);
+        assert_eq!(
+            loaded.history.last().unwrap().at,
+            format!("t{}", HISTORY_LIMIT + 4)
+        );
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.toml");
+        std::fs::write(&path, "version = \n").unwrap();
+        let e = State::load(&path, [1, 2]).unwrap_err();
+        assert_eq!(e.code(), crate::error::exit::NEEDS_ATTENTION);
+        assert!(e.to_string().contains("state.toml is corrupt"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "version = \n");
+    }
+
+    #[test]
+    fn second_lock_is_refused_with_holder_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Lock::acquire(dir.path(), None).unwrap();
+        // flock locks belong to the open file description, so a second open
+        // in the same process conflicts like another process would.
+        let e = Lock::acquire(dir.path(), None).err().unwrap();
+        assert_eq!(e.code(), crate::error::exit::LOCKED);
+        assert!(
+            e.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+        let e = Lock::acquire(dir.path(), Some(Some(Duration::from_millis(120))))
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), crate::error::exit::LOCKED);
+    }
+}
