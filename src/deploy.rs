@@ -298,7 +298,7 @@ impl<'a> Run<'a> {
             s.started_at = None;
             self.save()?;
         }
-        for listener in process::listeners(port) {
+        for listener in crate::ports::listeners(port, &[]) {
             let ours = listener
                 .pid
                 .and_then(|pid| process::leftover_group(pid, &self.config.root, slot.name()));
@@ -467,14 +467,19 @@ impl<'a> Run<'a> {
             .process
             .clone()
             .filter(|id| id.group_is_ours());
-        if let Some(old_id) = old_process {
-            let t = Instant::now();
-            if let Err(reason) = confirm_route(config, target, port) {
+        let t = Instant::now();
+        match confirm_route(config, target, port, old_process.is_some()) {
+            Ok(()) => {
+                self.phases.route_ms = ms(t.elapsed());
+                log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
+            }
+            Err(reason) if old_process.is_some() => {
                 return Err(self.abort(action, target, &sha, previous, reason, Some(&mut started)));
             }
-            self.phases.route_ms = ms(t.elapsed());
-            log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
-
+            // Nothing else serves, so there is nothing to protect: go on.
+            Err(reason) => log::warn!("{reason}"),
+        }
+        if let Some(old_id) = old_process {
             let t = Instant::now();
             let signal = config.stop.signal;
             match process::stop_group(&old_id, signal, config.stop.timeout, None) {
@@ -725,7 +730,15 @@ fn wait_healthy(config: &Config, checker: &Checker, started: &mut Started) -> Ve
 /// Step 8: confirm through nginx's probe location that nginx sends
 /// requests to the new slot; without a probe location, wait until a
 /// failure mark on it must have expired.
-fn confirm_route(config: &Config, slot: Slot, port: u16) -> std::result::Result<(), String> {
+///
+/// With `must_route` false (nothing else serves), an nginx that does not
+/// answer at all is reported at once instead of waited for.
+fn confirm_route(
+    config: &Config,
+    slot: Slot,
+    port: u16,
+    must_route: bool,
+) -> std::result::Result<(), String> {
     let probe = RouteProbe::new(&config.nginx.probe_url);
     let want = format!("127.0.0.1:{port}");
     let t = Instant::now();
@@ -743,6 +756,12 @@ fn confirm_route(config: &Config, slot: Slot, port: u16) -> std::result::Result<
                 );
                 std::thread::sleep(wait.saturating_sub(t.elapsed()));
                 return Ok(());
+            }
+            Route::Unreachable(e) if !must_route => {
+                return Err(format!(
+                    "nginx did not answer at {} ({e}); once it runs the config from `zdd nginx`, it will send requests to slot {slot}",
+                    probe.url()
+                ))
             }
             Route::Unreachable(e) => last = format!("{} did not answer: {e}", probe.url()),
         }

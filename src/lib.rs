@@ -11,6 +11,7 @@ pub mod health;
 pub mod init;
 pub mod named;
 pub mod nginx;
+pub mod ports;
 pub mod process;
 pub mod report;
 pub mod signals;

@@ -142,7 +142,7 @@ pub fn start(
             )));
         }
     }
-    if let Some(listener) = process::listeners(port).into_iter().next() {
+    if let Some(listener) = crate::ports::listeners(port, &[]).into_iter().next() {
         return Err(Error::Failed(format!(
             "port {port} is taken by {listener}; {name} was not started"
         )));

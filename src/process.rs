@@ -315,97 +315,6 @@ pub fn stop_group(
     Stopped::Killed(started.elapsed())
 }
 
-/// A process listening on a TCP port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listener {
-    pub pid: Option<i32>,
-    pub command: Option<String>,
-}
-
-impl std::fmt::Display for Listener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.pid, &self.command) {
-            (Some(pid), Some(c)) => write!(f, "pid {pid} ({c})"),
-            (Some(pid), None) => write!(f, "pid {pid}"),
-            _ => f.write_str("a process zdd cannot see"),
-        }
-    }
-}
-
-/// Socket inodes listening on `port` (any address, IPv4 and IPv6).
-fn listening_inodes(port: u16) -> Vec<u64> {
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != "0A" {
-                continue;
-            }
-            let local_port = f[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if local_port == Some(port) {
-                if let Ok(inode) = f[9].parse() {
-                    inodes.push(inode);
-                }
-            }
-        }
-    }
-    inodes
-}
-
-/// Who listens on `port`, if anyone.
-pub fn listeners(port: u16) -> Vec<Listener> {
-    let inodes = listening_inodes(port);
-    if inodes.is_empty() {
-        return Vec::new();
-    }
-    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|t| wanted.iter().any(|w| t.as_os_str() == w.as_str()))
-        });
-        if holds {
-            let command = std::fs::read_to_string(entry.path().join("cmdline"))
-                .ok()
-                .map(|c| {
-                    c.split('\0')
-                        .filter(|s| !s.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .filter(|c| !c.is_empty());
-            found.push(Listener {
-                pid: Some(pid),
-                command,
-            });
-        }
-    }
-    if found.is_empty() {
-        found.push(Listener {
-            pid: None,
-            command: None,
-        });
-    }
-    found
-}
-
 /// The last `n` lines of a log file (reads at most its last 64 KiB).
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
     let Ok(mut f) = File::open(path) else {
@@ -482,16 +391,5 @@ mod tests {
             stop_group(&id, Signal::SIGTERM, Duration::from_millis(200), None),
             Stopped::NotRunning
         );
-    }
-
-    #[test]
-    fn listeners_finds_our_own_socket() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let found = listeners(port);
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].pid, Some(std::process::id() as i32));
-        drop(l);
-        assert!(listeners(port).is_empty());
     }
 }

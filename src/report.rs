@@ -59,8 +59,9 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
                 id.pid
             ));
         }
-        let listeners = process::listeners(port);
         let recorded_pgid = s.process.as_ref().filter(|_| running).map(|id| id.pid);
+        let listeners =
+            crate::ports::listeners(port, &recorded_pgid.into_iter().collect::<Vec<_>>());
         for l in &listeners {
             let in_group = l
                 .pid

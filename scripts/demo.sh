@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The main job, on a fresh machine: build zdd, make a throw-away git repo of
+# the example app with two versions, start a private nginx on a loopback
+# port, deploy v1, deploy v2 under load, roll back under load, and print
+# what was served and how many requests failed. Leaves nothing running.
+#
+#   scripts/demo.sh            # everything in a temp folder, removed after
+#   KEEP=1 scripts/demo.sh     # keep the folder to look around
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_nginx
+ensure_git
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+say "building zdd, the example app and the load client (release)"
+cargo build --release --quiet --bin zdd --example app --example load
+ZDD=$PWD/target/release/zdd
+APP=$PWD/target/release/examples/app
+LOAD=$PWD/target/release/examples/load
+
+DEMO=$(mktemp -d /tmp/zdd-demo.XXXXXX)
+NGINX_PREFIX=$DEMO/nginx
+cleanup() {
+  set +e
+  [ -f "$DEMO/zdd.toml" ] && { "$ZDD" -q -c "$DEMO/zdd.toml" stop a >/dev/null; "$ZDD" -q -c "$DEMO/zdd.toml" stop b >/dev/null; }
+  [ -f "$NGINX_PREFIX/nginx.pid" ] && kill "$(cat "$NGINX_PREFIX/nginx.pid")" 2>/dev/null
+  [ -n "${LOAD_PID:-}" ] && kill "$LOAD_PID" 2>/dev/null
+  if [ -n "${KEEP:-}" ]; then echo "kept $DEMO"; else rm -rf "$DEMO"; fi
+}
+trap cleanup EXIT
+
+say "a throw-away app repo with two versions in $DEMO/repo"
+git init -q --initial-branch=main "$DEMO/repo"
+cd "$DEMO/repo"
+git config user.email demo@example.com
+git config user.name "zdd demo"
+cat > run.sh <<'RUN'
+#!/bin/sh
+# The app: zdd sets PORT; it serves the version in ./VERSION.
+exec "$APP_BIN"
+RUN
+chmod +x run.sh
+echo v1 > VERSION && git add -A && git commit -qm "v1: first release"
+V1=$(git rev-parse HEAD)
+echo v2 > VERSION && git commit -qam "v2: second release"
+V2=$(git rev-parse HEAD)
+cd - >/dev/null
+
+PORT_A=$(free_port); PORT_B=$(free_port); NGINX_PORT=$(free_port)
+while [ "$PORT_B" = "$PORT_A" ]; do PORT_B=$(free_port); done
+cat > "$DEMO/zdd.toml" <<TOML
+name   = "demo"
+repo   = "repo"
+branch = "main"
+root   = "state"
+build  = "test -f VERSION"
+start  = "./run.sh"
+ports  = [$PORT_A, $PORT_B]
+
+[env]
+APP_BIN = "$APP"
+
+[health]
+interval = "20ms"
+
+[nginx]
+listen   = "127.0.0.1:$NGINX_PORT"
+pid_file = "nginx/nginx.pid"
+TOML
+echo "zdd.toml:"; sed 's/^/  /' "$DEMO/zdd.toml"
+
+say "a private nginx on 127.0.0.1:$NGINX_PORT with the config from \`zdd nginx\`"
+mkdir -p "$NGINX_PREFIX"
+"$ZDD" -c "$DEMO/zdd.toml" nginx > "$NGINX_PREFIX/site.conf"
+write_nginx_conf "$NGINX_PREFIX"
+"$(nginx_bin)" -p "$NGINX_PREFIX" -c "$NGINX_PREFIX/nginx.conf"
+sed 's/^/  /' "$NGINX_PREFIX/site.conf" | sed -n '/upstream/,/^  }/p'
+
+say "zdd deploy $V1 (v1)"
+"$ZDD" -c "$DEMO/zdd.toml" deploy "$V1"
+echo "nginx serves: $(http_get "$NGINX_PORT")"
+
+say "steady load through nginx: 16 clients, GET and POST, keep-alive mixed"
+"$LOAD" --url "http://127.0.0.1:$NGINX_PORT/" --concurrency 16 --post-ratio 0.5 \
+  --keepalive mixed --duration 120s --stop-file "$DEMO/stop-load" \
+  --expect-version v1 --expect-version v2 > "$DEMO/load.json" &
+LOAD_PID=$!
+sleep 1
+
+say "zdd deploy (the tip of main: v2) under load"
+"$ZDD" -c "$DEMO/zdd.toml" deploy
+echo "nginx serves: $(http_get "$NGINX_PORT")"
+sleep 1
+
+say "zdd rollback under load"
+"$ZDD" -c "$DEMO/zdd.toml" rollback
+echo "nginx serves: $(http_get "$NGINX_PORT")"
+sleep 1
+
+touch "$DEMO/stop-load"
+set +e; wait "$LOAD_PID"; LOAD_RC=$?; set -e; LOAD_PID=
+
+say "zdd status"
+"$ZDD" -c "$DEMO/zdd.toml" status
+say "zdd history"
+"$ZDD" -c "$DEMO/zdd.toml" history
+
+say "what the load saw across the deploy and the rollback"
+python_free_summary=$(tr -d '\n ' < "$DEMO/load.json")
+field() { echo "$python_free_summary" | grep -o "\"$1\":[^,}]*" | head -1 | cut -d: -f2; }
+echo "requests: $(field requests)   failed: $(field failed)   p50: $(field p50) ms   p99: $(field p99) ms"
+echo "versions served: $(echo "$python_free_summary" | grep -o '"versions":{[^}]*}' | cut -d: -f2-)"
+if [ "$LOAD_RC" -eq 0 ]; then
+  echo "zero downtime: every request got a 2xx from v1 or v2"
+else
+  echo "SOME REQUESTS FAILED:"; cat "$DEMO/load.json"; exit 1
+fi

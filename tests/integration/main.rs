@@ -1,0 +1,6 @@
+//! Integration tests: the real zdd binary against a real nginx and real
+//! app processes. One test binary, with shared helpers in `support`.
+
+mod support;
+
+mod core;

@@ -1,0 +1,515 @@
+//! Shared helpers for the integration tests: a private nginx on a free
+//! loopback port, a throw-away git repo of the reference app, the zdd
+//! binary run with a timeout, and plain HTTP probes.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Tests that run nginx under load take this so they do not starve each other.
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn zdd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_zdd"))
+}
+
+/// A built example binary (`app`, `load`), built on first use if missing.
+pub fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = zdd_bin().parent().unwrap().join("examples");
+    let path = dir.join(name);
+    if !path.exists() {
+        BUILT.get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let ok = Command::new(cargo)
+                .args(["build", "--examples", "--quiet"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build --examples")
+                .success();
+            assert!(ok, "cargo build --examples failed");
+        });
+    }
+    assert!(
+        path.exists(),
+        "{} is missing; run `cargo build --examples`",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    // Ports from the ephemeral range could be taken by outgoing
+    // connections later; the kernel hands out a currently free one.
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn listening(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
+}
+
+/// Poll `cond` until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// A minimal HTTP/1.0 request; returns (status, headers, body).
+pub fn http(
+    method: &str,
+    port: u16,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String, String), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    let (head, body) = buf.split_once("\r\n\r\n").ok_or("no header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("bad status line")?;
+    Ok((status, head.to_string(), body.to_string()))
+}
+
+/// GET / and return the body's first word (the app's version), or the error.
+pub fn served(port: u16) -> String {
+    match http("GET", port, "/", "") {
+        Ok((200, _, body)) => body.split_whitespace().next().unwrap_or("").to_string(),
+        Ok((status, _, body)) => format!("HTTP {status}: {}", body.trim()),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// Where nginx lives, or a loud failure saying how to get it.
+pub fn nginx_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NGINX") {
+        return PathBuf::from(p);
+    }
+    for p in [
+        "/usr/sbin/nginx",
+        "/usr/local/sbin/nginx",
+        "/usr/local/nginx/sbin/nginx",
+    ] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "nginx is not installed: these tests run a real nginx. Install it with \
+         `sudo apt-get install -y nginx-light` (or run scripts/test.sh, which does), \
+         or point NGINX at the binary"
+    );
+}
+
+/// A private nginx: own prefix, own config, a free loopback port.
+pub struct Nginx {
+    pub port: u16,
+    pub prefix: PathBuf,
+    child: Child,
+}
+
+impl Nginx {
+    /// Start nginx with `site` (a rendered `zdd nginx` config) included.
+    pub fn start(prefix: &Path, port: u16, site: &str) -> Nginx {
+        Nginx::prepare(prefix, site);
+        let mut child = Command::new(nginx_bin())
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(prefix.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nginx");
+        let up = wait_until(Duration::from_secs(10), || {
+            listening(port) || child.try_wait().ok().flatten().is_some()
+        });
+        if !up || child.try_wait().ok().flatten().is_some() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            let log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
+            let _ = child.kill();
+            panic!("nginx did not start on 127.0.0.1:{port}: {err}\n{log}");
+        }
+        Nginx {
+            port,
+            prefix: prefix.to_path_buf(),
+            child,
+        }
+    }
+
+    /// Write the prefix: main config, `site.conf`, log and temp folders.
+    pub fn prepare(prefix: &Path, site: &str) {
+        std::fs::create_dir_all(prefix.join("tmp")).unwrap();
+        std::fs::create_dir_all(prefix.join("logs")).unwrap();
+        std::fs::write(prefix.join("site.conf"), site).unwrap();
+        std::fs::write(prefix.join("nginx.conf"), main_conf(prefix)).unwrap();
+    }
+
+    /// The command that tests this nginx's config (`nginx.test_command`).
+    pub fn test_command(prefix: &Path) -> String {
+        format!(
+            "{} -t -q -p {} -c {}",
+            nginx_bin().display(),
+            prefix.display(),
+            prefix.join("nginx.conf").display()
+        )
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.prefix.join("logs/error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx's main config for a test prefix: 2 workers, logs and temp
+/// files under the prefix, the site from `site.conf`.
+pub fn main_conf(prefix: &Path) -> String {
+    let p = prefix.display();
+    let user = if nix_is_root() { "user root;\n" } else { "" };
+    format!(
+        "{user}worker_processes 2;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {p}/tmp/body;\n  proxy_temp_path {p}/tmp/proxy;\n\
+           fastcgi_temp_path {p}/tmp/fastcgi;\n  uwsgi_temp_path {p}/tmp/uwsgi;\n  scgi_temp_path {p}/tmp/scgi;\n\
+           include {p}/site.conf;\n}}\n"
+    )
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A throw-away app project: a git repo of the reference app, a zdd.toml,
+/// zdd's root, and (optionally) a private nginx in front.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub ports: [u16; 2],
+    pub nginx_port: u16,
+    pub nginx: Option<Nginx>,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Project {
+    /// A repo with a first commit serving `v1`, and a config around it.
+    /// `extra` is appended to zdd.toml.
+    pub fn new(extra: &str) -> Project {
+        let dir = tempfile::Builder::new()
+            .prefix("zdd-test-")
+            .tempdir()
+            .unwrap();
+        let ports = [free_port(), free_port()];
+        let nginx_port = free_port();
+        let p = Project {
+            dir,
+            ports,
+            nginx_port,
+            nginx: None,
+        };
+        let repo = p.repo();
+        std::fs::create_dir_all(&repo).unwrap();
+        p.git(&["init", "--quiet", "--initial-branch=main"]);
+        p.git(&["config", "user.email", "test@example.com"]);
+        p.git(&["config", "user.name", "zdd test"]);
+        p.commit("v1", "");
+        p.write_config(extra);
+        p
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.path().join("repo")
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("zdd.toml")
+    }
+
+    pub fn write_config(&self, extra: &str) {
+        let text = format!(
+            "name = \"testapp\"\nrepo = \"repo\"\nroot = \"state\"\nbuild = \"sh build.sh\"\nstart = \"./run.sh\"\n\
+             ports = [{}, {}]\n{extra}\n\n[env]\nAPP_BIN = \"{}\"\n\n[health]\ntimeout = \"15s\"\ninterval = \"20ms\"\n\n\
+             [stop]\ntimeout = \"10s\"\n\n[nginx]\nlisten = \"127.0.0.1:{}\"\npid_file = \"nginx/nginx.pid\"\n\
+             test_command = \"{}\"\n",
+            self.ports[0],
+            self.ports[1],
+            example("app").display(),
+            self.nginx_port,
+            Nginx::test_command(&self.path().join("nginx")),
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(self.repo())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Commit a version of the app. `run_env` are extra lines for run.sh
+    /// (e.g. `export APP_STATUS=500`); returns the sha.
+    pub fn commit(&self, version: &str, run_env: &str) -> String {
+        self.commit_with(version, run_env, "echo building $ZDD_COMMIT\n")
+    }
+
+    pub fn commit_with(&self, version: &str, run_env: &str, build: &str) -> String {
+        let repo = self.repo();
+        std::fs::write(repo.join("VERSION"), format!("{version}\n")).unwrap();
+        let run = format!("#!/bin/sh\n{run_env}\nexec \"$APP_BIN\"\n");
+        std::fs::write(repo.join("run.sh"), run).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(repo.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::write(repo.join("build.sh"), build).unwrap();
+        self.git(&["add", "-A"]);
+        self.git(&[
+            "commit",
+            "--quiet",
+            "--allow-empty",
+            "-m",
+            &format!("version {version}"),
+        ]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// Start a private nginx with the config `zdd nginx` renders.
+    pub fn start_nginx(&mut self) {
+        let site = self.zdd(&["nginx"]);
+        assert_eq!(site.code, 0, "{site:?}");
+        self.start_nginx_with(&site.stdout);
+    }
+
+    pub fn start_nginx_with(&mut self, site: &str) {
+        self.nginx = None;
+        self.nginx = Some(Nginx::start(
+            &self.path().join("nginx"),
+            self.nginx_port,
+            site,
+        ));
+    }
+
+    /// Run zdd with this project's config; fails the test after 120 s.
+    pub fn zdd(&self, args: &[&str]) -> Run {
+        self.zdd_env(args, &[])
+    }
+
+    pub fn zdd_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(zdd_bin());
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .current_dir(self.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_bounded(cmd, Duration::from_secs(120))
+    }
+
+    /// Spawn zdd without waiting (for lock and signal tests).
+    pub fn spawn_zdd(&self, args: &[&str]) -> Child {
+        Command::new(zdd_bin())
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .current_dir(self.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn state(&self) -> toml::Value {
+        let text =
+            std::fs::read_to_string(self.root().join("state.toml")).expect("state.toml exists");
+        toml::from_str(&text).expect("state.toml parses")
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let r = self.zdd(&["status", "--json"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("status --json: {e}\n{r:?}"))
+    }
+
+    /// What nginx serves now (the version, or the error).
+    pub fn served(&self) -> String {
+        served(self.nginx_port)
+    }
+
+    /// Which of the two slot ports accept connections.
+    pub fn listening_slots(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if listening(self.ports[0]) {
+            v.push("a");
+        }
+        if listening(self.ports[1]) {
+            v.push("b");
+        }
+        v
+    }
+
+    /// Pids of processes started for this project (by their ZDD_ROOT).
+    pub fn app_pids(&self) -> Vec<i32> {
+        let want = format!("ZDD_ROOT={}", self.root().display());
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true);
+            if !zombie && env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        for pid in self.app_pids() {
+            unsafe_kill(pid);
+        }
+    }
+}
+
+fn unsafe_kill(pid: i32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}
+
+/// Run a command to completion, killing it (and failing) after `limit`.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Run {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = wait_output(&mut child, limit);
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Wait for a child with piped output, bounded in time.
+pub fn wait_output(child: &mut Child, limit: Duration) -> Output {
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout.read_to_end(&mut b);
+        b
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stderr.read_to_end(&mut b);
+        b
+    });
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("command did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
