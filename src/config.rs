@@ -52,6 +52,9 @@ pub struct Health {
     pub request_timeout: Duration,
     pub expect_status: (u16, u16),
     pub expect_body: Option<String>,
+    /// Start a new commit once on a private port and check it there before
+    /// it listens on its slot port (where nginx sends it traffic at once).
+    pub rehearse: bool,
 }
 
 impl Default for Health {
@@ -63,6 +66,7 @@ impl Default for Health {
             request_timeout: Duration::from_secs(2),
             expect_status: (200, 299),
             expect_body: None,
+            rehearse: true,
         }
     }
 }
@@ -244,6 +248,7 @@ impl Config {
             request_timeout: h.request_timeout.map_or(defaults.request_timeout, |d| d.0),
             expect_status,
             expect_body: h.expect_body,
+            rehearse: h.rehearse.unwrap_or(defaults.rehearse),
         };
 
         let s = raw.stop.unwrap_or_default();
@@ -426,6 +431,7 @@ struct RawHealth {
     request_timeout: Option<HumanDuration>,
     expect_status: Option<Spanned<[u16; 2]>>,
     expect_body: Option<String>,
+    rehearse: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

@@ -117,7 +117,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
     ] {
         let Some(command) = command else { continue };
         let step = Instant::now();
-        if let Err(e) = run.step(target, &sha, label, command) {
+        if let Err(e) = run.step(target, &sha, config.port(target), label, command) {
             return Err(run.abort_with(Action::Deploy, target, &sha, previous, e, None));
         }
         log::info!("slot {target}: {label} done in {}", fmt(step.elapsed()));
@@ -270,9 +270,9 @@ impl<'a> Run<'a> {
     }
 
     /// The environment of the app, its build and hooks.
-    fn env(&self, slot: Slot, sha: &str) -> Vec<(String, String)> {
+    fn env(&self, slot: Slot, sha: &str, port: u16) -> Vec<(String, String)> {
         let mut env = vec![
-            ("PORT".to_string(), self.config.port(slot).to_string()),
+            ("PORT".to_string(), port.to_string()),
             ("ZDD_SLOT".to_string(), slot.name().to_string()),
             ("ZDD_COMMIT".to_string(), sha.to_string()),
             (
@@ -341,6 +341,7 @@ impl<'a> Run<'a> {
         &self,
         slot: Slot,
         sha: &str,
+        port: u16,
         label: &str,
         command: &str,
     ) -> std::result::Result<(), StepError> {
@@ -349,7 +350,7 @@ impl<'a> Run<'a> {
             &log,
             &format!("{label} of {} in slot {slot}: {command}", git::short(sha)),
         );
-        let env = self.env(slot, sha);
+        let env = self.env(slot, sha, port);
         let dir = self.slot_dir(slot);
         let spec = Spec {
             command,
@@ -383,75 +384,28 @@ impl<'a> Run<'a> {
             return Err(self.abort_with(action, target, &sha, previous, StepError::from(e), None));
         }
 
-        // Step 6: start in its own process group; record it at once.
-        let log = self.log_path(target);
-        process::log_marker(
-            &log,
-            &format!(
-                "start {short} in slot {target} on port {port}: {}",
-                config.start
-            ),
-        );
-        let env = self.env(target, &sha);
-        let dir = self.slot_dir(target);
-        let spec = Spec {
-            command: &config.start,
-            dir: &dir,
-            env: &env,
-            log: &log,
-            run_as: config.user.as_ref(),
-        };
+        // Steps 6 and 7: start, record at once, verify. A new commit first
+        // runs a rehearsal on a private port: nginx sends requests to a slot
+        // port as soon as anything listens there, so a version that listens
+        // but answers errors must never listen there.
         let t = Instant::now();
-        let mut started = match process::spawn_app(&spec) {
-            Ok(s) => s,
-            Err(e) => {
-                return Err(self.abort(
-                    action,
-                    target,
-                    &sha,
-                    previous,
-                    format!("cannot start `{}`: {e}", config.start),
-                    None,
-                ))
-            }
-        };
-        {
-            let s = self.state.slot_mut(target);
-            s.status = SlotStatus::Starting;
-            s.process = Some(started.id.clone());
-            s.started_at = Some(now());
+        let rehearse = action == Action::Deploy && config.health.rehearse;
+        if rehearse {
+            let private = free_port().map_err(Error::io("cannot find a free port", "127.0.0.1"))?;
+            let mut rehearsal =
+                self.start_verified(action, target, &sha, &previous, private, "rehearsal")?;
+            process::stop_group(
+                &rehearsal.id,
+                config.stop.signal,
+                config.stop.timeout,
+                Some(&mut rehearsal.child),
+            );
+            log::info!(
+                "slot {target}: rehearsal on private port {private} passed in {}",
+                fmt(t.elapsed())
+            );
         }
-        self.save()?;
-
-        // Step 7: verify over HTTP, then the verify hook.
-        let checker = Checker::new(&config.health, port);
-        let verified = match wait_healthy(config, &checker, &mut started) {
-            Verified::Healthy => match config.hooks.verify.as_deref() {
-                Some(hook) => match self.step(target, &sha, "verify hook", hook) {
-                    Ok(()) => Verified::Healthy,
-                    Err(StepError::Failed(m)) => Verified::Failed(m),
-                    Err(StepError::Interrupted(sig)) => Verified::Interrupted(sig),
-                },
-                None => Verified::Healthy,
-            },
-            other => other,
-        };
-        match verified {
-            Verified::Healthy => {}
-            Verified::Failed(reason) => {
-                return Err(self.abort(action, target, &sha, previous, reason, Some(&mut started)))
-            }
-            Verified::Interrupted(sig) => {
-                return Err(self.abort_with(
-                    action,
-                    target,
-                    &sha,
-                    previous,
-                    StepError::Interrupted(sig),
-                    Some(&mut started),
-                ))
-            }
-        }
+        let mut started = self.start_verified(action, target, &sha, &previous, port, "start")?;
         self.phases.ready_ms = ms(t.elapsed());
         log::info!(
             "slot {target}: pid {} healthy on port {port} after {}",
@@ -532,7 +486,7 @@ impl<'a> Run<'a> {
             log::warn!("cannot update {}: {e}", current.display());
         }
         if let Some(hook) = config.hooks.after_swap.as_deref() {
-            match self.step(target, &sha, "after_swap hook", hook) {
+            match self.step(target, &sha, port, "after_swap hook", hook) {
                 Ok(()) => {}
                 Err(StepError::Failed(m)) => log::warn!("{m}; the swap itself is done"),
                 Err(StepError::Interrupted(sig)) => {
@@ -561,6 +515,95 @@ impl<'a> Run<'a> {
             log::warn!("got {} during the swap; finished it first", sig.as_str());
         }
         Ok(())
+    }
+
+    /// Start the app of `target` listening on `port` in its own process
+    /// group, record it in the state at once, and verify it: the health
+    /// check, then the verify hook (run once, at the first start of a
+    /// commit). On failure the new process is stopped and the attempt
+    /// recorded; the error says why.
+    fn start_verified(
+        &mut self,
+        action: Action,
+        target: Slot,
+        sha: &str,
+        previous: &Option<String>,
+        port: u16,
+        label: &str,
+    ) -> Result<Started> {
+        let config = self.config;
+        let log = self.log_path(target);
+        process::log_marker(
+            &log,
+            &format!(
+                "{label} of {} in slot {target} on port {port}: {}",
+                git::short(sha),
+                config.start
+            ),
+        );
+        let env = self.env(target, sha, port);
+        let dir = self.slot_dir(target);
+        let spec = Spec {
+            command: &config.start,
+            dir: &dir,
+            env: &env,
+            log: &log,
+            run_as: config.user.as_ref(),
+        };
+        let mut started = match process::spawn_app(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = format!("cannot start `{}`: {e}", config.start);
+                return Err(self.abort(action, target, sha, previous.clone(), reason, None));
+            }
+        };
+        {
+            let s = self.state.slot_mut(target);
+            s.status = SlotStatus::Starting;
+            s.process = Some(started.id.clone());
+            s.started_at = Some(now());
+        }
+        if let Err(e) = self.save() {
+            // A process the state does not record must not outlive zdd.
+            process::stop_group(
+                &started.id,
+                config.stop.signal,
+                config.stop.timeout,
+                Some(&mut started.child),
+            );
+            return Err(e);
+        }
+
+        let checker = Checker::new(&config.health, port);
+        let first_start =
+            label == "rehearsal" || !(action == Action::Deploy && config.health.rehearse);
+        let verified = match wait_healthy(config, &checker, &mut started) {
+            Verified::Healthy => match config.hooks.verify.as_deref().filter(|_| first_start) {
+                Some(hook) => match self.step(target, sha, port, "verify hook", hook) {
+                    Ok(()) => Verified::Healthy,
+                    Err(StepError::Failed(m)) => Verified::Failed(m),
+                    Err(StepError::Interrupted(sig)) => Verified::Interrupted(sig),
+                },
+                None => Verified::Healthy,
+            },
+            other => other,
+        };
+        let why = match verified {
+            Verified::Healthy => return Ok(started),
+            Verified::Failed(reason) if label == "rehearsal" => StepError::Failed(format!(
+                "{reason} (in the rehearsal on private port {port})"
+            )),
+            Verified::Failed(reason) => StepError::Failed(reason),
+            Verified::Interrupted(sig) => StepError::Interrupted(sig),
+        };
+        Err(self.abort_with(
+            action,
+            target,
+            sha,
+            previous.clone(),
+            why,
+            Some(&mut started),
+        ))
     }
 
     fn abort(
@@ -773,6 +816,13 @@ fn confirm_route(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A loopback port nothing listens on right now, for a rehearsal.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn now() -> String {

@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::git;
 use crate::health::Checker;
 use crate::process;
-use crate::state::{HistoryEntry, Slot, State};
+use crate::state::{HistoryEntry, Slot, SlotStatus, State};
 
 /// The JSON schema version of `status --json` and `history --json`.
 pub const JSON_VERSION: u32 = 1;
@@ -76,6 +76,17 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
         if state.active == Some(slot) && !running {
             drift.push(format!("slot {slot} is live but not running"));
         }
+        if running && state.active != Some(slot) && s.status != SlotStatus::Live {
+            let live_runs = state
+                .active
+                .and_then(|a| state.slot(a).process.as_ref())
+                .is_some_and(|id| id.group_is_ours());
+            drift.push(format!(
+                "slot {slot}: pid {} from an interrupted deploy still runs; the next `zdd deploy` {}",
+                recorded_pgid.unwrap_or_default(),
+                if live_runs { "stops it" } else { "records it as live" }
+            ));
+        }
         let (healthy, health) = if running || !listeners.is_empty() {
             let t = std::time::Instant::now();
             let mut h = config.health.clone();
@@ -115,7 +126,7 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
         });
     }
     let next = state.slot(state.next_deploy);
-    let rollback_to = (next.status == crate::state::SlotStatus::Standby)
+    let rollback_to = (next.status == SlotStatus::Standby)
         .then(|| next.commit.clone())
         .flatten();
     let report = StatusReport {

@@ -280,6 +280,7 @@ impl Lock {
     pub fn acquire(root: &Path, wait: Option<Option<Duration>>) -> Result<Lock> {
         let path = root.join("zdd.lock");
         let started = Instant::now();
+        let mut said = false;
         loop {
             let file = OpenOptions::new()
                 .read(true)
@@ -309,8 +310,9 @@ impl Lock {
                             })
                         }
                         Some(_) => {
-                            if started.elapsed() < Duration::from_millis(60) {
+                            if !said {
                                 log::info!("waiting for the lock held by pid {holder}");
+                                said = true;
                             }
                             if let Some(sig) = crate::signals::pending() {
                                 return Err(Error::Interrupted {

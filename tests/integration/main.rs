@@ -4,4 +4,5 @@
 mod support;
 
 mod core;
+mod faults;
 mod zero_downtime;

@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -146,6 +147,7 @@ impl Nginx {
             .arg("-c")
             .arg(prefix.join("nginx.conf"))
             .args(["-g", "daemon off;"])
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -194,8 +196,19 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM makes the master stop its workers (SIGKILL would orphan
+    /// them, still listening); the group kill catches any straggler.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        use nix::sys::signal::{kill, killpg, Signal};
+        use nix::unistd::Pid;
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let t = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = killpg(pid, Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
@@ -204,7 +217,7 @@ impl Drop for Nginx {
 /// files under the prefix, the site from `site.conf`.
 pub fn main_conf(prefix: &Path) -> String {
     let p = prefix.display();
-    let user = if nix_is_root() { "user root;\n" } else { "" };
+    let user = if is_root() { "user root;\n" } else { "" };
     format!(
         "{user}worker_processes 2;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
@@ -214,7 +227,7 @@ pub fn main_conf(prefix: &Path) -> String {
     )
 }
 
-fn nix_is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -305,6 +318,31 @@ impl Project {
             Nginx::test_command(&self.path().join("nginx")),
         );
         std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// Change the config file's text (e.g. a shorter timeout).
+    pub fn edit_config(&self, f: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(self.config_path()).unwrap();
+        std::fs::write(self.config_path(), f(text)).unwrap();
+    }
+
+    /// Spawn zdd with stderr going to a file (to watch its progress).
+    pub fn spawn_zdd_logged(&self, args: &[&str], log: &Path) -> Child {
+        Command::new(zdd_bin())
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .current_dir(self.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The state file's exact bytes.
+    pub fn state_bytes(&self) -> Vec<u8> {
+        std::fs::read(self.root().join("state.toml")).unwrap_or_default()
     }
 
     pub fn git(&self, args: &[&str]) -> String {
@@ -412,6 +450,11 @@ impl Project {
         served(self.nginx_port)
     }
 
+    /// What slot 0 (a) or 1 (b) serves, asked directly.
+    pub fn served_direct(&self, slot: usize) -> String {
+        served(self.ports[slot])
+    }
+
     /// Which of the two slot ports accept connections.
     pub fn listening_slots(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
@@ -512,4 +555,70 @@ pub fn wait_output(child: &mut Child, limit: Duration) -> Output {
         stdout: out_t.join().unwrap(),
         stderr: err_t.join().unwrap(),
     }
+}
+
+/// The load client running against nginx until `finish` is called.
+pub struct Load {
+    child: Child,
+    stop_file: std::path::PathBuf,
+}
+
+impl Load {
+    pub fn start(p: &Project, versions: &[&str]) -> Load {
+        let stop_file = p.path().join("stop-load");
+        let mut cmd = Command::new(example("load"));
+        cmd.args(["--url", &format!("http://127.0.0.1:{}/", p.nginx_port)])
+            .args([
+                "--concurrency",
+                "16",
+                "--post-ratio",
+                "0.5",
+                "--keepalive",
+                "mixed",
+            ])
+            .args(["--duration", "240s", "--body-size", "2048"])
+            .arg("--stop-file")
+            .arg(&stop_file);
+        for v in versions {
+            cmd.args(["--expect-version", v]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Let it reach a steady state before the first swap.
+        std::thread::sleep(Duration::from_millis(500));
+        Load { child, stop_file }
+    }
+
+    /// Stop the load and return its JSON report.
+    pub fn finish(mut self) -> serde_json::Value {
+        std::fs::write(&self.stop_file, "").unwrap();
+        let out = wait_output(&mut self.child, Duration::from_secs(60));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "load report: {e}\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+}
+
+pub fn summary(report: &serde_json::Value) -> String {
+    format!(
+        "{} requests ({} GET, {} POST), {} failed, p50 {} ms, p99 {} ms, max {} ms, versions {}, errors {}, by status {}",
+        report["requests"],
+        report["by_method"]["GET"]["requests"],
+        report["by_method"]["POST"]["requests"],
+        report["failed"],
+        report["latency_ms"]["p50"],
+        report["latency_ms"]["p99"],
+        report["latency_ms"]["max"],
+        report["versions"],
+        report["errors"],
+        report["by_status"],
+    )
 }
