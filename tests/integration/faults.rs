@@ -510,3 +510,95 @@ fn unwritable_root_exits_4() {
         "{r:?}"
     );
 }
+
+fn wait_for_log(log: &std::path::Path, needle: &str) {
+    assert!(
+        wait_until(Duration::from_secs(30), || std::fs::read_to_string(log)
+            .is_ok_and(|s| s.contains(needle))),
+        "never saw {needle:?} in:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+#[test]
+fn signal_during_the_build_stops_it_and_keeps_the_old_slot() {
+    let p = live_v1("");
+    let slow = p.commit_with("v2", "", "echo build-started; sleep 30\n");
+    let log = p.path().join("zdd.log");
+    let mut z = p.spawn_zdd_logged(&["deploy", &slow], &log);
+    wait_for_log(&p.root().join("logs/b.log"), "build-started");
+    signal(&z, nix::sys::signal::Signal::SIGTERM);
+    let status = z.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(128 + 15), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    assert!(stderr.contains("slot a still serves"), "{stderr}");
+    assert_eq!(p.served(), "v1");
+    assert_eq!(
+        p.app_pids().len(),
+        1,
+        "the build's sleep was stopped too: {:?}",
+        p.app_pids()
+    );
+    assert_eq!(last_history(&p)["outcome"], "interrupted");
+}
+
+#[test]
+fn signal_while_the_new_slot_starts_stops_it() {
+    let p = live_v1("");
+    let slow = p.commit("v2", "export APP_READY_DELAY_MS=60000");
+    let log = p.path().join("zdd.log");
+    let mut z = p.spawn_zdd_logged(&["deploy", &slow], &log);
+    assert!(wait_until(Duration::from_secs(20), || p.state()["slots"]
+        ["b"]
+        .get("process")
+        .is_some()));
+    signal(&z, nix::sys::signal::Signal::SIGINT);
+    let status = z.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(128 + 2), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGINT; stopped slot b"),
+        "{stderr}"
+    );
+    assert_eq!(p.served(), "v1");
+    assert_eq!(
+        p.app_pids().len(),
+        1,
+        "only slot a runs: {:?}",
+        p.app_pids()
+    );
+    assert!(p.state()["slots"]["b"].get("process").is_none());
+}
+
+#[test]
+fn signal_during_the_swap_finishes_it() {
+    let p = Project::new("");
+    let mut p = p;
+    p.start_nginx();
+    p.edit_config(|c| c.replace("[stop]\ntimeout = \"10s\"", "[stop]\ntimeout = \"3s\""));
+    // v1 ignores SIGTERM, so the swap's drain lasts the whole stop timeout.
+    let v1 = p.commit("v1", "export APP_IGNORE_TERM=1");
+    assert_eq!(p.zdd(&["deploy", &v1]).code, 0);
+    let v2 = p.commit("v2", "");
+    let log = p.path().join("zdd.log");
+    let mut z = p.spawn_zdd_logged(&["deploy", &v2], &log);
+    wait_for_log(&log, "nginx routes to slot b");
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&z, nix::sys::signal::Signal::SIGHUP);
+    let status = z.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("got SIGHUP during the swap; finished it first"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("killed its process group"), "{stderr}");
+    assert_eq!(p.served(), "v2");
+    assert_eq!(p.listening_slots(), ["b"]);
+    assert_eq!(p.state()["active"].as_str(), Some("b"));
+}

@@ -4,5 +4,6 @@
 mod support;
 
 mod core;
+mod examples;
 mod faults;
 mod zero_downtime;

@@ -565,6 +565,11 @@ pub struct Load {
 
 impl Load {
     pub fn start(p: &Project, versions: &[&str]) -> Load {
+        Load::start_with(p, versions, "0.5")
+    }
+
+    /// With a given share of POST requests.
+    pub fn start_with(p: &Project, versions: &[&str], post_ratio: &str) -> Load {
         let stop_file = p.path().join("stop-load");
         let mut cmd = Command::new(example("load"));
         cmd.args(["--url", &format!("http://127.0.0.1:{}/", p.nginx_port)])
@@ -572,7 +577,7 @@ impl Load {
                 "--concurrency",
                 "16",
                 "--post-ratio",
-                "0.5",
+                post_ratio,
                 "--keepalive",
                 "mixed",
             ])
