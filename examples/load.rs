@@ -33,7 +33,9 @@
 //! - Extra keys: `stop_reason` (`duration`, `requests`, `signal`,
 //!   `stop_file`) and `error_examples` (first OS error text per error kind).
 //! - The samples CSV starts with a header line, then one line per request
-//!   sorted by start time: `start_us,latency_us,method,status,version,error`
+//!   sorted by start time: `start_unix_us,latency_us,method,status,version,error`
+//!   (start time in microseconds since the Unix epoch, so that it can be
+//!   lined up with other events such as deploys)
 //!   (status 0 for transport errors; version only for 2xx responses).
 
 use std::collections::HashMap;
@@ -351,6 +353,8 @@ const REASON_STOP_FILE: u8 = 4;
 struct Shared {
     cfg: Config,
     start: Instant,
+    /// `start` as microseconds since the Unix epoch, for the samples file.
+    start_unix_us: u64,
     run_deadline: Instant,
     tickets: AtomicU64,
     stop: AtomicBool,
@@ -961,14 +965,14 @@ fn csv_safe(v: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-fn write_samples(path: &PathBuf, all: &[Stats]) -> io::Result<()> {
+fn write_samples(path: &PathBuf, all: &[Stats], start_unix_us: u64) -> io::Result<()> {
     let mut rows: Vec<(&Sample, &Stats)> = Vec::new();
     for st in all {
         rows.extend(st.samples.iter().map(|s| (s, st)));
     }
     rows.sort_by_key(|(s, _)| s.start_us);
     let mut w = BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?);
-    w.write_all(b"start_us,latency_us,method,status,version,error\n")?;
+    w.write_all(b"start_unix_us,latency_us,method,status,version,error\n")?;
     let mut ver = Vec::with_capacity(MAX_VERSION_LEN);
     for (s, st) in rows {
         ver.clear();
@@ -978,7 +982,7 @@ fn write_samples(path: &PathBuf, all: &[Stats]) -> io::Result<()> {
         write!(
             w,
             "{},{},{},{},",
-            s.start_us,
+            start_unix_us + s.start_us,
             s.latency_us,
             if s.post { "POST" } else { "GET" },
             s.status
@@ -1013,10 +1017,14 @@ fn main() {
     }
 
     let start = Instant::now();
+    let start_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
     let sh = Shared {
         run_deadline: start + cfg.duration,
         cfg,
         start,
+        start_unix_us,
         tickets: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         term,
@@ -1081,7 +1089,7 @@ fn main() {
     let failed = requests - ok;
 
     if let Some(path) = &sh.cfg.samples {
-        if let Err(e) = write_samples(path, &all) {
+        if let Err(e) = write_samples(path, &all, sh.start_unix_us) {
             eprintln!("load: cannot write samples to {}: {e}", path.display());
         }
     }

@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::health::{Checker, Route, RouteProbe};
+use crate::health::{self, Checker, Route, RouteProbe, Verified};
 use crate::process::{self, Spec, Started, StepEnd, Stopped};
 use crate::state::{Action, HistoryEntry, Lock, Outcome, Phases, Slot, SlotStatus, State};
 use crate::{fsutil, git, signals};
@@ -43,7 +43,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
     run.check_signal("nothing was changed")?;
     fetched.map_err(|e| Error::Failed(format!("cannot fetch {repo}: {e}")))?;
     let wanted = commit.unwrap_or(&config.branch);
-    let sha = git::resolve(&dir, wanted).ok_or_else(|| {
+    let git::Commit { sha, subject } = git::resolve(&dir, wanted).ok_or_else(|| {
         Error::Usage(match commit {
             Some(c) => format!("unknown commit {c:?}: not a sha, tag or branch in {repo}"),
             None => format!("branch {wanted:?} not found in {repo}; set `branch` in the config"),
@@ -69,15 +69,11 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
             return Ok(());
         }
     }
-    let subject = git::subject(&dir, &sha);
     log::info!(
-        "fetched in {}: {wanted} is {short}{}",
-        fmt(fetch_time),
-        subject
-            .as_deref()
-            .map(|s| format!(" {s:?}"))
-            .unwrap_or_default()
+        "fetched in {}: {wanted} is {short} {subject:?}",
+        fmt(fetch_time)
     );
+    let subject = Some(subject);
 
     // Step 4: the idle slot's port must be free, or held by our own leftover.
     run.clear_port(target)?;
@@ -153,13 +149,6 @@ pub fn rollback(config: &Config, wait: Option<Option<Duration>>) -> Result<()> {
     run.clear_port(target)?;
     let previous = run.state.live_commit().map(str::to_string);
     run.bring_up(Action::Rollback, target, commit, previous)
-}
-
-/// How the start-up check of a new slot ended.
-enum Verified {
-    Healthy,
-    Failed(String),
-    Interrupted(Signal),
 }
 
 /// One deploy or rollback in progress: holds the lock and the state.
@@ -577,7 +566,7 @@ impl<'a> Run<'a> {
         let checker = Checker::new(&config.health, port);
         let first_start =
             label == "rehearsal" || !(action == Action::Deploy && config.health.rehearse);
-        let verified = match wait_healthy(config, &checker, &mut started) {
+        let verified = match health::wait_ready(&config.health, &checker, &mut started) {
             Verified::Healthy => match config.hooks.verify.as_deref().filter(|_| first_start) {
                 Some(hook) => match self.step(target, sha, port, "verify hook", hook) {
                     Ok(()) => Verified::Healthy,
@@ -734,39 +723,6 @@ fn interrupted(sig: Signal, what: String) -> Error {
         signal: sig.as_str(),
         number: sig as i32,
         what,
-    }
-}
-
-/// Step 7: probe until healthy, the process exits, or the timeout passes.
-fn wait_healthy(config: &Config, checker: &Checker, started: &mut Started) -> Verified {
-    let t = Instant::now();
-    loop {
-        if let Some(sig) = signals::pending() {
-            return Verified::Interrupted(sig);
-        }
-        if let Some(status) = started.exited() {
-            return Verified::Failed(format!("the app exited during start-up ({status})"));
-        }
-        let last = match checker.check() {
-            Ok(()) => return Verified::Healthy,
-            Err(seen) => seen,
-        };
-        if let Some(status) = started.exited() {
-            return Verified::Failed(format!("the app exited during start-up ({status})"));
-        }
-        if t.elapsed() >= config.health.timeout {
-            return Verified::Failed(format!(
-                "not healthy after {} (last check of {}: {last})",
-                humantime::format_duration(config.health.timeout),
-                checker.url()
-            ));
-        }
-        std::thread::sleep(
-            config
-                .health
-                .interval
-                .min(config.health.timeout.saturating_sub(t.elapsed())),
-        );
     }
 }
 

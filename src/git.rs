@@ -33,10 +33,6 @@ fn git(dir: &Path, args: &[&str]) -> Result<Output, String> {
     }
 }
 
-fn stdout_line(out: Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Make `dir` a git repository if it is not one yet.
 pub fn ensure_repo(dir: &Path) -> Result<(), String> {
     if dir.join(".git").exists() {
@@ -65,20 +61,47 @@ pub fn fetch(dir: &Path, repo: &str) -> Result<(), String> {
     .map(|_| ())
 }
 
-/// Resolve a sha, tag or branch name to a full commit sha, or `None` if it
-/// names no commit. A branch name is looked up among the fetched branches.
-pub fn resolve(dir: &Path, name: &str) -> Option<String> {
+/// A resolved commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    pub sha: String,
+    pub subject: String,
+}
+
+/// Resolve a sha, tag or branch name to a commit (full sha and subject),
+/// or `None` if it names no commit. A branch name is looked up among the
+/// fetched branches. One `git log` per candidate does both.
+pub fn resolve(dir: &Path, name: &str) -> Option<Commit> {
     let candidates = [
         format!("{name}^{{commit}}"),
         format!("refs/remotes/origin/{name}^{{commit}}"),
     ];
-    candidates.iter().find_map(|rev| {
-        git(
+    // A plain name is most likely a branch: try that first.
+    let order: [&String; 2] = if name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        [&candidates[0], &candidates[1]]
+    } else {
+        [&candidates[1], &candidates[0]]
+    };
+    order.iter().find_map(|rev| {
+        let out = git(
             dir,
-            &["rev-parse", "--verify", "--quiet", "--end-of-options", rev],
+            &[
+                "log",
+                "-1",
+                "--format=%H%n%s",
+                "--end-of-options",
+                rev,
+                "--",
+            ],
         )
-        .ok()
-        .map(stdout_line)
+        .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        let sha = lines.next()?.trim().to_string();
+        (sha.len() == 40).then(|| Commit {
+            sha,
+            subject: lines.next().unwrap_or("").trim().to_string(),
+        })
     })
 }
 
@@ -97,13 +120,6 @@ pub fn head(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join(".git").join("HEAD")).ok()?;
     let text = text.trim();
     (text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())).then(|| text.to_string())
-}
-
-/// The subject line of a commit, if the slot has it.
-pub fn subject(dir: &Path, sha: &str) -> Option<String> {
-    git(dir, &["log", "-1", "--format=%s", sha, "--"])
-        .ok()
-        .map(stdout_line)
 }
 
 /// The short form of a sha for messages.

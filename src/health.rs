@@ -1,9 +1,12 @@
 //! HTTP checks over plain HTTP to loopback: the app's health URL, and the
 //! nginx probe location that reports which upstream served a request.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
 
 use crate::config::Health;
+use crate::process::Started;
 
 /// One health check target with its expectations.
 pub struct Checker {
@@ -54,6 +57,48 @@ impl Checker {
             }
         }
         Ok(())
+    }
+}
+
+/// How the start-up check of a new process ended.
+pub enum Verified {
+    Healthy,
+    Failed(String),
+    Interrupted(Signal),
+}
+
+/// Probe a freshly started process until it is healthy, it exits (noticed
+/// at once, with its exit status), `health.timeout` passes, or zdd is
+/// signalled. The first probe is immediate; the next ones come after 2 ms,
+/// doubling up to `health.interval`, so a fast app is seen ready within a
+/// few milliseconds without hammering a slow one.
+pub fn wait_ready(health: &Health, checker: &Checker, started: &mut Started) -> Verified {
+    let t = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(sig) = crate::signals::pending() {
+            return Verified::Interrupted(sig);
+        }
+        if let Some(status) = started.exited() {
+            return Verified::Failed(format!("the app exited during start-up ({status})"));
+        }
+        let last = match checker.check() {
+            Ok(()) => return Verified::Healthy,
+            Err(seen) => seen,
+        };
+        if let Some(status) = started.exited() {
+            return Verified::Failed(format!("the app exited during start-up ({status})"));
+        }
+        if t.elapsed() >= health.timeout {
+            return Verified::Failed(format!(
+                "not healthy after {} (last check of {}: {last})",
+                humantime::format_duration(health.timeout),
+                checker.url()
+            ));
+        }
+        pause = pause.min(health.interval);
+        std::thread::sleep(pause.min(health.timeout.saturating_sub(t.elapsed())));
+        pause *= 2;
     }
 }
 

@@ -34,13 +34,24 @@ pub fn run() -> i32 {
         eprintln!("zdd: cannot install signal handlers: {e}");
         return error::exit::NEEDS_ATTENTION;
     }
-    match dispatch(cli) {
+    let code = match dispatch(cli) {
         Ok(()) => error::exit::OK,
         Err(e) => {
             eprintln!("zdd: {e}");
             e.code()
         }
+    };
+    if log::log_enabled!(log::Level::Debug) {
+        log::debug!("peak RSS {} KiB", peak_rss_kib().unwrap_or(0));
     }
+    code
+}
+
+/// `VmHWM` of this process: its peak resident set size.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn dispatch(cli: Cli) -> Result<()> {

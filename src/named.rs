@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, Stop};
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::health::Checker;
+use crate::health::{self, Checker, Verified};
 use crate::process::{self, ProcessId, Spec, Stopped};
 use crate::state::{Lock, Slot, State};
 
@@ -189,33 +189,18 @@ pub fn start(
 
     let checker = Checker::new(&health, port);
     let stop = config.map(|c| c.stop.clone()).unwrap_or_default();
-    let failure = loop {
-        if let Some(sig) = crate::signals::pending() {
-            break format!("interrupted by {}", sig.as_str());
-        }
-        if let Some(status) = started.exited() {
-            break format!("it exited during start-up ({status})");
-        }
-        let last = match checker.check() {
-            Ok(()) => {
-                log::info!(
-                    "{name}: pid {} healthy on port {port} after {}",
-                    started.id.pid,
-                    crate::deploy::fmt_ms(t.elapsed().as_millis() as u64)
-                );
-                println!("started {name} (pid {}) on port {port}", started.id.pid);
-                return Ok(());
-            }
-            Err(seen) => seen,
-        };
-        if t.elapsed() >= health.timeout {
-            break format!(
-                "not healthy after {} (last check of {}: {last})",
-                humantime::format_duration(health.timeout),
-                checker.url()
+    let failure = match health::wait_ready(&health, &checker, &mut started) {
+        Verified::Healthy => {
+            log::info!(
+                "{name}: pid {} healthy on port {port} after {}",
+                started.id.pid,
+                crate::deploy::fmt_ms(t.elapsed().as_millis() as u64)
             );
+            println!("started {name} (pid {}) on port {port}", started.id.pid);
+            return Ok(());
         }
-        std::thread::sleep(health.interval);
+        Verified::Failed(reason) => reason,
+        Verified::Interrupted(sig) => format!("interrupted by {}", sig.as_str()),
     };
     process::stop_group(
         &started.id,

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Benchmark: what a deploy costs, and zdd's own share of it.
+#
+# A private nginx on a loopback port, the reference app, steady load (16
+# clients, GET and POST, keep-alive mixed), then N deploys (each of a new
+# commit) and N rollbacks, back to back with a 1 s gap. Prints a markdown
+# table: requests and failures, latency in steady state and inside swap
+# windows, deploy and rollback wall time split into phases, zdd's overhead,
+# no-op deploy and status times, zdd's peak RSS.
+#
+#   scripts/bench.sh              # N=10
+#   N=3 scripts/bench.sh          # quicker
+#   KEEP=1 scripts/bench.sh       # keep the work folder (samples.csv, logs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_nginx
+ensure_git
+N=${N:-10}
+
+echo "building release binaries..." >&2
+cargo build --release --quiet --bin zdd --example app --example load
+ZDD=$PWD/target/release/zdd
+APP=$PWD/target/release/examples/app
+LOAD=$PWD/target/release/examples/load
+
+B=$(mktemp -d /tmp/zdd-bench.XXXXXX)
+CONF=$B/zdd.toml
+cleanup() {
+  set +e
+  [ -n "${LOAD_PID:-}" ] && kill "$LOAD_PID" 2>/dev/null
+  "$ZDD" -q -c "$CONF" stop a >/dev/null 2>&1
+  "$ZDD" -q -c "$CONF" stop b >/dev/null 2>&1
+  [ -f "$B/nginx/nginx.pid" ] && kill "$(cat "$B/nginx/nginx.pid")" 2>/dev/null
+  if [ -n "${KEEP:-}" ]; then echo "kept $B" >&2; else rm -rf "$B"; fi
+}
+trap cleanup EXIT
+
+now_us() { date +%s%6N; }
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else print a[int((NR+1)/2)]}'; }
+maxof() { sort -n | tail -1; }
+
+# --- the app repo and zdd's config
+git init -q --initial-branch=main "$B/repo"
+git -C "$B/repo" config user.email bench@example.com
+git -C "$B/repo" config user.name "zdd bench"
+printf '#!/bin/sh\nexec "$APP_BIN"\n' > "$B/repo/run.sh"
+chmod +x "$B/repo/run.sh"
+commit() { echo "$1" > "$B/repo/VERSION"; git -C "$B/repo" add -A; git -C "$B/repo" commit -qm "$1"; }
+commit v1
+PORT_A=$(free_port); PORT_B=$(free_port); NGINX_PORT=$(free_port)
+while [ "$PORT_B" = "$PORT_A" ]; do PORT_B=$(free_port); done
+cat > "$CONF" <<TOML
+name  = "bench"
+repo  = "repo"
+root  = "state"
+build = "test -f VERSION"
+start = "./run.sh"
+ports = [$PORT_A, $PORT_B]
+
+[env]
+APP_BIN = "$APP"
+
+[nginx]
+listen   = "127.0.0.1:$NGINX_PORT"
+pid_file = "nginx/nginx.pid"
+TOML
+
+mkdir -p "$B/nginx"
+"$ZDD" -c "$CONF" nginx > "$B/nginx/site.conf"
+write_nginx_conf "$B/nginx"
+"$(nginx_bin)" -p "$B/nginx" -c "$B/nginx/nginx.conf"
+"$ZDD" -q -c "$CONF" deploy >/dev/null
+
+# --- steady load, then N deploys and N rollbacks
+"$LOAD" --url "http://127.0.0.1:$NGINX_PORT/" --concurrency 16 --post-ratio 0.5 \
+  --keepalive mixed --duration 900s --stop-file "$B/stop-load" \
+  --samples "$B/samples.csv" > "$B/load.json" 2>"$B/load.err" &
+LOAD_PID=$!
+sleep 3
+: > "$B/ops.tsv"
+for i in $(seq 1 "$N"); do
+  commit "v$((i + 1))"
+  for op in deploy rollback; do
+    s=$(now_us)
+    "$ZDD" -v -c "$CONF" "$op" > /dev/null 2> "$B/$op-$i.log" || { cat "$B/$op-$i.log" >&2; exit 1; }
+    e=$(now_us)
+    printf '%s\t%s\t%s\n' "$op" "$s" "$e" >> "$B/ops.tsv"
+    echo "$op $i: $(( (e - s) / 1000 )) ms" >&2
+    sleep 1
+  done
+done
+sleep 2
+touch "$B/stop-load"
+set +e; wait "$LOAD_PID"; set -e; LOAD_PID=
+
+# --- no-op deploy (commit already live), the git fetch alone, status
+LIVE=$("$ZDD" -c "$CONF" status --json | grep -A6 '"status": "live"' | grep '"commit"' | cut -d'"' -f4)
+IDLE=$("$ZDD" -c "$CONF" status --json | grep '"next_deploy"' | cut -d'"' -f4)
+: > "$B/noop.txt"; : > "$B/fetch.txt"; : > "$B/status.txt"
+for _ in $(seq 1 20); do
+  s=$(now_us); "$ZDD" -c "$CONF" deploy "$LIVE" > /dev/null; e=$(now_us); echo $(( (e - s) / 1000 )) >> "$B/noop.txt"
+  s=$(now_us)
+  git -C "$B/state/slots/$IDLE" -c safe.directory='*' fetch --quiet --force --prune --tags \
+    --no-write-fetch-head --end-of-options "$B/repo" '+refs/heads/*:refs/remotes/origin/*'
+  e=$(now_us); echo $(( (e - s) / 1000 )) >> "$B/fetch.txt"
+done
+for _ in $(seq 1 50); do
+  s=$(now_us); "$ZDD" -c "$CONF" status > /dev/null; e=$(now_us); echo $(( (e - s) / 100 )) >> "$B/status.txt"
+done
+
+# --- phases from `zdd history --json` (pretty JSON: one key per line)
+"$ZDD" -c "$CONF" history --json | awk '
+  /"action":/  { gsub(/[",]/, "", $2); action = $2 }
+  /"fetch_ms":/ { f = $2 + 0 } /"build_ms":/ { b = $2 + 0 } /"ready_ms":/ { r = $2 + 0 }
+  /"route_ms":/ { n = $2 + 0 } /"drain_ms":/ { d = $2 + 0 }
+  /"total_ms":/ { print action "\t" f "\t" b "\t" r "\t" n "\t" d "\t" $2 + 0 }
+' | tail -n $((2 * N)) > "$B/phases.tsv"
+paste "$B/ops.tsv" "$B/phases.tsv" > "$B/joined.tsv"   # op s e | action fetch build ready route drain total
+
+# --- latency: steady state vs inside swap windows
+awk -F'\t' 'NR == FNR { s[NR] = $2; e[NR] = $3; n = NR; next }
+  FNR == 1 { next }
+  {
+    split($0, c, ","); t = c[1]; lat = c[2] / 1000
+    inside = 0
+    for (i = 1; i <= n; i++) if (t >= s[i] && t <= e[i]) { inside = 1; break }
+    print lat > (inside ? "'"$B"'/lat-swap.txt" : "'"$B"'/lat-steady.txt")
+  }' "$B/ops.tsv" "$B/samples.csv"
+pct() { sort -n "$1" | awk -v p="$2" '{a[NR]=$1} END {i=int(NR*p); if (i<1) i=1; printf "%.2f", a[i]}'; }
+lat_row() { printf '%s | %s | %s | %s' "$(wc -l < "$1")" "$(pct "$1" 0.50)" "$(pct "$1" 0.99)" "$(pct "$1" 1.0)"; }
+
+# load.json is one line of JSON with sorted keys.
+J=$(tr -d ' \n' < "$B/load.json")
+TOTAL=$(echo "$J" | grep -o '"ok":[0-9]*,"requests":[0-9]*' | sed 's/.*"requests"://')
+FAILED=$(echo "$J" | grep -o '},"failed":[0-9]*' | sed 's/.*://')
+method() { echo "$J" | grep -o "\"$1\":{\"failed\":[0-9]*,\"requests\":[0-9]*" | sed 's/.*"failed":\([0-9]*\),"requests":\([0-9]*\)/\2 \1/'; }
+read -r GET_N GET_F <<< "$(method GET)"
+read -r POST_N POST_F <<< "$(method POST)"
+
+phase_stats() { # op column
+  awk -F'\t' -v op="$1" -v col="$2" '$1 == op { print $col }' "$B/joined.tsv" > "$B/col.txt"
+  printf '%s / %s' "$(median < "$B/col.txt")" "$(maxof < "$B/col.txt")"
+}
+wall_stats() {
+  awk -F'\t' -v op="$1" '$1 == op { print int(($3 - $2) / 1000) }' "$B/joined.tsv" > "$B/col.txt"
+  printf '%s / %s' "$(median < "$B/col.txt")" "$(maxof < "$B/col.txt")"
+}
+overhead_stats() { # wall - (build + ready + drain) [- route when $2 = 1]
+  awk -F'\t' -v op="$1" -v noroute="$2" '$1 == op {
+      w = ($3 - $2) / 1000; o = w - ($6 + $7 + $9); if (noroute) o -= $8; print int(o) }' "$B/joined.tsv" > "$B/col.txt"
+  printf '%s / %s' "$(median < "$B/col.txt")" "$(maxof < "$B/col.txt")"
+}
+RSS=$(grep -ho 'peak RSS [0-9]*' "$B"/deploy-*.log "$B"/rollback-*.log | awk '{print $3}' | maxof)
+
+cat <<TABLE
+
+## zdd benchmark: $N deploys + $N rollbacks under load
+
+Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r), $("$(nginx_bin)" -v 2>&1 | cut -d' ' -f3). Command: \`N=$N scripts/bench.sh\`.
+
+| load (16 clients, keep-alive mixed) | requests | failed |
+|---|---:|---:|
+| GET | $GET_N | $GET_F |
+| POST | $POST_N | $POST_F |
+| all | $TOTAL | **$FAILED** |
+
+| latency (ms) | requests | p50 | p99 | max |
+|---|---:|---:|---:|---:|
+| steady state | $(lat_row "$B/lat-steady.txt") |
+| inside swap windows | $(lat_row "$B/lat-swap.txt") |
+
+| per deploy / rollback (ms, median / max) | deploy | rollback |
+|---|---:|---:|
+| wall time (process start to exit) | $(wall_stats deploy) | $(wall_stats rollback) |
+| fetch + checkout | $(phase_stats deploy 5) | - |
+| build | $(phase_stats deploy 6) | - |
+| app ready (rehearsal + start + health) | $(phase_stats deploy 7) | $(phase_stats rollback 7) |
+| nginx routed to the new slot | $(phase_stats deploy 8) | $(phase_stats rollback 8) |
+| old slot drained | $(phase_stats deploy 9) | $(phase_stats rollback 9) |
+| **zdd overhead** = wall − (build + ready + drain) | $(overhead_stats deploy 0) | $(overhead_stats rollback 0) |
+| zdd overhead without the nginx routing wait | $(overhead_stats deploy 1) | $(overhead_stats rollback 1) |
+
+| other | median | max |
+|---|---:|---:|
+| no-op \`zdd deploy SHA\` (already live), ms | $(median < "$B/noop.txt") | $(maxof < "$B/noop.txt") |
+| its \`git fetch\` alone, ms | $(median < "$B/fetch.txt") | $(maxof < "$B/fetch.txt") |
+| \`zdd status\`, ms | $(median < "$B/status.txt" | awk '{printf "%.1f", $1/10}') | $(maxof < "$B/status.txt" | awk '{printf "%.1f", $1/10}') |
+| zdd peak RSS, KiB | | ${RSS:-?} |
+TABLE
