@@ -85,6 +85,13 @@ pub enum Command {
     },
     /// Write a commented starter zdd.toml in the current folder
     Init,
+    /// Print a shell completion script (e.g. `zdd completions bash > /etc/bash_completion.d/zdd`)
+    Completions {
+        /// The shell to complete in
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff; e.g. `zdd man > /usr/local/share/man/man1/zdd.1`)
+    Man,
 }
 
 #[derive(Debug, Clone, clap::Args)]

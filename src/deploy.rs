@@ -99,6 +99,13 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
             None,
         ));
     }
+    if let Some(user) = &config.user {
+        // The build and the app run as this user and write in the slot.
+        if let Err(e) = fsutil::chown_tree(&dir, user.uid, user.gid) {
+            let reason = format!("cannot give {} to user {}: {e}", dir.display(), user.name);
+            return Err(run.abort(Action::Deploy, target, &sha, previous, reason, None));
+        }
+    }
     run.phases.fetch_ms = ms(fetch_time + t.elapsed());
     log::info!("slot {target}: checked out {short} in {}", fmt(t.elapsed()));
 

@@ -49,6 +49,26 @@ pub fn create_dir(path: &Path, mode: u32) -> std::io::Result<()> {
         .create(path)
 }
 
+/// Give `dir` and everything below it (but `.git`) to `uid:gid`, without
+/// following symlinks. Entries that already belong to them are skipped.
+pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(dir)?;
+    if meta.uid() != uid || meta.gid() != gid {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    }
+    if meta.is_dir() {
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_name() == ".git" {
+                continue;
+            }
+            chown_tree(&entry.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
 fn temp_beside(path: &Path) -> PathBuf {
     let name = path
         .file_name()

@@ -91,6 +91,17 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::History { json } => report::history(&load()?, json),
         Command::Nginx { write, reload } => nginx::run(&load()?, write, reload),
         Command::Init => init::init(),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "zdd", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(Error::io("cannot write the man page to", "stdout"))
+        }
     }
 }
 

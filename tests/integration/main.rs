@@ -6,4 +6,5 @@ mod support;
 mod core;
 mod examples;
 mod faults;
+mod operator;
 mod zero_downtime;
