@@ -132,8 +132,7 @@ lat_row() { printf '%s | %s | %s | %s' "$(wc -l < "$1")" "$(pct "$1" 0.50)" "$(p
 
 # load.json is one line of JSON with sorted keys.
 J=$(tr -d ' \n' < "$B/load.json")
-TOTAL=$(echo "$J" | grep -o '"ok":[0-9]*,"requests":[0-9]*' | sed 's/.*"requests"://')
-FAILED=$(echo "$J" | grep -o '},"failed":[0-9]*' | sed 's/.*://')
+read -r TOTAL FAILED <<< "$(load_totals "$B/load.json")"
 method() { echo "$J" | grep -o "\"$1\":{\"failed\":[0-9]*,\"requests\":[0-9]*" | sed 's/.*"failed":\([0-9]*\),"requests":\([0-9]*\)/\2 \1/'; }
 read -r GET_N GET_F <<< "$(method GET)"
 read -r POST_N POST_F <<< "$(method POST)"

@@ -108,10 +108,11 @@ say "zdd history"
 "$ZDD" -c "$DEMO/zdd.toml" history
 
 say "what the load saw across the deploy and the rollback"
-python_free_summary=$(tr -d '\n ' < "$DEMO/load.json")
-field() { echo "$python_free_summary" | grep -o "\"$1\":[^,}]*" | head -1 | cut -d: -f2; }
-echo "requests: $(field requests)   failed: $(field failed)   p50: $(field p50) ms   p99: $(field p99) ms"
-echo "versions served: $(echo "$python_free_summary" | grep -o '"versions":{[^}]*}' | cut -d: -f2-)"
+read -r REQUESTS FAILED <<< "$(load_totals "$DEMO/load.json")"
+SUMMARY=$(tr -d ' \n' < "$DEMO/load.json")
+echo "requests: $REQUESTS   failed: $FAILED"
+echo "latency: $(echo "$SUMMARY" | grep -o '"latency_ms":{[^}]*}' | cut -d: -f2-)"
+echo "versions served: $(echo "$SUMMARY" | grep -o '"versions":{[^}]*}' | cut -d: -f2-)"
 if [ "$LOAD_RC" -eq 0 ]; then
   echo "zero downtime: every request got a 2xx from v1 or v2"
 else

@@ -75,3 +75,13 @@ http {
 }
 CONF
 }
+
+# Totals from the load client's JSON report (one line, sorted keys):
+# prints "REQUESTS FAILED".
+load_totals() {
+  local j
+  j=$(tr -d ' \n' < "$1")
+  printf '%s %s\n' \
+    "$(echo "$j" | grep -o '"ok":[0-9]*,"requests":[0-9]*' | sed 's/.*"requests"://')" \
+    "$(echo "$j" | grep -o '},"failed":[0-9]*' | sed 's/.*://')"
+}
