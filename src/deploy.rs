@@ -208,6 +208,12 @@ impl<'a> Run<'a> {
                 }
             }
         }
+        // The live slot is never the one a deploy overwrites.
+        if self.state.active == Some(self.state.next_deploy) {
+            let live = self.state.next_deploy;
+            log::warn!("state names slot {live} both live and next to deploy; the next deploy goes to slot {}", live.other());
+            self.state.next_deploy = live.other();
+        }
         // zdd was killed after the new slot started and the old one is gone:
         // the new slot is what serves, so it is the live one.
         if let Some(live) = self.state.active {

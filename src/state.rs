@@ -311,7 +311,15 @@ impl Lock {
                         }
                         Some(_) => {
                             if !said {
-                                log::info!("waiting for the lock held by pid {holder}");
+                                // Said at the default level only to a person:
+                                // cron mails whatever reaches stderr.
+                                use std::io::IsTerminal;
+                                let level = if std::io::stderr().is_terminal() {
+                                    log::Level::Info
+                                } else {
+                                    log::Level::Debug
+                                };
+                                log::log!(level, "waiting for the lock held by pid {holder}");
                                 said = true;
                             }
                             if let Some(sig) = crate::signals::pending() {

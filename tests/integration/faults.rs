@@ -183,7 +183,7 @@ fn second_zdd_gets_exit_3_and_wait_waits() {
     );
     let r = p.zdd(&["rollback", "--wait=100ms"]);
     assert_eq!(r.code, 3, "{r:?}");
-    let r = p.zdd(&["deploy", "--wait"]);
+    let r = p.zdd(&["-v", "deploy", "--wait"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(first.wait().unwrap().success());
     assert_eq!(
