@@ -41,35 +41,11 @@ median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else print a[int
 maxof() { sort -n | tail -1; }
 
 # --- the app repo and zdd's config
-git init -q --initial-branch=main "$B/repo"
-git -C "$B/repo" config user.email bench@example.com
-git -C "$B/repo" config user.name "zdd bench"
-printf '#!/bin/sh\nexec "$APP_BIN"\n' > "$B/repo/run.sh"
-chmod +x "$B/repo/run.sh"
-commit() { echo "$1" > "$B/repo/VERSION"; git -C "$B/repo" add -A; git -C "$B/repo" commit -qm "$1"; }
+new_app_repo "$B/repo"
+commit() { app_commit "$B/repo" "$1" > /dev/null; }
 commit v1
-PORT_A=$(free_port); PORT_B=$(free_port); NGINX_PORT=$(free_port)
-while [ "$PORT_B" = "$PORT_A" ]; do PORT_B=$(free_port); done
-cat > "$CONF" <<TOML
-name  = "bench"
-repo  = "repo"
-root  = "state"
-build = "test -f VERSION"
-start = "./run.sh"
-ports = [$PORT_A, $PORT_B]
-
-[env]
-APP_BIN = "$APP"
-
-[nginx]
-listen   = "127.0.0.1:$NGINX_PORT"
-pid_file = "nginx/nginx.pid"
-TOML
-
-mkdir -p "$B/nginx"
-"$ZDD" -c "$CONF" nginx > "$B/nginx/site.conf"
-write_nginx_conf "$B/nginx"
-"$(nginx_bin)" -p "$B/nginx" -c "$B/nginx/nginx.conf"
+write_app_config "$CONF" bench "$APP"
+start_private_nginx "$ZDD" "$CONF" "$B/nginx"
 "$ZDD" -q -c "$CONF" deploy >/dev/null
 
 # --- steady load, then N deploys and N rollbacks

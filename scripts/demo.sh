@@ -32,50 +32,15 @@ cleanup() {
 trap cleanup EXIT
 
 say "a throw-away app repo with two versions in $DEMO/repo"
-git init -q --initial-branch=main "$DEMO/repo"
-cd "$DEMO/repo"
-git config user.email demo@example.com
-git config user.name "zdd demo"
-cat > run.sh <<'RUN'
-#!/bin/sh
-# The app: zdd sets PORT; it serves the version in ./VERSION.
-exec "$APP_BIN"
-RUN
-chmod +x run.sh
-echo v1 > VERSION && git add -A && git commit -qm "v1: first release"
-V1=$(git rev-parse HEAD)
-echo v2 > VERSION && git commit -qam "v2: second release"
-V2=$(git rev-parse HEAD)
-cd - >/dev/null
-
-PORT_A=$(free_port); PORT_B=$(free_port); NGINX_PORT=$(free_port)
-while [ "$PORT_B" = "$PORT_A" ]; do PORT_B=$(free_port); done
-cat > "$DEMO/zdd.toml" <<TOML
-name   = "demo"
-repo   = "repo"
-branch = "main"
-root   = "state"
-build  = "test -f VERSION"
-start  = "./run.sh"
-ports  = [$PORT_A, $PORT_B]
-
-[env]
-APP_BIN = "$APP"
-
-[health]
-interval = "20ms"
-
-[nginx]
-listen   = "127.0.0.1:$NGINX_PORT"
-pid_file = "nginx/nginx.pid"
-TOML
+new_app_repo "$DEMO/repo"
+V1=$(app_commit "$DEMO/repo" v1 "v1: first release")
+V2=$(app_commit "$DEMO/repo" v2 "v2: second release")
+write_app_config "$DEMO/zdd.toml" demo "$APP" '[health]
+interval = "20ms"'
 echo "zdd.toml:"; sed 's/^/  /' "$DEMO/zdd.toml"
 
 say "a private nginx on 127.0.0.1:$NGINX_PORT with the config from \`zdd nginx\`"
-mkdir -p "$NGINX_PREFIX"
-"$ZDD" -c "$DEMO/zdd.toml" nginx > "$NGINX_PREFIX/site.conf"
-write_nginx_conf "$NGINX_PREFIX"
-"$(nginx_bin)" -p "$NGINX_PREFIX" -c "$NGINX_PREFIX/nginx.conf"
+start_private_nginx "$ZDD" "$DEMO/zdd.toml" "$NGINX_PREFIX"
 sed 's/^/  /' "$NGINX_PREFIX/site.conf" | sed -n '/upstream/,/^  }/p'
 
 say "zdd deploy $V1 (v1)"

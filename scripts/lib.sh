@@ -85,3 +85,58 @@ load_totals() {
     "$(echo "$j" | grep -o '"ok":[0-9]*,"requests":[0-9]*' | sed 's/.*"requests"://')" \
     "$(echo "$j" | grep -o '},"failed":[0-9]*' | sed 's/.*://')"
 }
+
+# A throw-away git repo of the example app in DIR: run.sh execs $APP_BIN,
+# which serves the version written in ./VERSION.
+new_app_repo() {
+  local dir=$1
+  git init -q --initial-branch=main "$dir"
+  git -C "$dir" config user.email zdd@example.com
+  git -C "$dir" config user.name "zdd scripts"
+  printf '#!/bin/sh\n# The app: zdd sets PORT; it serves the version in ./VERSION.\nexec "$APP_BIN"\n' > "$dir/run.sh"
+  chmod +x "$dir/run.sh"
+}
+
+# Commit version VERSION (with MESSAGE) in the app repo DIR; prints the sha.
+app_commit() {
+  local dir=$1 version=$2 message=${3:-$2}
+  echo "$version" > "$dir/VERSION"
+  git -C "$dir" add -A
+  git -C "$dir" commit -qm "$message"
+  git -C "$dir" rev-parse HEAD
+}
+
+# Write zdd.toml at CONF for the app repo "repo" beside it, on free ports;
+# sets NGINX_PORT. EXTRA is appended (more sections).
+write_app_config() {
+  local conf=$1 name=$2 app=$3 extra=${4:-}
+  local port_a port_b
+  port_a=$(free_port); port_b=$(free_port); NGINX_PORT=$(free_port)
+  while [ "$port_b" = "$port_a" ]; do port_b=$(free_port); done
+  cat > "$conf" <<TOML
+name   = "$name"
+repo   = "repo"
+branch = "main"
+root   = "state"
+build  = "test -f VERSION"
+start  = "./run.sh"
+ports  = [$port_a, $port_b]
+
+[env]
+APP_BIN = "$app"
+
+[nginx]
+listen   = "127.0.0.1:$NGINX_PORT"
+pid_file = "nginx/nginx.pid"
+$extra
+TOML
+}
+
+# Start a private nginx in PREFIX with the config `zdd nginx` renders.
+start_private_nginx() {
+  local zdd=$1 conf=$2 prefix=$3
+  mkdir -p "$prefix"
+  "$zdd" -c "$conf" nginx > "$prefix/site.conf"
+  write_nginx_conf "$prefix"
+  "$(nginx_bin)" -p "$prefix" -c "$prefix/nginx.conf"
+}
