@@ -2,7 +2,7 @@
 # Benchmark: what a deploy costs, and zdd's own share of it.
 #
 # A private nginx on a loopback port, the reference app, steady load (16
-# clients, GET and POST, keep-alive mixed), then N deploys (each of a new
+# clients, RATE=2000 requests/s, GET and POST, keep-alive mixed), then N deploys (each of a new
 # commit) and N rollbacks, back to back with a 1 s gap. Prints a markdown
 # table: requests and failures, latency in steady state and inside swap
 # windows, deploy and rollback wall time split into phases, zdd's overhead,
@@ -10,6 +10,7 @@
 #
 #   scripts/bench.sh              # N=10
 #   N=3 scripts/bench.sh          # quicker
+#   RATE=5000 scripts/bench.sh    # heavier steady load
 #   KEEP=1 scripts/bench.sh       # keep the work folder (samples.csv, logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 ensure_nginx
 ensure_git
 N=${N:-10}
+RATE=${RATE:-2000}   # requests/s of steady load; leaves the 2 cores room to measure zdd
 
 echo "building release binaries..." >&2
 cargo build --release --quiet --bin zdd --example app --example load
@@ -50,7 +52,7 @@ start_private_nginx "$ZDD" "$CONF" "$B/nginx"
 
 # --- steady load, then N deploys and N rollbacks
 "$LOAD" --url "http://127.0.0.1:$NGINX_PORT/" --concurrency 16 --post-ratio 0.5 \
-  --keepalive mixed --duration 900s --stop-file "$B/stop-load" \
+  --keepalive mixed --rate "$RATE" --duration 900s --stop-file "$B/stop-load" \
   --samples "$B/samples.csv" > "$B/load.json" 2>"$B/load.err" &
 LOAD_PID=$!
 sleep 3
@@ -134,7 +136,7 @@ cat <<TABLE
 
 Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r), $("$(nginx_bin)" -v 2>&1 | cut -d' ' -f3). Command: \`N=$N scripts/bench.sh\`.
 
-| load (16 clients, keep-alive mixed) | requests | failed |
+| load (16 clients, $RATE req/s, keep-alive mixed) | requests | failed |
 |---|---:|---:|
 | GET | $GET_N | $GET_F |
 | POST | $POST_N | $POST_F |

@@ -783,7 +783,7 @@ fn confirm_route(
                 humantime::format_duration(config.nginx.route_timeout)
             ));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
