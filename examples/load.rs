@@ -725,7 +725,7 @@ impl<'a> Worker<'a> {
         let keepalive = match cfg.keepalive {
             KeepAlive::On => true,
             KeepAlive::Off => false,
-            KeepAlive::Mixed => idx % 2 == 0,
+            KeepAlive::Mixed => idx.is_multiple_of(2),
         };
         let conn_hdr = if keepalive {
             ""

@@ -41,7 +41,7 @@ echo "zdd.toml:"; sed 's/^/  /' "$DEMO/zdd.toml"
 
 say "a private nginx on 127.0.0.1:$NGINX_PORT with the config from \`zdd nginx\`"
 start_private_nginx "$ZDD" "$DEMO/zdd.toml" "$NGINX_PREFIX"
-sed 's/^/  /' "$NGINX_PREFIX/site.conf" | sed -n '/upstream/,/^  }/p'
+sed -n '/^upstream/,/^}/p' "$NGINX_PREFIX/site.conf" | sed 's/^/  /'
 
 say "zdd deploy $V1 (v1)"
 "$ZDD" -c "$DEMO/zdd.toml" deploy "$V1"

@@ -104,6 +104,9 @@ pub struct Nginx {
     /// The URL of the template's loopback probe location, which reports
     /// `$upstream_addr`; derived from `listen` unless set.
     pub probe_url: String,
+    /// The Host header of the probe request: the first `server_name`, unless
+    /// that is `_`, a wildcard or a regex.
+    pub probe_host: Option<String>,
     /// How long a slot stays marked failed in nginx after a refused connect.
     pub fail_timeout: Duration,
     /// Give up when nginx has not routed to the new slot after this long.
@@ -234,13 +237,16 @@ impl Config {
                 (lo, hi)
             }
         };
-        let health_path = h.path.unwrap_or(defaults.path);
-        if !health_path.starts_with('/') {
-            return Err(at(
-                None,
-                format!("health.path must start with '/', got {health_path:?}"),
-            ));
-        }
+        let health_path = match h.path {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                return Err(at(
+                    Some(p.span()),
+                    format!("health.path must start with '/', got {:?}", p.get_ref()),
+                ))
+            }
+            Some(p) => p.into_inner(),
+            None => defaults.path,
+        };
         let health = Health {
             path: health_path,
             timeout: h.timeout.map_or(defaults.timeout, |d| d.0),
@@ -266,9 +272,16 @@ impl Config {
             Some(u) => u,
             None => format!("http://{}/.zdd/upstream", probe_authority(&listen)),
         };
+        let server_name = n.server_name.unwrap_or_else(|| "_".into());
+        let probe_host = server_name
+            .split_whitespace()
+            .next()
+            .filter(|h| *h != "_" && !h.starts_with('~') && !h.contains('*'))
+            .map(str::to_string);
         let nginx = Nginx {
             listen,
-            server_name: n.server_name.unwrap_or_else(|| "_".into()),
+            server_name,
+            probe_host,
             output: n.output.as_deref().map(resolve),
             template: n.template.as_deref().map(resolve),
             pid_file: n
@@ -277,17 +290,21 @@ impl Config {
                 .map(resolve)
                 .unwrap_or_else(|| PathBuf::from("/run/nginx.pid")),
             probe_url,
-            fail_timeout: n.fail_timeout.map_or(Duration::from_secs(1), |d| d.0),
+            fail_timeout: match &n.fail_timeout {
+                Some(d) if d.get_ref().0 < Duration::from_secs(1) => {
+                    return Err(at(
+                        Some(d.span()),
+                        "nginx.fail_timeout must be at least 1s (nginx counts whole seconds)"
+                            .into(),
+                    ))
+                }
+                Some(d) => d.get_ref().0,
+                None => Duration::from_secs(1),
+            },
             route_timeout: n.route_timeout.map_or(Duration::from_secs(5), |d| d.0),
             retry_non_idempotent: n.retry_non_idempotent.unwrap_or(false),
             test_command: n.test_command.unwrap_or_else(|| "nginx -t".into()),
         };
-        if nginx.fail_timeout < Duration::from_secs(1) {
-            return Err(at(
-                None,
-                "nginx.fail_timeout must be at least 1s (nginx counts whole seconds)".into(),
-            ));
-        }
 
         let hooks = raw.hooks.unwrap_or_default();
         Ok(Config {
@@ -332,8 +349,26 @@ fn resolve_repo(repo: &str, dir: &Path) -> String {
     if looks_remote || Path::new(repo).is_absolute() {
         repo.to_string()
     } else {
-        dir.join(repo).to_string_lossy().into_owned()
+        normalize(&dir.join(repo)).to_string_lossy().into_owned()
     }
+}
+
+/// Remove `.` and `..` components without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// `host:port` to reach nginx's `listen` from this machine.
@@ -425,7 +460,7 @@ struct RawConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
-    path: Option<String>,
+    path: Option<Spanned<String>>,
     timeout: Option<HumanDuration>,
     interval: Option<HumanDuration>,
     request_timeout: Option<HumanDuration>,
@@ -459,7 +494,7 @@ struct RawNginx {
     template: Option<PathBuf>,
     pid_file: Option<PathBuf>,
     probe_url: Option<String>,
-    fail_timeout: Option<HumanDuration>,
+    fail_timeout: Option<Spanned<HumanDuration>>,
     route_timeout: Option<HumanDuration>,
     retry_non_idempotent: Option<bool>,
     test_command: Option<String>,
@@ -493,7 +528,7 @@ mod tests {
         let c = parse("name = \"s\"\nstart = \"x\"\nroot = \"state\"\nrepo = \"../git/s.git\"\n")
             .unwrap();
         assert_eq!(c.root, PathBuf::from("/etc/zdd/state"));
-        assert_eq!(c.repo.as_deref(), Some("/etc/zdd/../git/s.git"));
+        assert_eq!(c.repo.as_deref(), Some("/etc/git/s.git"));
         let c = parse("name = \"s\"\nstart = \"x\"\nrepo = \"git@host:s.git\"\n").unwrap();
         assert_eq!(c.repo.as_deref(), Some("git@host:s.git"));
     }
@@ -540,6 +575,20 @@ mod tests {
         assert!(e.contains(":4:10: unknown signal"), "{e}");
         let c = parse("name = \"s\"\nstart = \"x\"\n[stop]\nsignal = \"quit\"\n").unwrap();
         assert_eq!(c.stop.signal, Signal::SIGQUIT);
+    }
+
+    #[test]
+    fn health_path_and_fail_timeout_errors_point_at_the_value() {
+        let e = err("name = \"s\"\nstart = \"x\"\n[health]\npath = \"healthz\"\n");
+        assert!(
+            e.starts_with("/etc/zdd/zdd.toml:4:8: health.path must start with '/'"),
+            "{e}"
+        );
+        let e = err("name = \"s\"\nstart = \"x\"\n[nginx]\nfail_timeout = \"500ms\"\n");
+        assert!(
+            e.starts_with("/etc/zdd/zdd.toml:4:16: nginx.fail_timeout must be at least 1s"),
+            "{e}"
+        );
     }
 
     #[test]

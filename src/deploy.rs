@@ -75,12 +75,34 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
     );
     let subject = Some(subject);
 
+    // The live commit does not run (after a reboot, or `zdd stop`): start
+    // it again where it is, built, instead of rebuilding it elsewhere.
+    if let Some(live) = run.state.active {
+        let s = run.state.slot(live);
+        if s.commit.as_deref() == Some(sha.as_str())
+            && s.process.is_none()
+            && git::head(&run.slot_dir(live)).as_deref() == Some(sha.as_str())
+        {
+            log::info!(
+                "slot {live} holds {short}, the live commit, but does not run; starting it again"
+            );
+            run.clear_port(live)?;
+            let attempt = Attempt::new(Action::Deploy, live, &sha, Some(sha.clone()));
+            return run.bring_up(attempt, false);
+        }
+    }
+
     // Step 4: the idle slot's port must be free, or held by our own leftover.
     run.clear_port(target)?;
 
     // Step 5: check out and build. From here on the slot no longer holds
     // what it held before, so say so in the state first.
-    let previous = run.state.live_commit().map(str::to_string);
+    let attempt = Attempt::new(
+        Action::Deploy,
+        target,
+        &sha,
+        run.state.live_commit().map(str::to_string),
+    );
     {
         let s = run.state.slot_mut(target);
         s.status = SlotStatus::Starting;
@@ -90,20 +112,13 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
     run.save()?;
     let t = Instant::now();
     if let Err(e) = git::checkout(&dir, &sha) {
-        return Err(run.abort(
-            Action::Deploy,
-            target,
-            &sha,
-            previous,
-            format!("cannot check out {short}: {e}"),
-            None,
-        ));
+        return Err(run.abort(&attempt, format!("cannot check out {short}: {e}"), None));
     }
     if let Some(user) = &config.user {
         // The build and the app run as this user and write in the slot.
         if let Err(e) = fsutil::chown_tree(&dir, user.uid, user.gid) {
             let reason = format!("cannot give {} to user {}: {e}", dir.display(), user.name);
-            return Err(run.abort(Action::Deploy, target, &sha, previous, reason, None));
+            return Err(run.abort(&attempt, reason, None));
         }
     }
     run.phases.fetch_ms = ms(fetch_time + t.elapsed());
@@ -121,13 +136,13 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
         let Some(command) = command else { continue };
         let step = Instant::now();
         if let Err(e) = run.step(target, &sha, config.port(target), label, command) {
-            return Err(run.abort_with(Action::Deploy, target, &sha, previous, e, None));
+            return Err(run.abort_with(&attempt, e, None));
         }
         log::info!("slot {target}: {label} done in {}", fmt(step.elapsed()));
     }
     run.phases.build_ms = ms(t.elapsed());
 
-    run.bring_up(Action::Deploy, target, sha, previous)
+    run.bring_up(attempt, true)
 }
 
 /// `zdd rollback`.
@@ -155,7 +170,37 @@ pub fn rollback(config: &Config, wait: Option<Option<Duration>>) -> Result<()> {
     }
     run.clear_port(target)?;
     let previous = run.state.live_commit().map(str::to_string);
-    run.bring_up(Action::Rollback, target, commit, previous)
+    run.bring_up(
+        Attempt::new(Action::Rollback, target, &commit, previous),
+        false,
+    )
+}
+
+/// One deploy or rollback: which commit goes to which slot.
+struct Attempt {
+    action: Action,
+    slot: Slot,
+    sha: String,
+    /// The commit that was live before, if any.
+    previous: Option<String>,
+}
+
+impl Attempt {
+    fn new(action: Action, slot: Slot, sha: &str, previous: Option<String>) -> Attempt {
+        Attempt {
+            action,
+            slot,
+            sha: sha.to_string(),
+            previous,
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self.action {
+            Action::Deploy => "deploy",
+            Action::Rollback => "rollback",
+        }
+    }
 }
 
 /// One deploy or rollback in progress: holds the lock and the state.
@@ -372,18 +417,16 @@ impl<'a> Run<'a> {
     }
 
     /// Steps 6 to 9 for `target`, which holds `sha` checked out and built.
-    fn bring_up(
-        mut self,
-        action: Action,
-        target: Slot,
-        sha: String,
-        previous: Option<String>,
-    ) -> Result<()> {
+    /// `fresh`: the commit never served from this slot, so it gets the
+    /// rehearsal (if configured) and the verify hook; a rollback or a
+    /// restart in place of the live commit gets neither.
+    fn bring_up(mut self, attempt: Attempt, fresh: bool) -> Result<()> {
+        let (action, target, sha) = (attempt.action, attempt.slot, attempt.sha.clone());
         let config = self.config;
         let short = git::short(&sha).to_string();
         let port = config.port(target);
         if let Err(e) = self.check_signal("") {
-            return Err(self.abort_with(action, target, &sha, previous, StepError::from(e), None));
+            return Err(self.abort_with(&attempt, StepError::from(e), None));
         }
 
         // Steps 6 and 7: start, record at once, verify. A new commit first
@@ -391,11 +434,10 @@ impl<'a> Run<'a> {
         // port as soon as anything listens there, so a version that listens
         // but answers errors must never listen there.
         let t = Instant::now();
-        let rehearse = action == Action::Deploy && config.health.rehearse;
+        let rehearse = fresh && config.health.rehearse;
         if rehearse {
             let private = free_port().map_err(Error::io("cannot find a free port", "127.0.0.1"))?;
-            let mut rehearsal =
-                self.start_verified(action, target, &sha, &previous, private, "rehearsal")?;
+            let mut rehearsal = self.start_verified(&attempt, private, "rehearsal", true)?;
             process::stop_group(
                 &rehearsal.id,
                 config.stop.signal,
@@ -407,7 +449,8 @@ impl<'a> Run<'a> {
                 fmt(t.elapsed())
             );
         }
-        let mut started = self.start_verified(action, target, &sha, &previous, port, "start")?;
+        let verify_here = fresh && !rehearse;
+        let mut started = self.start_verified(&attempt, port, "start", verify_here)?;
         self.phases.ready_ms = ms(t.elapsed());
         log::info!(
             "slot {target}: pid {} healthy on port {port} after {}",
@@ -430,7 +473,7 @@ impl<'a> Run<'a> {
                 log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
             }
             Err(reason) if old_process.is_some() => {
-                return Err(self.abort(action, target, &sha, previous, reason, Some(&mut started)));
+                return Err(self.abort(&attempt, reason, Some(&mut started)));
             }
             // Nothing else serves, so there is nothing to protect: go on.
             Err(reason) => log::warn!("{reason}"),
@@ -476,7 +519,7 @@ impl<'a> Run<'a> {
             outcome: Outcome::Ok,
             commit: sha.clone(),
             slot: target,
-            previous,
+            previous: attempt.previous.clone(),
             reason: None,
             phases,
         });
@@ -504,7 +547,7 @@ impl<'a> Run<'a> {
             Action::Rollback => "rolled back to",
         };
         println!(
-            "{verb} {short}{} in slot {target} (port {port}): fetch {}, build {}, ready {}, nginx {}, drain {}, total {}",
+            "{verb} {short}{} in slot {target} (port {port}): fetch+checkout {}, build {}, ready {}, nginx {}, drain {}, total {}",
             subject.map(|s| format!(" {s:?}")).unwrap_or_default(),
             fmt_ms(phases.fetch_ms),
             fmt_ms(phases.build_ms),
@@ -521,18 +564,16 @@ impl<'a> Run<'a> {
 
     /// Start the app of `target` listening on `port` in its own process
     /// group, record it in the state at once, and verify it: the health
-    /// check, then the verify hook (run once, at the first start of a
-    /// commit). On failure the new process is stopped and the attempt
+    /// check, then (if `verify`) the verify hook. On failure the new process is stopped and the attempt
     /// recorded; the error says why.
     fn start_verified(
         &mut self,
-        action: Action,
-        target: Slot,
-        sha: &str,
-        previous: &Option<String>,
+        attempt: &Attempt,
         port: u16,
         label: &str,
+        verify: bool,
     ) -> Result<Started> {
+        let (target, sha) = (attempt.slot, attempt.sha.as_str());
         let config = self.config;
         let log = self.log_path(target);
         process::log_marker(
@@ -556,7 +597,7 @@ impl<'a> Run<'a> {
             Ok(s) => s,
             Err(e) => {
                 let reason = format!("cannot start `{}`: {e}", config.start);
-                return Err(self.abort(action, target, sha, previous.clone(), reason, None));
+                return Err(self.abort(attempt, reason, None));
             }
         };
         {
@@ -577,10 +618,8 @@ impl<'a> Run<'a> {
         }
 
         let checker = Checker::new(&config.health, port);
-        let first_start =
-            label == "rehearsal" || !(action == Action::Deploy && config.health.rehearse);
         let verified = match health::wait_ready(&config.health, &checker, &mut started) {
-            Verified::Healthy => match config.hooks.verify.as_deref().filter(|_| first_start) {
+            Verified::Healthy => match config.hooks.verify.as_deref().filter(|_| verify) {
                 Some(hook) => match self.step(target, sha, port, "verify hook", hook) {
                     Ok(()) => Verified::Healthy,
                     Err(StepError::Failed(m)) => Verified::Failed(m),
@@ -598,39 +637,22 @@ impl<'a> Run<'a> {
             Verified::Failed(reason) => StepError::Failed(reason),
             Verified::Interrupted(sig) => StepError::Interrupted(sig),
         };
-        Err(self.abort_with(
-            action,
-            target,
-            sha,
-            previous.clone(),
-            why,
-            Some(&mut started),
-        ))
+        Err(self.abort_with(attempt, why, Some(&mut started)))
     }
 
-    fn abort(
-        &mut self,
-        action: Action,
-        slot: Slot,
-        sha: &str,
-        previous: Option<String>,
-        reason: String,
-        new: Option<&mut Started>,
-    ) -> Error {
-        self.abort_with(action, slot, sha, previous, StepError::Failed(reason), new)
+    fn abort(&mut self, attempt: &Attempt, reason: String, new: Option<&mut Started>) -> Error {
+        self.abort_with(attempt, StepError::Failed(reason), new)
     }
 
     /// A deploy or rollback failed before the swap: stop the new slot,
     /// record the attempt, and explain.
     fn abort_with(
         &mut self,
-        action: Action,
-        slot: Slot,
-        sha: &str,
-        previous: Option<String>,
+        attempt: &Attempt,
         why: StepError,
         new: Option<&mut Started>,
     ) -> Error {
+        let (action, slot, sha) = (attempt.action, attempt.slot, attempt.sha.as_str());
         let mut stopped = String::new();
         if let Some(started) = new {
             let r = process::stop_group(
@@ -667,16 +689,13 @@ impl<'a> Run<'a> {
             outcome,
             commit: sha.to_string(),
             slot,
-            previous,
+            previous: attempt.previous.clone(),
             reason: Some(reason.clone()),
             phases: self.phases,
         });
         let saved = self.save();
         let serving = self.serving_note();
-        let what = match action {
-            Action::Deploy => "deploy",
-            Action::Rollback => "rollback",
-        };
+        let what = attempt.what();
         let tail = process::tail(&self.log_path(slot), 15);
         let tail = if tail.is_empty() || matches!(why, StepError::Interrupted(_)) {
             String::new()
@@ -751,7 +770,7 @@ fn confirm_route(
     port: u16,
     must_route: bool,
 ) -> std::result::Result<(), String> {
-    let probe = RouteProbe::new(&config.nginx.probe_url);
+    let probe = RouteProbe::new(&config.nginx.probe_url, config.nginx.probe_host.as_deref());
     let want = format!("127.0.0.1:{port}");
     let t = Instant::now();
     let mut last;

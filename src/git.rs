@@ -28,7 +28,13 @@ fn git(dir: &Path, args: &[&str]) -> Result<Output, String> {
                 out.status
             )
         } else {
-            msg.lines().last().unwrap_or(msg).to_string()
+            // git's whole message, on one line: its first line often holds
+            // the cause ("fatal: '/x' does not appear to be a git repository").
+            msg.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
         })
     }
 }

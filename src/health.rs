@@ -118,16 +118,20 @@ pub enum Route {
 pub struct RouteProbe {
     agent: ureq::Agent,
     url: String,
+    host: Option<String>,
 }
 
 /// The response header the default template's probe location sets.
 pub const UPSTREAM_HEADER: &str = "x-zdd-upstream";
 
 impl RouteProbe {
-    pub fn new(url: &str) -> RouteProbe {
+    /// `host`, when given, is sent as the Host header, so that nginx picks
+    /// the app's server block even when another one is its default server.
+    pub fn new(url: &str, host: Option<&str>) -> RouteProbe {
         RouteProbe {
             agent: agent(Duration::from_secs(2), 2),
             url: url.to_string(),
+            host: host.map(str::to_string),
         }
     }
 
@@ -136,7 +140,11 @@ impl RouteProbe {
     }
 
     pub fn ask(&self) -> Route {
-        match self.agent.get(&self.url).call() {
+        let mut request = self.agent.get(&self.url);
+        if let Some(host) = &self.host {
+            request = request.header("Host", host);
+        }
+        match request.call() {
             Err(e) => Route::Unreachable(describe_error(e)),
             Ok(mut resp) => {
                 let _ = resp

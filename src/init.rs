@@ -1,6 +1,7 @@
 //! `zdd init`: a commented starter `zdd.toml`, never overwriting one.
 
 use std::io::Write;
+use std::path::Path;
 
 use crate::config::DEFAULT_FILE;
 use crate::error::{Error, Result};
@@ -20,7 +21,7 @@ ports  = [3001, 3002]               # slot a, slot b
 [health]
 path     = "/"                      # GET http://127.0.0.1:$PORT/ must answer 2xx
 timeout  = "30s"                    # give up on a new slot after this
-interval = "100ms"                  # between probes; the first one is immediate
+interval = "100ms"                  # longest pause between probes (the first is immediate, then 2 ms, doubling)
 # expect_body = "ok"
 
 [stop]
@@ -40,9 +41,10 @@ server_name = "_"
 output      = "/etc/nginx/conf.d/myapp.conf"   # `zdd nginx --write` writes here
 "#;
 
-/// `zdd init`.
-pub fn init() -> Result<()> {
-    let path = std::path::Path::new(DEFAULT_FILE);
+/// `zdd init`: write the starter at `path` (`--config`/`$ZDD_CONFIG`, else
+/// `./zdd.toml`) unless something is there already.
+pub fn init(path: Option<&Path>) -> Result<()> {
+    let path = path.unwrap_or(Path::new(DEFAULT_FILE));
     let mut file = match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -51,22 +53,21 @@ pub fn init() -> Result<()> {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(Error::Usage(format!(
-                "{DEFAULT_FILE} already exists here; zdd init never overwrites it"
+                "{} already exists; zdd init never overwrites it",
+                path.display()
             )))
         }
         Err(e) => return Err(Error::io("cannot create", path)(e)),
     };
     file.write_all(STARTER.as_bytes())
         .map_err(Error::io("cannot write", path))?;
-    println!("wrote {DEFAULT_FILE}; next:");
-    println!("  1. edit it, then `zdd nginx --write --reload` (or include `zdd nginx` output in your nginx config)");
-    println!("  2. `zdd deploy` for the first deploy, `zdd status` to see it");
-    println!(
-        "  3. cron: */5 * * * * cd {} && zdd deploy -q",
-        std::env::current_dir()
-            .map(|d| d.display().to_string())
-            .unwrap_or_else(|_| ".".into())
-    );
+    let config = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let zdd = std::env::current_exe().unwrap_or_else(|_| "zdd".into());
+    let (zdd, config) = (zdd.display(), config.display());
+    println!("wrote {config}; edit it (name, repo, start, ports), then:");
+    println!("  1. nginx: `{zdd} -c {config} nginx --write --reload` (or include the output of `zdd nginx` in your site)");
+    println!("  2. first deploy: `{zdd} -c {config} deploy`, then `zdd status`");
+    println!("  3. cron, in /etc/cron.d/zdd: */5 * * * * root {zdd} -c {config} deploy --wait=2m");
     Ok(())
 }
 

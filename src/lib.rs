@@ -90,7 +90,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Status { json } => report::status(&load()?, json),
         Command::History { json } => report::history(&load()?, json),
         Command::Nginx { write, reload } => nginx::run(&load()?, write, reload),
-        Command::Init => init::init(),
+        Command::Init => init::init(explicit),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "zdd", &mut std::io::stdout());

@@ -224,7 +224,7 @@ fn history_line(h: &HistoryEntry) -> String {
     );
     if h.outcome == crate::state::Outcome::Ok {
         line.push_str(&format!(
-            " (fetch {}, build {}, ready {}, nginx {}, drain {})",
+            " (fetch+checkout {}, build {}, ready {}, nginx {}, drain {})",
             fmt_ms(p.fetch_ms),
             fmt_ms(p.build_ms),
             fmt_ms(p.ready_ms),

@@ -243,9 +243,15 @@ fn stop_slot_stops_the_live_slot_and_status_says_so() {
             .contains("slot a is live but not running")),
         "{s}"
     );
-    // The next cron deploy brings it back even though the commit is "live".
+    // The next cron deploy starts it again in place (as after a reboot):
+    // no rebuild elsewhere, and slot b keeps the previous release.
     let r = p.zdd(&["deploy"]);
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("holds") && r.stderr.contains("starting it again"),
+        "{r:?}"
+    );
     assert_eq!(p.served(), "v1");
-    assert_eq!(p.listening_slots(), ["b"]);
+    assert_eq!(p.listening_slots(), ["a"]);
+    assert_eq!(p.status_json()["drift"].as_array().unwrap().len(), 0);
 }

@@ -181,11 +181,15 @@ fn init_writes_a_starter_config_and_never_overwrites() {
         "{r:?}"
     );
     assert!(
-        r.stdout.contains("zdd nginx")
-            && r.stdout.contains("zdd deploy")
-            && r.stdout.contains("*/5"),
+        r.stdout.contains("nginx --write --reload")
+            && r.stdout.contains("zdd.toml deploy")
+            && r.stdout.contains("*/5 * * * * root "),
         "{r:?}"
     );
+    // `-c PATH` writes there instead.
+    let r = run(&["-c", "other.toml", "init"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(dir.path().join("other.toml").exists());
     let written = std::fs::read_to_string(dir.path().join("zdd.toml")).unwrap();
     // The starter config is valid: zdd reads it.
     let r = run(&["nginx"]);
