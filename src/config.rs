@@ -41,6 +41,8 @@ pub struct RunAs {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
+    /// Its supplementary groups (from the group database).
+    pub groups: Vec<u32>,
     pub home: PathBuf,
 }
 
@@ -268,9 +270,17 @@ impl Config {
 
         let n = raw.nginx.unwrap_or_default();
         let listen = n.listen.unwrap_or_else(|| "80".into());
+        let plain_http = !listen.contains("unix:")
+            && !listen.split_whitespace().any(|w| w == "ssl" || w == "quic");
         let probe_url = match n.probe_url {
             Some(u) => u,
-            None => format!("http://{}/.zdd/upstream", probe_authority(&listen)),
+            None if plain_http => format!("http://{}/.zdd/upstream", probe_authority(&listen)),
+            None => {
+                return Err(at(
+                    None,
+                    format!("nginx.listen = {listen:?} is not plain HTTP on a port: set nginx.probe_url to a plain-HTTP loopback address of the zdd probe location"),
+                ))
+            }
         };
         let server_name = n.server_name.unwrap_or_else(|| "_".into());
         let probe_host = server_name
@@ -306,6 +316,19 @@ impl Config {
             test_command: n.test_command.unwrap_or_else(|| "nginx -t".into()),
         };
 
+        let mut env = BTreeMap::new();
+        for (key, value) in raw.env.unwrap_or_default() {
+            if ["PORT", "ZDD_SLOT", "ZDD_COMMIT", "ZDD_ROOT"].contains(&key.get_ref().as_str()) {
+                return Err(at(
+                    Some(key.span()),
+                    format!(
+                        "{} is set by zdd itself and cannot be set in [env]",
+                        key.get_ref()
+                    ),
+                ));
+            }
+            env.insert(key.into_inner(), value);
+        }
         let hooks = raw.hooks.unwrap_or_default();
         Ok(Config {
             path: path.to_path_buf(),
@@ -319,7 +342,7 @@ impl Config {
             user,
             health,
             stop,
-            env: raw.env.unwrap_or_default(),
+            env,
             hooks: Hooks {
                 after_checkout: hooks.after_checkout,
                 before_start: hooks.before_start,
@@ -409,12 +432,19 @@ fn resolve_user(name: &str) -> std::result::Result<RunAs, String> {
         ));
     }
     match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => Ok(RunAs {
-            name: name.to_string(),
-            uid: u.uid.as_raw(),
-            gid: u.gid.as_raw(),
-            home: u.dir,
-        }),
+        Ok(Some(u)) => {
+            let cname =
+                std::ffi::CString::new(name).map_err(|_| format!("invalid user name {name:?}"))?;
+            let groups = nix::unistd::getgrouplist(&cname, u.gid)
+                .map_err(|e| format!("cannot list the groups of {name:?}: {e}"))?;
+            Ok(RunAs {
+                name: name.to_string(),
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+                groups: groups.iter().map(|g| g.as_raw()).collect(),
+                home: u.dir,
+            })
+        }
         Ok(None) => Err(format!("no such user {name:?}")),
         Err(e) => Err(format!("cannot look up user {name:?}: {e}")),
     }
@@ -427,9 +457,13 @@ struct HumanDuration(Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s)
-            .map(HumanDuration)
-            .map_err(serde::de::Error::custom)
+        match parse_duration(&s) {
+            Ok(d) if d.is_zero() => Err(serde::de::Error::custom(format!(
+                "{s:?} is no time at all; this duration must be more than 0"
+            ))),
+            Ok(d) => Ok(HumanDuration(d)),
+            Err(e) => Err(serde::de::Error::custom(e)),
+        }
     }
 }
 
@@ -452,7 +486,7 @@ struct RawConfig {
     user: Option<Spanned<String>>,
     health: Option<RawHealth>,
     stop: Option<RawStop>,
-    env: Option<BTreeMap<String, String>>,
+    env: Option<BTreeMap<Spanned<String>, String>>,
     hooks: Option<RawHooks>,
     nginx: Option<RawNginx>,
 }
@@ -589,6 +623,35 @@ mod tests {
             e.starts_with("/etc/zdd/zdd.toml:4:16: nginx.fail_timeout must be at least 1s"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn env_cannot_override_what_zdd_sets() {
+        let e = err("name = \"s\"\nstart = \"x\"\n[env]\nA = \"1\"\nPORT = \"9\"\n");
+        assert!(
+            e.starts_with("/etc/zdd/zdd.toml:5:1: PORT is set by zdd itself"),
+            "{e}"
+        );
+        let c = parse("name = \"s\"\nstart = \"x\"\n[env]\nA = \"1\"\n").unwrap();
+        assert_eq!(c.env.get("A").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn zero_durations_and_tls_listen_are_refused() {
+        let e = err("name = \"s\"\nstart = \"x\"\n[stop]\ntimeout = \"0s\"\n");
+        assert!(
+            e.starts_with("/etc/zdd/zdd.toml:4:11: \"0s\" is no time at all"),
+            "{e}"
+        );
+        assert!(
+            err("name = \"s\"\nstart = \"x\"\n[health]\ninterval = \"0ms\"\n")
+                .contains("must be more than 0")
+        );
+        assert!(
+            err("name = \"s\"\nstart = \"x\"\n[nginx]\nlisten = \"443 ssl\"\n")
+                .contains("set nginx.probe_url")
+        );
+        assert!(parse("name = \"s\"\nstart = \"x\"\n[nginx]\nlisten = \"443 ssl\"\nprobe_url = \"http://127.0.0.1:8081/.zdd/upstream\"\n").is_ok());
     }
 
     #[test]

@@ -34,16 +34,17 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
     })?;
     let mut run = Run::begin(config, wait)?;
     let target = run.state.next_deploy;
-    let dir = run.slot_dir(target);
+    let checkout = run.checkout(target);
+    let dir = checkout.work_tree.clone();
 
     // Step 3: fetch and resolve.
     let t = Instant::now();
-    git::ensure_repo(&dir).map_err(Error::Failed)?;
-    let fetched = git::fetch(&dir, &repo);
+    checkout.ensure().map_err(Error::Failed)?;
+    let fetched = checkout.fetch(&repo);
     run.check_signal("nothing was changed")?;
     fetched.map_err(|e| Error::Failed(format!("cannot fetch {repo}: {e}")))?;
     let wanted = commit.unwrap_or(&config.branch);
-    let git::Commit { sha, subject } = git::resolve(&dir, wanted).ok_or_else(|| {
+    let git::Commit { sha, subject } = checkout.resolve(wanted).ok_or_else(|| {
         Error::Usage(match commit {
             Some(c) => format!("unknown commit {c:?}: not a sha, tag or branch in {repo}"),
             None => format!("branch {wanted:?} not found in {repo}; set `branch` in the config"),
@@ -52,20 +53,38 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
     let short = git::short(&sha).to_string();
     let fetch_time = t.elapsed();
 
-    if run.state.live_commit() == Some(sha.as_str()) && run.live_is_healthy() {
+    let live_health = run.live_health();
+    if run.state.live_commit() == Some(sha.as_str()) {
         let slot = run.state.active.expect("a live commit has a slot");
-        match commit {
-            Some(_) => println!("{short} is already live in slot {slot}; nothing to do"),
-            None => log::debug!("{wanted} is {short}, already live in slot {slot}; nothing to do"),
+        match (&live_health, commit) {
+            (Some(Ok(())), Some(_)) => {
+                crate::out!("{short} is already live in slot {slot}; nothing to do");
+                return Ok(());
+            }
+            (Some(Ok(())), None) => {
+                log::debug!("{wanted} is {short}, already live in slot {slot}; nothing to do");
+                return Ok(());
+            }
+            // Running but failing its health check: cron does not rebuild
+            // the same commit over the previous release; a person may.
+            (Some(Err(why)), None) => {
+                return Err(Error::Failed(format!(
+                    "slot {slot} runs {short}, the tip of {wanted}, but fails its health check ({why}); cron does not deploy the same commit again over the previous release: run `zdd deploy {short}` to do so"
+                )));
+            }
+            _ => {}
         }
-        return Ok(());
     }
     if commit.is_none() {
-        if let Some(failed) = run.failed_attempt(&sha) {
-            log::debug!(
-                "{wanted} is {short}, whose deploy failed at {}; not retrying until {wanted} moves (run `zdd deploy {short}` to retry)",
-                failed.at
+        if let Some(why) = run.cron_skip(&sha) {
+            let text = format!(
+                "{wanted} is {short}, which {why}; not deploying it until {wanted} moves (`zdd deploy {short}` deploys it now)"
             );
+            match live_health {
+                Some(Ok(())) => log::debug!("{text}"),
+                // Nothing healthy serves: say so, whatever the level.
+                _ => log::warn!("{text}; and the live slot is not healthy"),
+            }
             return Ok(());
         }
     }
@@ -81,7 +100,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
         let s = run.state.slot(live);
         if s.commit.as_deref() == Some(sha.as_str())
             && s.process.is_none()
-            && git::head(&run.slot_dir(live)).as_deref() == Some(sha.as_str())
+            && run.checkout(live).head().as_deref() == Some(sha.as_str())
         {
             log::info!(
                 "slot {live} holds {short}, the live commit, but does not run; starting it again"
@@ -111,14 +130,14 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
     }
     run.save()?;
     let t = Instant::now();
-    if let Err(e) = git::checkout(&dir, &sha) {
-        return Err(run.abort(&attempt, format!("cannot check out {short}: {e}"), None));
+    if let Err(e) = checkout.checkout(&sha) {
+        return Err(run.abort_env(&attempt, format!("cannot check out {short}: {e}"), None));
     }
     if let Some(user) = &config.user {
         // The build and the app run as this user and write in the slot.
         if let Err(e) = fsutil::chown_tree(&dir, user.uid, user.gid) {
             let reason = format!("cannot give {} to user {}: {e}", dir.display(), user.name);
-            return Err(run.abort(&attempt, reason, None));
+            return Err(run.abort_env(&attempt, reason, None));
         }
     }
     run.phases.fetch_ms = ms(fetch_time + t.elapsed());
@@ -161,7 +180,7 @@ pub fn rollback(config: &Config, wait: Option<Option<Duration>>) -> Result<()> {
         }
     };
     let dir = run.slot_dir(target);
-    if git::head(&dir).as_deref() != Some(commit.as_str()) {
+    if run.checkout(target).head().as_deref() != Some(commit.as_str()) {
         return Err(Error::NeedsAttention(format!(
             "slot {target} should hold {} but its checkout in {} differs; deploy a commit instead",
             git::short(&commit),
@@ -284,6 +303,10 @@ impl<'a> Run<'a> {
         self.config.root.join("slots").join(slot.name())
     }
 
+    fn checkout(&self, slot: Slot) -> git::Checkout {
+        git::Checkout::new(&self.config.root, slot.name())
+    }
+
     fn log_path(&self, slot: Slot) -> PathBuf {
         process::log_path(&self.config.root, slot.name())
     }
@@ -295,25 +318,32 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Is the live slot running and answering its health check right now?
-    fn live_is_healthy(&self) -> bool {
-        let Some(live) = self.state.active else {
-            return false;
-        };
-        self.state.slot(live).process.is_some()
-            && Checker::new(&self.config.health, self.config.port(live))
-                .check()
-                .is_ok()
+    /// The live slot's health right now: `None` when nothing live runs,
+    /// else the health check's verdict.
+    fn live_health(&self) -> Option<std::result::Result<(), String>> {
+        let live = self.state.active?;
+        self.state.slot(live).process.as_ref()?;
+        Some(Checker::new(&self.config.health, self.config.port(live)).check())
     }
 
-    /// The last failed attempt to deploy `sha`, unless it deployed since.
-    fn failed_attempt(&self, sha: &str) -> Option<&HistoryEntry> {
+    /// Why cron (a deploy without COMMIT) should leave `sha` alone, if it
+    /// should: its last deploy failed because of the commit itself, or an
+    /// operator rolled back away from it since it was last deployed.
+    fn cron_skip(&self, sha: &str) -> Option<String> {
         self.state
             .history
             .iter()
             .rev()
-            .find(|h| h.commit == sha && h.action == Action::Deploy)
-            .filter(|h| h.outcome == Outcome::Failed)
+            .find_map(|h| match (h.action, h.outcome) {
+                (Action::Deploy, Outcome::Failed) if h.commit == sha => {
+                    Some(Some(format!("failed to deploy at {}", h.at)))
+                }
+                (Action::Deploy, _) if h.commit == sha => Some(None),
+                (Action::Rollback, Outcome::Ok) if h.previous.as_deref() == Some(sha) => {
+                    Some(Some(format!("was rolled back at {}", h.at)))
+                }
+                _ => None,
+            })?
     }
 
     /// The environment of the app, its build and hooks.
@@ -346,23 +376,20 @@ impl<'a> Run<'a> {
             self.save()?;
         }
         for listener in crate::ports::listeners(port, &[]) {
-            let ours = listener
+            let leftover = listener
                 .pid
                 .and_then(|pid| process::leftover_group(pid, &self.config.root, slot.name()));
-            match ours {
-                Some(pgid) => {
-                    log::warn!("slot {slot}: {listener} on port {port} was started by an earlier zdd; stopping it");
-                    if let Some(id) = process::ProcessId::of(pgid) {
-                        process::stop_group(&id, self.config.stop.signal, self.config.stop.timeout, None);
-                    }
-                }
-                None => {
-                    return Err(Error::Failed(format!(
-                        "port {port} of slot {slot} is taken by {listener}, which zdd did not start; stop it or change `ports` (nothing was changed{})",
-                        self.serving_note()
-                    )))
-                }
+            if let Some(id) = leftover {
+                log::warn!("slot {slot}: {listener} on port {port} was started by an earlier zdd; stopping it");
+                process::stop_group(&id, self.config.stop.signal, self.config.stop.timeout, None);
             }
+        }
+        // Whatever still listens is not zdd's to stop.
+        if let Some(listener) = crate::ports::listeners(port, &[]).into_iter().next() {
+            return Err(Error::Failed(format!(
+                "port {port} of slot {slot} is taken by {listener}, which zdd did not start; stop it or change `ports` (nothing was changed{})",
+                self.serving_note()
+            )));
         }
         Ok(())
     }
@@ -385,7 +412,7 @@ impl<'a> Run<'a> {
 
     /// Run a build or hook in the slot; `Err` is the reason it failed.
     fn step(
-        &self,
+        &mut self,
         slot: Slot,
         sha: &str,
         port: u16,
@@ -406,7 +433,26 @@ impl<'a> Run<'a> {
             log: &log,
             run_as: self.config.user.as_ref(),
         };
-        match process::run_step(&spec) {
+        let mut step = process::spawn_step(&spec)
+            .map_err(|e| StepError::Failed(format!("cannot run the {label}: {e}")))?;
+        // Before the app starts, the slot's recorded process is the build or
+        // hook, so that a zdd killed meanwhile leaves nothing unrecorded.
+        let records_step = self.state.slot(slot).status == SlotStatus::Starting
+            && self.state.slot(slot).process.is_none();
+        if records_step {
+            self.state.slot_mut(slot).process = Some(step.id.clone());
+            if let Err(e) = self.save() {
+                let _ = killpg_now(&step);
+                return Err(StepError::Failed(e.to_string()));
+            }
+        }
+        // After the swap nothing may be cut short: the deploy is done.
+        let interruptible = label != "after_swap hook";
+        let end = process::wait_step(&mut step, interruptible);
+        if records_step {
+            self.state.slot_mut(slot).process = None;
+        }
+        match end {
             Err(e) => Err(StepError::Failed(format!("cannot run the {label}: {e}"))),
             Ok(StepEnd::Interrupted(sig)) => Err(StepError::Interrupted(sig)),
             Ok(StepEnd::Exited(status)) if status.success() => Ok(()),
@@ -436,7 +482,13 @@ impl<'a> Run<'a> {
         let t = Instant::now();
         let rehearse = fresh && config.health.rehearse;
         if rehearse {
-            let private = free_port().map_err(Error::io("cannot find a free port", "127.0.0.1"))?;
+            let private = match free_port(&config.ports) {
+                Ok(p) => p,
+                Err(e) => {
+                    let reason = format!("cannot find a free port for the rehearsal: {e}");
+                    return Err(self.abort_env(&attempt, reason, None));
+                }
+            };
             let mut rehearsal = self.start_verified(&attempt, private, "rehearsal", true)?;
             process::stop_group(
                 &rehearsal.id,
@@ -468,16 +520,42 @@ impl<'a> Run<'a> {
             .filter(|id| id.group_is_ours());
         let t = Instant::now();
         match confirm_route(config, target, port, old_process.is_some()) {
-            Ok(()) => {
+            Ok(Routed::Seen) => {
                 self.phases.route_ms = ms(t.elapsed());
                 log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
             }
+            Ok(Routed::Waited) => self.phases.route_ms = ms(t.elapsed()),
             Err(reason) if old_process.is_some() => {
-                return Err(self.abort(&attempt, reason, Some(&mut started)));
+                return Err(self.abort_env(&attempt, reason, Some(&mut started)));
             }
             // Nothing else serves, so there is nothing to protect: go on.
             Err(reason) => log::warn!("{reason}"),
         }
+
+        // Record the new slot as live before the old one is signalled: if
+        // zdd dies during the drain, the next run must find the serving slot
+        // live and the draining one as the leftover to stop.
+        let subject = self.state.slot(target).subject.clone();
+        {
+            let s = self.state.slot_mut(target);
+            s.status = SlotStatus::Live;
+            s.commit = Some(sha.clone());
+        }
+        if self.state.slot(old).status == SlotStatus::Live {
+            self.state.slot_mut(old).status = SlotStatus::Standby;
+        }
+        self.state.active = Some(target);
+        self.state.next_deploy = old;
+        if let Err(e) = self.save() {
+            process::stop_group(
+                &started.id,
+                config.stop.signal,
+                config.stop.timeout,
+                Some(&mut started.child),
+            );
+            return Err(e);
+        }
+
         if let Some(old_id) = old_process {
             let t = Instant::now();
             let signal = config.stop.signal;
@@ -495,19 +573,10 @@ impl<'a> Run<'a> {
         }
 
         // Step 9: record.
-        let subject = self.state.slot(target).subject.clone();
-        {
-            let s = self.state.slot_mut(target);
-            s.status = SlotStatus::Live;
-            s.commit = Some(sha.clone());
-        }
         {
             let o = self.state.slot_mut(old);
             o.process = None;
             o.started_at = None;
-            if o.status == SlotStatus::Live {
-                o.status = SlotStatus::Standby;
-            }
         }
         self.state.active = Some(target);
         self.state.next_deploy = old;
@@ -530,10 +599,12 @@ impl<'a> Run<'a> {
         {
             log::warn!("cannot update {}: {e}", current.display());
         }
-        if let Some(hook) = config.hooks.after_swap.as_deref() {
+        if let Some(hook) = config.hooks.after_swap.as_deref().filter(|_| fresh) {
             match self.step(target, &sha, port, "after_swap hook", hook) {
                 Ok(()) => {}
-                Err(StepError::Failed(m)) => log::warn!("{m}; the swap itself is done"),
+                Err(StepError::Failed(m) | StepError::Environment(m)) => {
+                    log::warn!("{m}; the swap itself is done")
+                }
                 Err(StepError::Interrupted(sig)) => {
                     log::warn!(
                         "the after_swap hook was stopped by {}; the swap itself is done",
@@ -546,7 +617,7 @@ impl<'a> Run<'a> {
             Action::Deploy => "deployed",
             Action::Rollback => "rolled back to",
         };
-        println!(
+        crate::out!(
             "{verb} {short}{} in slot {target} (port {port}): fetch+checkout {}, build {}, ready {}, nginx {}, drain {}, total {}",
             subject.map(|s| format!(" {s:?}")).unwrap_or_default(),
             fmt_ms(phases.fetch_ms),
@@ -597,7 +668,7 @@ impl<'a> Run<'a> {
             Ok(s) => s,
             Err(e) => {
                 let reason = format!("cannot start `{}`: {e}", config.start);
-                return Err(self.abort(attempt, reason, None));
+                return Err(self.abort_env(attempt, reason, None));
             }
         };
         {
@@ -619,10 +690,20 @@ impl<'a> Run<'a> {
 
         let checker = Checker::new(&config.health, port);
         let verified = match health::wait_ready(&config.health, &checker, &mut started) {
+            // The answer must have come from the new app, not from something
+            // else that holds the port.
+            Verified::Healthy => match answered_by(&mut started, port) {
+                Err(reason) => Verified::Foreign(reason),
+                Ok(()) => Verified::Healthy,
+            },
+            other => other,
+        };
+        let verified = match verified {
             Verified::Healthy => match config.hooks.verify.as_deref().filter(|_| verify) {
                 Some(hook) => match self.step(target, sha, port, "verify hook", hook) {
                     Ok(()) => Verified::Healthy,
                     Err(StepError::Failed(m)) => Verified::Failed(m),
+                    Err(StepError::Environment(m)) => Verified::Foreign(m),
                     Err(StepError::Interrupted(sig)) => Verified::Interrupted(sig),
                 },
                 None => Verified::Healthy,
@@ -635,13 +716,15 @@ impl<'a> Run<'a> {
                 "{reason} (in the rehearsal on private port {port})"
             )),
             Verified::Failed(reason) => StepError::Failed(reason),
+            Verified::Foreign(reason) => StepError::Environment(reason),
             Verified::Interrupted(sig) => StepError::Interrupted(sig),
         };
         Err(self.abort_with(attempt, why, Some(&mut started)))
     }
 
-    fn abort(&mut self, attempt: &Attempt, reason: String, new: Option<&mut Started>) -> Error {
-        self.abort_with(attempt, StepError::Failed(reason), new)
+    /// Abort for a failure that is not the commit's (cron tries it again).
+    fn abort_env(&mut self, attempt: &Attempt, reason: String, new: Option<&mut Started>) -> Error {
+        self.abort_with(attempt, StepError::Environment(reason), new)
     }
 
     /// A deploy or rollback failed before the swap: stop the new slot,
@@ -677,6 +760,7 @@ impl<'a> Run<'a> {
         }
         let (outcome, reason) = match &why {
             StepError::Failed(r) => (Outcome::Failed, r.clone()),
+            StepError::Environment(r) => (Outcome::Error, r.clone()),
             StepError::Interrupted(sig) => (
                 Outcome::Interrupted,
                 format!("interrupted by {}", sig.as_str()),
@@ -721,7 +805,7 @@ impl<'a> Run<'a> {
             String::new()
         };
         match why {
-            StepError::Failed(reason) => Error::Failed(format!(
+            StepError::Failed(reason) | StepError::Environment(reason) => Error::Failed(format!(
                 "{what} of {} to slot {slot} failed: {reason}; {stopped}nothing else changed{serving}{after}{tail}",
                 git::short(sha)
             )),
@@ -735,7 +819,11 @@ impl<'a> Run<'a> {
 
 /// Why a build, hook or check ended a deploy.
 enum StepError {
+    /// The commit itself failed (build, hook, health, verify).
     Failed(String),
+    /// Something around it failed (checkout, nginx, a port, the system);
+    /// cron will try the commit again.
+    Environment(String),
     Interrupted(Signal),
 }
 
@@ -745,7 +833,7 @@ impl From<Error> for StepError {
             Error::Interrupted { number, .. } => {
                 StepError::Interrupted(Signal::try_from(number).unwrap_or(Signal::SIGTERM))
             }
-            other => StepError::Failed(other.to_string()),
+            other => StepError::Environment(other.to_string()),
         }
     }
 }
@@ -756,6 +844,14 @@ fn interrupted(sig: Signal, what: String) -> Error {
         number: sig as i32,
         what,
     }
+}
+
+/// What step 8 learned about nginx.
+enum Routed {
+    /// nginx's probe answered through the new slot.
+    Seen,
+    /// No probe location (a custom template): waited out a failure mark.
+    Waited,
 }
 
 /// Step 8: confirm through nginx's probe location that nginx sends
@@ -769,24 +865,37 @@ fn confirm_route(
     slot: Slot,
     port: u16,
     must_route: bool,
-) -> std::result::Result<(), String> {
-    let probe = RouteProbe::new(&config.nginx.probe_url, config.nginx.probe_host.as_deref());
+) -> std::result::Result<Routed, String> {
+    let probe = RouteProbe::new(
+        &config.nginx.probe_url,
+        config.nginx.probe_host.as_deref(),
+        config.health.request_timeout,
+    );
     let want = format!("127.0.0.1:{port}");
     let t = Instant::now();
     let mut last;
     loop {
         match probe.ask() {
-            Route::Upstream(addr) if addr == want => return Ok(()),
+            Route::Upstream(addr) if addr == want => return Ok(Routed::Seen),
             Route::Upstream(addr) => last = format!("it answered through {addr}"),
+            // The built-in template has the probe location: an answer
+            // without it came from another server block.
+            Route::NoProbe(status) if config.nginx.template.is_none() => {
+                return Err(format!(
+                    "nginx answered {} with HTTP {status} but without the zdd probe header: the request reached another server block (Host {}); remove nginx's default site, set nginx.server_name, or set nginx.probe_url",
+                    probe.url(),
+                    config.nginx.probe_host.as_deref().unwrap_or("127.0.0.1")
+                ))
+            }
             Route::NoProbe(status) => {
                 let wait = config.nginx.fail_timeout + Duration::from_secs(1);
                 log::warn!(
-                    "nginx has no zdd probe location at {} (HTTP {status}); waiting {} for it to try slot {slot}",
+                    "nginx has no zdd probe location at {} (HTTP {status}); waiting {} for it to try slot {slot}, without proof",
                     probe.url(),
                     humantime::format_duration(wait)
                 );
                 std::thread::sleep(wait.saturating_sub(t.elapsed()));
-                return Ok(());
+                return Ok(Routed::Waited);
             }
             Route::Unreachable(e) if !must_route => {
                 return Err(format!(
@@ -806,11 +915,37 @@ fn confirm_route(
     }
 }
 
-/// A loopback port nothing listens on right now, for a rehearsal.
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// SIGKILL a step's group at once (it could not be recorded).
+fn killpg_now(step: &Started) -> nix::Result<()> {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(step.id.pid), Signal::SIGKILL)
+}
+
+/// Does the listener on `port` belong to the process group just started?
+fn answered_by(started: &mut Started, port: u16) -> std::result::Result<(), String> {
+    if let Some(status) = started.exited() {
+        return Err(format!("the app exited during start-up ({status})"));
+    }
+    let pgid = started.id.pid;
+    match crate::ports::listeners(port, &[pgid]).into_iter().next() {
+        None => Err(format!("nothing listens on port {port} any more")),
+        Some(l) if l.pid.and_then(process::read_stat).map(|st| st.pgrp) == Some(pgid) => Ok(()),
+        Some(l) => Err(format!(
+            "the health check was answered on port {port} by {l}, not by the new app (pid {pgid})"
+        )),
+    }
+}
+
+/// A loopback port nothing listens on right now, for a rehearsal; never
+/// one of the slot ports, which the kernel may hand out too.
+fn free_port(slot_ports: &[u16; 2]) -> std::io::Result<u16> {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if !slot_ports.contains(&port) {
+            return Ok(port);
+        }
+    }
 }
 
 fn now() -> String {

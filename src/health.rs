@@ -64,6 +64,8 @@ impl Checker {
 pub enum Verified {
     Healthy,
     Failed(String),
+    /// Something other than the new process answered.
+    Foreign(String),
     Interrupted(Signal),
 }
 
@@ -127,9 +129,9 @@ pub const UPSTREAM_HEADER: &str = "x-zdd-upstream";
 impl RouteProbe {
     /// `host`, when given, is sent as the Host header, so that nginx picks
     /// the app's server block even when another one is its default server.
-    pub fn new(url: &str, host: Option<&str>) -> RouteProbe {
+    pub fn new(url: &str, host: Option<&str>, timeout: Duration) -> RouteProbe {
         RouteProbe {
-            agent: agent(Duration::from_secs(2), 2),
+            agent: agent(timeout, 2),
             url: url.to_string(),
             host: host.map(str::to_string),
         }

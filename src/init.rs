@@ -64,10 +64,12 @@ pub fn init(path: Option<&Path>) -> Result<()> {
     let config = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let zdd = std::env::current_exe().unwrap_or_else(|_| "zdd".into());
     let (zdd, config) = (zdd.display(), config.display());
-    println!("wrote {config}; edit it (name, repo, start, ports), then:");
-    println!("  1. nginx: `{zdd} -c {config} nginx --write --reload` (or include the output of `zdd nginx` in your site)");
-    println!("  2. first deploy: `{zdd} -c {config} deploy`, then `zdd status`");
-    println!("  3. cron, in /etc/cron.d/zdd: */5 * * * * root {zdd} -c {config} deploy --wait=2m");
+    crate::out!("wrote {config}; edit it (name, repo, start, ports), then:");
+    crate::out!("  1. nginx: `{zdd} -c {config} nginx --write --reload` (or include the output of `zdd nginx` in your site)");
+    crate::out!("  2. first deploy: `{zdd} -c {config} deploy`, then `zdd status`");
+    crate::out!(
+        "  3. cron, in /etc/cron.d/zdd: */5 * * * * root {zdd} -c {config} deploy --wait=2m"
+    );
     Ok(())
 }
 

@@ -1,6 +1,16 @@
 //! zdd: zero-downtime deploys of a web app on one Linux host, two slots
 //! behind a static nginx upstream. The binary's `main` calls [`run`].
 
+/// A result line on stdout. A closed stdout (`zdd status | head -1`) is
+/// not an error worth a panic: the work is done either way.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod config;
 pub mod deploy;
@@ -30,9 +40,17 @@ use crate::error::{Error, Result};
 pub fn run() -> i32 {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    if let Err(e) = signals::install() {
-        eprintln!("zdd: cannot install signal handlers: {e}");
-        return error::exit::NEEDS_ATTENTION;
+    // Commands that start or swap processes finish or undo their work on
+    // SIGINT/SIGTERM/SIGHUP; the others just end.
+    let handles_signals = matches!(
+        cli.command,
+        Command::Deploy { .. } | Command::Rollback { .. } | Command::Start { .. }
+    );
+    if handles_signals {
+        if let Err(e) = signals::install() {
+            eprintln!("zdd: cannot install signal handlers: {e}");
+            return error::exit::NEEDS_ATTENTION;
+        }
     }
     let code = match dispatch(cli) {
         Ok(()) => error::exit::OK,

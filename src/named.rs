@@ -13,6 +13,7 @@ use crate::fsutil;
 use crate::health::{self, Checker, Verified};
 use crate::process::{self, ProcessId, Spec, Stopped};
 use crate::state::{Lock, Slot, State};
+use nix::sys::signal::Signal;
 
 /// What `run/NAME.toml` holds.
 #[derive(Debug, Serialize, Deserialize)]
@@ -184,8 +185,16 @@ pub fn start(
         started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
     let text = toml::to_string(&record).expect("record serializes");
-    fsutil::write_atomic(&path, text.as_bytes(), 0o600)
-        .map_err(Error::io("cannot write", &path))?;
+    if let Err(e) = fsutil::write_atomic(&path, text.as_bytes(), 0o600) {
+        // A process without a record must not outlive zdd.
+        process::stop_group(
+            &started.id,
+            Signal::SIGKILL,
+            std::time::Duration::from_secs(5),
+            Some(&mut started.child),
+        );
+        return Err(Error::io("cannot write", &path)(e));
+    }
 
     let checker = Checker::new(&health, port);
     let stop = config.map(|c| c.stop.clone()).unwrap_or_default();
@@ -196,10 +205,10 @@ pub fn start(
                 started.id.pid,
                 crate::deploy::fmt_ms(t.elapsed().as_millis() as u64)
             );
-            println!("started {name} (pid {}) on port {port}", started.id.pid);
+            crate::out!("started {name} (pid {}) on port {port}", started.id.pid);
             return Ok(());
         }
-        Verified::Failed(reason) => reason,
+        Verified::Failed(reason) | Verified::Foreign(reason) => reason,
         Verified::Interrupted(sig) => format!("interrupted by {}", sig.as_str()),
     };
     process::stop_group(
@@ -262,7 +271,7 @@ fn stop_slot(config: &Config, slot: Slot) -> Result<()> {
     let mut state = State::load(&state_path, config.ports)?;
     match state.slot(slot).process.clone() {
         Some(id) => report_stop(&format!("slot {slot}"), &id, &config.stop),
-        None => println!("slot {slot} was not running"),
+        None => crate::out!("slot {slot} was not running"),
     }
     let s = state.slot_mut(slot);
     if s.process.is_some() {
@@ -275,9 +284,9 @@ fn stop_slot(config: &Config, slot: Slot) -> Result<()> {
 
 fn report_stop(what: &str, id: &ProcessId, stop: &Stop) {
     match process::stop_group(id, stop.signal, stop.timeout, None) {
-        Stopped::NotRunning => println!("{what} was not running"),
-        Stopped::Exited(d) => println!("stopped {what} (pid {}) after {}", id.pid, crate::deploy::fmt_ms(d.as_millis() as u64)),
-        Stopped::Killed(d) => println!(
+        Stopped::NotRunning => crate::out!("{what} was not running"),
+        Stopped::Exited(d) => crate::out!("stopped {what} (pid {}) after {}", id.pid, crate::deploy::fmt_ms(d.as_millis() as u64)),
+        Stopped::Killed(d) => crate::out!(
             "killed {what} (pid {}): it did not exit within {} of {}, so its process group got SIGKILL ({} in all)",
             id.pid,
             humantime::format_duration(stop.timeout),

@@ -113,9 +113,9 @@ pub fn run(config: &Config, write: bool, reload: bool) -> Result<()> {
                 .map_err(|m| Error::Usage(format!("nginx rejected its config\n{m}")))?;
         }
         signal_master(config)?;
-        println!("nginx reloaded");
+        crate::out!("nginx reloaded");
     } else if write {
-        println!(
+        crate::out!(
             "{}",
             config
                 .nginx

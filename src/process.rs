@@ -25,6 +25,10 @@ pub struct ProcessId {
     pub start_time: u64,
     /// `/proc/sys/kernel/random/boot_id` when it started.
     pub boot_id: String,
+    /// `KEY=VALUE` entries of its environment that mark it as zdd's
+    /// (`ZDD_ROOT`, `ZDD_SLOT`): what proves a group whose leader is gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub marks: Vec<String>,
 }
 
 /// The fields of `/proc/PID/stat` zdd needs.
@@ -66,14 +70,16 @@ impl ProcessId {
             pid,
             start_time: st.start_time,
             boot_id: boot_id(),
+            marks: Vec::new(),
         })
     }
 
     /// Does the process group zdd started still exist, provably the same?
     ///
     /// The leader counts only if its start time and boot match. A group whose
-    /// leader is gone still counts while members remain: the kernel does not
-    /// reuse a pid while it names a process group, so those members are ours.
+    /// leader is gone counts only if a member started no earlier than the
+    /// leader and carries zdd's marks in its environment: after the whole
+    /// group died, its number may name someone else's group.
     pub fn group_is_ours(&self) -> bool {
         if self.pid <= 1 || self.boot_id != boot_id() {
             return false;
@@ -84,8 +90,20 @@ impl ProcessId {
                 st.state != 'Z' || group_has_members(self.pid)
             }
             Some(_) => false,
-            None => group_has_members(self.pid),
+            None => !self.marks.is_empty() && self.marked_members().next().is_some(),
         }
+    }
+
+    /// Living members of the group that carry this process's marks.
+    fn marked_members(&self) -> impl Iterator<Item = i32> + '_ {
+        group_members(self.pid).filter(move |&pid| {
+            read_stat(pid).is_some_and(|st| st.start_time >= self.start_time)
+                && environ(pid).is_some_and(|env| {
+                    self.marks
+                        .iter()
+                        .all(|m| env.iter().any(|v| v == m.as_bytes()))
+                })
+        })
     }
 
     /// Is the leader itself alive (not a zombie) and ours?
@@ -117,20 +135,43 @@ pub fn group_members(pgid: i32) -> impl Iterator<Item = i32> {
         .filter(move |&pid| read_stat(pid).is_some_and(|st| st.pgrp == pgid && st.state != 'Z'))
 }
 
-/// If `pid` was started by zdd for `slot` under `root` (its environment
-/// says so), the process group to stop: a leftover of an interrupted run.
-pub fn leftover_group(pid: i32, root: &Path, slot: &str) -> Option<i32> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let mut vars = environ.split(|&b| b == 0);
-    let root_var = format!("ZDD_ROOT={}", root.display());
-    let slot_var = format!("ZDD_SLOT={slot}");
-    let (mut has_root, mut has_slot) = (false, false);
-    for v in &mut vars {
-        has_root |= v == root_var.as_bytes();
-        has_slot |= v == slot_var.as_bytes();
+/// The environment of `pid` as `KEY=VALUE` byte strings.
+fn environ(pid: i32) -> Option<Vec<Vec<u8>>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(raw.split(|&b| b == 0).map(<[u8]>::to_vec).collect())
+}
+
+/// The environment entries that mark a process zdd started for `name`
+/// (a slot or a named process) under `root`.
+pub fn marks(root: &Path, name: &str) -> Vec<String> {
+    vec![
+        format!("ZDD_ROOT={}", root.display()),
+        format!("ZDD_SLOT={name}"),
+    ]
+}
+
+/// If `pid` was started by zdd for `name` under `root` (its environment
+/// says so), its process group: a leftover of an interrupted run.
+pub fn leftover_group(pid: i32, root: &Path, name: &str) -> Option<ProcessId> {
+    let marks = marks(root, name);
+    let env = environ(pid)?;
+    if !marks.iter().all(|m| env.iter().any(|v| v == m.as_bytes())) {
+        return None;
     }
-    let pgrp = read_stat(pid)?.pgrp;
-    (has_root && has_slot && pgrp > 1).then_some(pgrp)
+    let member = read_stat(pid)?;
+    if member.pgrp <= 1 {
+        return None;
+    }
+    Some(match ProcessId::of(member.pgrp) {
+        Some(leader) => leader,
+        // The leader is gone: the group is proven by this member.
+        None => ProcessId {
+            pid: member.pgrp,
+            start_time: member.start_time,
+            boot_id: boot_id(),
+            marks,
+        },
+    })
 }
 
 /// What to run and where: shared by the app, the build and hooks.
@@ -159,11 +200,31 @@ impl Spec<'_> {
             cmd.env(k, v);
         }
         if let Some(user) = self.run_as {
-            cmd.uid(user.uid)
-                .gid(user.gid)
-                .env("HOME", &user.home)
+            cmd.env("HOME", &user.home)
                 .env("USER", &user.name)
                 .env("LOGNAME", &user.name);
+            // std can set uid and gid but not supplementary groups (it drops
+            // them all), so all three are set here, in the child, in the
+            // order that works: groups, gid, uid. Only syscalls run here.
+            let groups: Vec<nix::unistd::Gid> = user
+                .groups
+                .iter()
+                .map(|&g| nix::unistd::Gid::from_raw(g))
+                .collect();
+            let (uid, gid) = (
+                nix::unistd::Uid::from_raw(user.uid),
+                nix::unistd::Gid::from_raw(user.gid),
+            );
+            // SAFETY: setgroups, setgid and setuid are async-signal-safe
+            // system calls; `groups` was allocated before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::unistd::setgroups(&groups)?;
+                    nix::unistd::setgid(gid)?;
+                    nix::unistd::setuid(uid)?;
+                    Ok(())
+                });
+            }
         }
         Ok(cmd)
     }
@@ -184,6 +245,15 @@ pub fn log_marker(path: &Path, text: &str) {
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
         let _ = writeln!(f, "=== zdd {now}: {text}");
     }
+}
+
+/// The marks (`ZDD_ROOT`, `ZDD_SLOT`) a process started by `spec` carries.
+fn marks_of(spec: &Spec) -> Vec<String> {
+    spec.env
+        .iter()
+        .filter(|(k, _)| k == "ZDD_ROOT" || k == "ZDD_SLOT")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
 }
 
 /// A process zdd started in this run: we can also reap it.
@@ -210,11 +280,13 @@ pub fn spawn_app(spec: &Spec) -> std::io::Result<Started> {
     };
     let child = spec.command(&script)?.spawn()?;
     let pid = child.id() as i32;
-    let id = ProcessId::of(pid).unwrap_or(ProcessId {
+    let mut id = ProcessId::of(pid).unwrap_or(ProcessId {
         pid,
         start_time: 0,
         boot_id: boot_id(),
+        marks: Vec::new(),
     });
+    id.marks = marks_of(spec);
     Ok(Started { id, child })
 }
 
@@ -225,16 +297,30 @@ pub enum StepEnd {
     Interrupted(Signal),
 }
 
-/// Run a build or hook to completion in its own process group. If zdd is
-/// signalled meanwhile, the step's group is stopped and that is reported.
-pub fn run_step(spec: &Spec) -> std::io::Result<StepEnd> {
-    let mut child = spec.command(spec.command)?.spawn()?;
+/// Start a build or hook (`sh -c`, not `exec`) in its own process group.
+pub fn spawn_step(spec: &Spec) -> std::io::Result<Started> {
+    let child = spec.command(spec.command)?.spawn()?;
+    let pid = child.id() as i32;
+    let mut id = ProcessId::of(pid).unwrap_or(ProcessId {
+        pid,
+        start_time: 0,
+        boot_id: boot_id(),
+        marks: Vec::new(),
+    });
+    id.marks = marks_of(spec);
+    Ok(Started { id, child })
+}
+
+/// Wait for a build or hook to finish. If zdd is signalled meanwhile and
+/// the step is `interruptible`, its group is stopped and that is reported.
+pub fn wait_step(step: &mut Started, interruptible: bool) -> std::io::Result<StepEnd> {
+    let child = &mut step.child;
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(StepEnd::Exited(status));
         }
-        if let Some(sig) = crate::signals::pending() {
+        if let Some(sig) = crate::signals::pending().filter(|_| interruptible) {
             let pgid = child.id() as i32;
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(5);

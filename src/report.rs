@@ -140,7 +140,7 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
         drift,
     };
     if json {
-        println!(
+        crate::out!(
             "{}",
             serde_json::to_string_pretty(&report).expect("status serializes")
         );
@@ -212,6 +212,7 @@ fn history_line(h: &HistoryEntry) -> String {
     let outcome = match h.outcome {
         crate::state::Outcome::Ok => "ok",
         crate::state::Outcome::Failed => "FAILED",
+        crate::state::Outcome::Error => "error",
         crate::state::Outcome::Interrupted => "interrupted",
     };
     let p = &h.phases;
@@ -255,15 +256,15 @@ pub fn history(config: &Config, json: bool) -> Result<()> {
             name: &config.name,
             history: &state.history,
         };
-        println!(
+        crate::out!(
             "{}",
             serde_json::to_string_pretty(&report).expect("history serializes")
         );
     } else if state.history.is_empty() {
-        println!("no deploys recorded yet");
+        crate::out!("no deploys recorded yet");
     } else {
         for h in &state.history {
-            println!("{}", history_line(h));
+            crate::out!("{}", history_line(h));
         }
     }
     Ok(())

@@ -136,7 +136,10 @@ pub enum Action {
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Ok,
+    /// The commit failed: its build, a hook, its health check.
     Failed,
+    /// Something else failed: checkout, nginx, a port, the system.
+    Error,
     Interrupted,
 }
 
@@ -377,6 +380,7 @@ mod tests {
             pid: 42,
             start_time: 7,
             boot_id: "x".into(),
+            marks: vec!["ZDD_SLOT=b".into()],
         });
         for i in 0..(HISTORY_LIMIT + 5) {
             s.push_history(HistoryEntry {

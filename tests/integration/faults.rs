@@ -69,7 +69,11 @@ fn unhealthy_new_version_is_stopped_and_the_old_one_keeps_serving() {
         "{r:?}"
     );
     let r = p.zdd(&["-v", "deploy"]);
-    assert!(r.stderr.contains("not retrying"), "{r:?}");
+    assert!(r.stderr.contains("which failed to deploy at"), "{r:?}");
+    assert!(
+        r.stderr.contains("not deploying it until main moves"),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -203,9 +207,10 @@ fn sigkilled_zdd_leaves_no_stale_lock_and_the_next_deploy_recovers() {
     let v2 = p.commit("v2", "export APP_READY_DELAY_MS=1500");
     let log = p.path().join("killed.log");
     let mut z = p.spawn_zdd_logged(&["deploy", &v2], &log);
+    // `started_at` is recorded with the app's process (not the build's).
     assert!(wait_until(Duration::from_secs(20), || p.state()["slots"]
         ["b"]
-        .get("process")
+        .get("started_at")
         .is_some()));
     z.kill().unwrap();
     z.wait().unwrap();
@@ -553,9 +558,10 @@ fn signal_while_the_new_slot_starts_stops_it() {
     let slow = p.commit("v2", "export APP_READY_DELAY_MS=60000");
     let log = p.path().join("zdd.log");
     let mut z = p.spawn_zdd_logged(&["deploy", &slow], &log);
+    // `started_at` is recorded with the app's process (not the build's).
     assert!(wait_until(Duration::from_secs(20), || p.state()["slots"]
         ["b"]
-        .get("process")
+        .get("started_at")
         .is_some()));
     signal(&z, nix::sys::signal::Signal::SIGINT);
     let status = z.wait().unwrap();
