@@ -154,6 +154,8 @@ fn unknown_or_option_like_commit_changes_nothing() {
         ("0123456789abcdef0123456789abcdef01234567", "unknown commit"),
         ("no-such-branch", "unknown commit \"no-such-branch\""),
         ("--upload-pack=touch /tmp/zdd-pwned", "is not a commit"),
+        ("main..main", "unknown commit"),
+        ("HEAD", "unknown commit"),
     ] {
         let r = p.zdd(&["deploy", "--", commit]);
         assert_eq!(r.code, 2, "{commit}: {r:?}");
@@ -607,4 +609,63 @@ fn signal_during_the_swap_finishes_it() {
     assert_eq!(p.served(), "v2");
     assert_eq!(p.listening_slots(), ["b"]);
     assert_eq!(p.state()["active"].as_str(), Some("b"));
+}
+
+#[test]
+fn cron_does_not_undo_a_rollback_until_the_branch_moves() {
+    let p = live_v1("");
+    p.commit("v2", "");
+    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    assert_eq!(p.served(), "v2");
+    let r = p.zdd(&["rollback"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "v1");
+    // The tip is still v2, which the operator just rolled back from.
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (0, "", ""),
+        "{r:?}"
+    );
+    assert_eq!(p.served(), "v1");
+    let r = p.zdd(&["-v", "deploy"]);
+    assert!(r.stderr.contains("was rolled back at"), "{r:?}");
+    // Once the branch moves, cron deploys again.
+    p.commit("v3", "");
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "v3");
+}
+
+#[test]
+fn probe_reaching_another_server_block_stops_the_swap_and_cron_retries_later() {
+    let _heavy = heavy();
+    let mut p = Project::new("");
+    let site = p.zdd(&["nginx"]).stdout;
+    // Another site is nginx's default server on the same port and answers
+    // zdd's probe (server_name "_" sends no Host of ours).
+    let other = format!(
+        "server {{ listen 127.0.0.1:{} default_server; server_name other.test; location / {{ return 404; }} }}\n",
+        p.nginx_port
+    );
+    p.start_nginx_with(&format!("{site}{other}"));
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "the first deploy has nothing to protect: {r:?}");
+    assert!(r.stderr.contains("without the zdd probe header"), "{r:?}");
+    assert_eq!(p.served_direct(0), "v1");
+    let v2 = p.commit("v2", "");
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("reached another server block"), "{r:?}");
+    assert_eq!(p.listening_slots(), ["a"], "the old slot keeps serving");
+    assert_eq!(p.served_direct(0), "v1");
+    let h = p.zdd(&["history", "--json"]);
+    assert!(h.stdout.contains("\"outcome\": \"error\""), "{h:?}");
+
+    // Fixed nginx: the next cron run tries the same commit again.
+    p.start_nginx_with(&site);
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains(&v2[..12]), "{r:?}");
+    assert_eq!(p.served(), "v2");
 }
