@@ -79,7 +79,7 @@ IDLE=$("$ZDD" -c "$CONF" status --json | grep '"next_deploy"' | cut -d'"' -f4)
 for _ in $(seq 1 20); do
   s=$(now_us); "$ZDD" -c "$CONF" deploy "$LIVE" > /dev/null; e=$(now_us); echo $(( (e - s) / 1000 )) >> "$B/noop.txt"
   s=$(now_us)
-  git -C "$B/state/slots/$IDLE" -c safe.directory='*' fetch --quiet --force --prune --tags \
+  git --git-dir "$B/state/git/$IDLE" fetch --quiet --force --prune --tags \
     --no-write-fetch-head --end-of-options "$B/repo" '+refs/heads/*:refs/remotes/origin/*'
   e=$(now_us); echo $(( (e - s) / 1000 )) >> "$B/fetch.txt"
 done
