@@ -299,6 +299,19 @@ impl<'a> Run<'a> {
         self.state.save(&self.state_path)
     }
 
+    /// Save the state that records `started`; if that fails, stop it: a
+    /// process the state does not record must not outlive zdd.
+    fn save_or_stop(&self, started: &mut Started) -> Result<()> {
+        self.save().inspect_err(|_| {
+            process::stop_group(
+                &started.id,
+                self.config.stop.signal,
+                self.config.stop.timeout,
+                Some(&mut started.child),
+            );
+        })
+    }
+
     fn slot_dir(&self, slot: Slot) -> PathBuf {
         self.config.root.join("slots").join(slot.name())
     }
@@ -546,15 +559,7 @@ impl<'a> Run<'a> {
         }
         self.state.active = Some(target);
         self.state.next_deploy = old;
-        if let Err(e) = self.save() {
-            process::stop_group(
-                &started.id,
-                config.stop.signal,
-                config.stop.timeout,
-                Some(&mut started.child),
-            );
-            return Err(e);
-        }
+        self.save_or_stop(&mut started)?;
 
         if let Some(old_id) = old_process {
             let t = Instant::now();
@@ -677,16 +682,7 @@ impl<'a> Run<'a> {
             s.process = Some(started.id.clone());
             s.started_at = Some(now());
         }
-        if let Err(e) = self.save() {
-            // A process the state does not record must not outlive zdd.
-            process::stop_group(
-                &started.id,
-                config.stop.signal,
-                config.stop.timeout,
-                Some(&mut started.child),
-            );
-            return Err(e);
-        }
+        self.save_or_stop(&mut started)?;
 
         let checker = Checker::new(&config.health, port);
         let verified = match health::wait_ready(&config.health, &checker, &mut started) {

@@ -278,7 +278,12 @@ pub fn spawn_app(spec: &Spec) -> std::io::Result<Started> {
     } else {
         format!("exec {command}")
     };
-    let child = spec.command(&script)?.spawn()?;
+    spawn(spec, &script)
+}
+
+/// Spawn `sh -c script` for `spec` and identify it at once.
+fn spawn(spec: &Spec, script: &str) -> std::io::Result<Started> {
+    let child = spec.command(script)?.spawn()?;
     let pid = child.id() as i32;
     let mut id = ProcessId::of(pid).unwrap_or(ProcessId {
         pid,
@@ -299,16 +304,7 @@ pub enum StepEnd {
 
 /// Start a build or hook (`sh -c`, not `exec`) in its own process group.
 pub fn spawn_step(spec: &Spec) -> std::io::Result<Started> {
-    let child = spec.command(spec.command)?.spawn()?;
-    let pid = child.id() as i32;
-    let mut id = ProcessId::of(pid).unwrap_or(ProcessId {
-        pid,
-        start_time: 0,
-        boot_id: boot_id(),
-        marks: Vec::new(),
-    });
-    id.marks = marks_of(spec);
-    Ok(Started { id, child })
+    spawn(spec, spec.command)
 }
 
 /// Wait for a build or hook to finish. If zdd is signalled meanwhile and
