@@ -154,14 +154,16 @@ fn start_and_stop_a_named_process() {
     let appdir = p.path().join("named");
     std::fs::create_dir_all(&appdir).unwrap();
     std::fs::write(appdir.join("VERSION"), "named1\n").unwrap();
-    let r = p.zdd(&[
+    let port_arg = port.to_string();
+    let start = [
         "start",
         "web",
         appdir.to_str().unwrap(),
-        &port.to_string(),
+        &port_arg,
         "--",
         app.to_str().unwrap(),
-    ]);
+    ];
+    let r = p.zdd(&start);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.starts_with("started web (pid "), "{r:?}");
     assert_eq!(served(port), "named1");
@@ -169,14 +171,7 @@ fn start_and_stop_a_named_process() {
     assert!(record.contains(&format!("port = {port}")), "{record}");
 
     // Starting it again is refused while it runs.
-    let r = p.zdd(&[
-        "start",
-        "web",
-        appdir.to_str().unwrap(),
-        &port.to_string(),
-        "--",
-        app.to_str().unwrap(),
-    ]);
+    let r = p.zdd(&start);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("already running"), "{r:?}");
 

@@ -404,33 +404,12 @@ impl Project {
 
     /// Run zdd with this project's config; fails the test after 120 s.
     pub fn zdd(&self, args: &[&str]) -> Run {
-        self.zdd_env(args, &[])
-    }
-
-    pub fn zdd_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(zdd_bin());
         cmd.arg("--config")
             .arg(self.config_path())
             .args(args)
             .current_dir(self.path());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
         run_bounded(cmd, Duration::from_secs(120))
-    }
-
-    /// Spawn zdd without waiting (for lock and signal tests).
-    pub fn spawn_zdd(&self, args: &[&str]) -> Child {
-        Command::new(zdd_bin())
-            .arg("--config")
-            .arg(self.config_path())
-            .args(args)
-            .current_dir(self.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
     }
 
     pub fn state(&self) -> toml::Value {
