@@ -30,6 +30,10 @@
 //!   (slow requests that are in flight when the stop signal arrives).
 //! - `APP_IGNORE_TERM=1`: ignore SIGTERM entirely and keep serving (SIGINT and
 //!   SIGQUIT still drain), so that zdd has to escalate to SIGKILL.
+//! - `APP_STOP=naive`: on the stop signal, close the listener at once without
+//!   taking what the kernel has queued (what gunicorn, uvicorn and node do),
+//!   then finish the requests in flight. Queued connections are reset: zdd's
+//!   switch mode must not let any be queued by then.
 //!
 //! It logs one line to stdout when it starts listening and one when it exits;
 //! nothing per request.
@@ -171,6 +175,11 @@ fn main() {
     let exit_after = env_ms("APP_EXIT_AFTER_MS");
     let request_delay = env_ms("APP_REQUEST_DELAY_MS").unwrap_or(Duration::ZERO);
     let ignore_term = env_nonempty("APP_IGNORE_TERM").is_some_and(|v| v.trim() == "1");
+    let naive_stop = match env_nonempty("APP_STOP").as_deref().map(str::trim) {
+        None | Some("drain") => false,
+        Some("naive") => true,
+        Some(other) => usage_exit(&format!("APP_STOP must be drain or naive, got {other:?}")),
+    };
     let version = read_version();
 
     if let Some(after) = exit_after {
@@ -254,7 +263,12 @@ fn main() {
     if !draining_already {
         accept_loop(&listener, &shared);
     }
-    drain_accept_queue(listener, &shared);
+    if naive_stop {
+        drop(listener);
+        shared.listener_closed.store(true, Ordering::SeqCst);
+    } else {
+        drain_accept_queue(listener, &shared);
+    }
 
     let mut active = lock(&shared.active);
     while *active > 0 {

@@ -74,9 +74,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Render the nginx config for both slots
+    /// Render the nginx config for both slots (the whole site, or the parts for your own server blocks)
     Nginx {
-        /// Write it atomically to `nginx.output` instead of stdout
+        /// What to render [default: site; with --write, every part that has an output set]
+        #[arg(long, value_enum)]
+        part: Option<crate::nginx::Part>,
+        /// Write it atomically to its output (`nginx.output`, `nginx.upstreams_output`, `nginx.snippet_output`) instead of stdout
         #[arg(long)]
         write: bool,
         /// Run the nginx test command, then signal the nginx master to reload

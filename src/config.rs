@@ -96,11 +96,39 @@ pub struct Hooks {
     pub after_swap: Option<String>,
 }
 
+/// How nginx is steered to the new slot during a swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NginxMode {
+    /// Two upstreams, each slot the primary of one and the backup of the
+    /// other; a file that nginx tests on every request picks the upstream.
+    Switch,
+    /// One upstream listing both slots; zdd waits until nginx's passive
+    /// failover routes to the new slot.
+    RoundRobin,
+}
+
+impl NginxMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NginxMode::Switch => "switch",
+            NginxMode::RoundRobin => "round-robin",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Nginx {
     pub listen: String,
     pub server_name: String,
+    /// `nginx.mode` as written; `None` lets zdd decide from the template
+    /// (see `nginx::mode`).
+    pub mode: Option<NginxMode>,
+    /// The full site (upstreams and a server block).
     pub output: Option<PathBuf>,
+    /// The two upstreams alone, for an `include` at http level.
+    pub upstreams_output: Option<PathBuf>,
+    /// The lines for an operator's own server block (switch and probe).
+    pub snippet_output: Option<PathBuf>,
     pub template: Option<PathBuf>,
     pub pid_file: PathBuf,
     /// The URL of the template's loopback probe location, which reports
@@ -288,11 +316,28 @@ impl Config {
             .next()
             .filter(|h| *h != "_" && !h.starts_with('~') && !h.contains('*'))
             .map(str::to_string);
+        let mode =
+            match &n.mode {
+                None => None,
+                Some(m) => Some(match m.get_ref().as_str() {
+                    "switch" => NginxMode::Switch,
+                    "round-robin" => NginxMode::RoundRobin,
+                    other => return Err(at(
+                        Some(m.span()),
+                        format!(
+                            "unknown nginx.mode {other:?}; expected \"switch\" or \"round-robin\""
+                        ),
+                    )),
+                }),
+            };
         let nginx = Nginx {
             listen,
             server_name,
             probe_host,
+            mode,
             output: n.output.as_deref().map(resolve),
+            upstreams_output: n.upstreams_output.as_deref().map(resolve),
+            snippet_output: n.snippet_output.as_deref().map(resolve),
             template: n.template.as_deref().map(resolve),
             pid_file: n
                 .pid_file
@@ -524,7 +569,10 @@ struct RawHooks {
 struct RawNginx {
     listen: Option<String>,
     server_name: Option<String>,
+    mode: Option<Spanned<String>>,
     output: Option<PathBuf>,
+    upstreams_output: Option<PathBuf>,
+    snippet_output: Option<PathBuf>,
     template: Option<PathBuf>,
     pid_file: Option<PathBuf>,
     probe_url: Option<String>,

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 
-use crate::config::Config;
+use crate::config::{Config, NginxMode};
 use crate::error::{Error, Result};
-use crate::health::{self, Checker, Route, RouteProbe, Verified};
+use crate::health::{self, Checker, Verified};
 use crate::process::{self, Spec, Started, StepEnd, Stopped};
 use crate::state::{Action, HistoryEntry, Lock, Outcome, Phases, Slot, SlotStatus, State};
-use crate::{fsutil, git, signals};
+use crate::steer::{self, Routed};
+use crate::{fsutil, git, nginx, signals, switch};
 
 /// `zdd deploy [COMMIT]`.
 pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duration>>) -> Result<()> {
@@ -222,6 +223,14 @@ impl Attempt {
     }
 }
 
+/// What [`Run::record_live`] replaced in the state.
+#[derive(Clone, Copy)]
+struct Recorded {
+    active: Option<Slot>,
+    next_deploy: Slot,
+    old_status: SlotStatus,
+}
+
 /// One deploy or rollback in progress: holds the lock and the state.
 struct Run<'a> {
     config: &'a Config,
@@ -229,6 +238,8 @@ struct Run<'a> {
     state_path: PathBuf,
     started: Instant,
     phases: Phases,
+    /// How nginx is steered (`nginx::mode`).
+    mode: NginxMode,
     _lock: Lock,
 }
 
@@ -241,6 +252,7 @@ impl<'a> Run<'a> {
         }
         let logs = config.root.join("logs");
         fsutil::create_dir(&logs, 0o700).map_err(Error::io("cannot create", &logs))?;
+        let mode = nginx::mode(config)?;
         let lock = Lock::acquire(&config.root, wait)?;
         let state_path = config.state_path();
         let state = State::load(&state_path, config.ports)?;
@@ -250,11 +262,13 @@ impl<'a> Run<'a> {
             state_path,
             started,
             phases: Phases::default(),
+            mode,
             _lock: lock,
         };
         if run.reconcile() {
             run.save()?;
         }
+        run.reconcile_switch()?;
         Ok(run)
     }
 
@@ -293,6 +307,27 @@ impl<'a> Run<'a> {
             }
         }
         self.state != before
+    }
+
+    /// The switch is part of reality: it must point at the live slot when
+    /// that runs (a zdd killed between recording and flipping leaves it
+    /// behind; the state, written first, says where it belongs).
+    fn reconcile_switch(&self) -> Result<()> {
+        let root = &self.config.root;
+        let Some(live) = self.state.active else {
+            return Ok(());
+        };
+        let runs = self.state.slot(live).process.is_some();
+        if self.mode != NginxMode::Switch || !runs || switch::read(root).ok() == Some(live) {
+            return Ok(());
+        }
+        log::warn!("nginx's switch points away from the live slot {live} (an earlier zdd was interrupted); pointing it at slot {live}");
+        switch::flip(root, live).map_err(|e| {
+            Error::NeedsAttention(format!(
+                "cannot point the switch {} at the live slot {live}: {e}",
+                switch::file(root).display()
+            ))
+        })
     }
 
     fn save(&self) -> Result<()> {
@@ -382,6 +417,10 @@ impl<'a> Run<'a> {
                 "slot {slot}: pid {} from an earlier run still runs; stopping it",
                 id.pid
             );
+            if self.mode == NginxMode::Switch && switch::read(&self.config.root).ok() != Some(slot)
+            {
+                self.drain_queue(slot);
+            }
             process::stop_group(&id, self.config.stop.signal, self.config.stop.timeout, None);
             let s = self.state.slot_mut(slot);
             s.process = None;
@@ -488,12 +527,14 @@ impl<'a> Run<'a> {
             return Err(self.abort_with(&attempt, StepError::from(e), None));
         }
 
-        // Steps 6 and 7: start, record at once, verify. A new commit first
-        // runs a rehearsal on a private port: nginx sends requests to a slot
-        // port as soon as anything listens there, so a version that listens
-        // but answers errors must never listen there.
+        // Steps 6 and 7: start, record at once, verify. In round-robin mode
+        // a new commit first runs a rehearsal on a private port: there nginx
+        // sends requests to a slot port as soon as anything listens on it,
+        // so a version that listens but answers errors must never listen
+        // there. With the switch the new slot is only a backup until the
+        // flip, so it is verified where it will serve.
         let t = Instant::now();
-        let rehearse = fresh && config.health.rehearse;
+        let rehearse = fresh && self.mode == NginxMode::RoundRobin && config.health.rehearse;
         if rehearse {
             let private = match free_port(&config.ports) {
                 Ok(p) => p,
@@ -523,7 +564,8 @@ impl<'a> Run<'a> {
             fmt(t.elapsed())
         );
 
-        // Step 8: from here on zdd finishes the swap even if signalled.
+        // Step 8: steer nginx to the new slot; once it does, zdd finishes
+        // the swap even if signalled.
         let old = target.other();
         let old_process = self
             .state
@@ -531,38 +573,19 @@ impl<'a> Run<'a> {
             .process
             .clone()
             .filter(|id| id.group_is_ours());
-        let t = Instant::now();
-        match confirm_route(config, target, port, old_process.is_some()) {
-            Ok(Routed::Seen) => {
-                self.phases.route_ms = ms(t.elapsed());
-                log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
+        match self.mode {
+            NginxMode::Switch => self.flip_to(&attempt, &mut started, old_process.is_some())?,
+            NginxMode::RoundRobin => {
+                self.await_failover(&attempt, &mut started, old_process.is_some())?
             }
-            Ok(Routed::Waited) => self.phases.route_ms = ms(t.elapsed()),
-            Err(reason) if old_process.is_some() => {
-                return Err(self.abort_env(&attempt, reason, Some(&mut started)));
-            }
-            // Nothing else serves, so there is nothing to protect: go on.
-            Err(reason) => log::warn!("{reason}"),
         }
-
-        // Record the new slot as live before the old one is signalled: if
-        // zdd dies during the drain, the next run must find the serving slot
-        // live and the draining one as the leftover to stop.
         let subject = self.state.slot(target).subject.clone();
-        {
-            let s = self.state.slot_mut(target);
-            s.status = SlotStatus::Live;
-            s.commit = Some(sha.clone());
-        }
-        if self.state.slot(old).status == SlotStatus::Live {
-            self.state.slot_mut(old).status = SlotStatus::Standby;
-        }
-        self.state.active = Some(target);
-        self.state.next_deploy = old;
-        self.save_or_stop(&mut started)?;
 
         if let Some(old_id) = old_process {
             let t = Instant::now();
+            if self.mode == NginxMode::Switch {
+                self.drain_queue(old);
+            }
             let signal = config.stop.signal;
             match process::stop_group(&old_id, signal, config.stop.timeout, None) {
                 Stopped::Exited(d) => log::info!("slot {old}: pid {} exited {} after {signal}", old_id.pid, fmt(d)),
@@ -636,6 +659,129 @@ impl<'a> Run<'a> {
             log::warn!("got {} during the swap; finished it first", sig.as_str());
         }
         Ok(())
+    }
+
+    /// Record `target` as live and `next_deploy` as the other slot. The
+    /// state leads reality: written before the flip, so that a zdd killed
+    /// from here on leaves a state whose live slot the next run makes the
+    /// switch point at. Returns what it replaced, for [`Run::unrecord_live`].
+    fn record_live(&mut self, target: Slot, started: &mut Started) -> Result<Recorded> {
+        let old = target.other();
+        let before = Recorded {
+            active: self.state.active,
+            next_deploy: self.state.next_deploy,
+            old_status: self.state.slot(old).status,
+        };
+        self.state.slot_mut(target).status = SlotStatus::Live;
+        if self.state.slot(old).status == SlotStatus::Live {
+            self.state.slot_mut(old).status = SlotStatus::Standby;
+        }
+        self.state.active = Some(target);
+        self.state.next_deploy = old;
+        self.save_or_stop(started)?;
+        Ok(before)
+    }
+
+    /// Undo [`Run::record_live`] in memory (the abort that follows saves).
+    fn unrecord_live(&mut self, target: Slot, before: Recorded) {
+        self.state.active = before.active;
+        self.state.next_deploy = before.next_deploy;
+        self.state.slot_mut(target.other()).status = before.old_status;
+        self.state.slot_mut(target).status = SlotStatus::Starting;
+    }
+
+    /// Step 8 with the switch: record, flip, confirm through nginx. A signal
+    /// before the flip, or an nginx that never shows the new slot, puts
+    /// everything back: switch, state, the new slot stopped.
+    fn flip_to(
+        &mut self,
+        attempt: &Attempt,
+        started: &mut Started,
+        must_route: bool,
+    ) -> Result<()> {
+        let (target, config) = (attempt.slot, self.config);
+        let root = &config.root;
+        let port = config.port(target);
+        let before = self.record_live(target, started)?;
+        if let Some(sig) = signals::pending() {
+            self.unrecord_live(target, before);
+            return Err(self.abort_with(attempt, StepError::Interrupted(sig), Some(started)));
+        }
+        let t = Instant::now();
+        let was = switch::read(root).unwrap_or(target.other());
+        if let Err(e) = switch::flip(root, target) {
+            self.unrecord_live(target, before);
+            let reason = format!(
+                "cannot flip the switch {}: {e}",
+                switch::file(root).display()
+            );
+            return Err(self.abort_env(attempt, reason, Some(started)));
+        }
+        match steer::confirm(config, NginxMode::Switch, target, port, must_route) {
+            Ok(_) => {
+                self.phases.route_ms = ms(t.elapsed());
+                log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
+                Ok(())
+            }
+            Err(reason) if must_route => {
+                if let Err(e) = switch::flip(root, was) {
+                    return Err(Error::NeedsAttention(format!(
+                        "{reason}; and pointing the switch back at slot {was} failed: {e}; both slots still run, slot {target} stays recorded as live"
+                    )));
+                }
+                self.unrecord_live(target, before);
+                Err(self.abort_env(attempt, reason, Some(started)))
+            }
+            // Nothing else serves, so there is nothing to protect: go on.
+            Err(reason) => {
+                log::warn!("{reason}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Step 8 in round-robin mode: wait until nginx's failover routes to
+    /// the new slot, then record it as live.
+    fn await_failover(
+        &mut self,
+        attempt: &Attempt,
+        started: &mut Started,
+        must_route: bool,
+    ) -> Result<()> {
+        let target = attempt.slot;
+        let t = Instant::now();
+        let port = self.config.port(target);
+        match steer::confirm(self.config, NginxMode::RoundRobin, target, port, must_route) {
+            Ok(Routed::Seen) => {
+                self.phases.route_ms = ms(t.elapsed());
+                log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
+            }
+            Ok(Routed::Waited) => self.phases.route_ms = ms(t.elapsed()),
+            Err(reason) if must_route => {
+                return Err(self.abort_env(attempt, reason, Some(started)));
+            }
+            // Nothing else serves, so there is nothing to protect: go on.
+            Err(reason) => log::warn!("{reason}"),
+        }
+        // Recorded as live before the old slot is signalled: if zdd dies
+        // during the drain, the next run must find the serving slot live
+        // and the draining one as the leftover to stop.
+        self.record_live(target, started).map(|_| ())
+    }
+
+    /// Before the old slot is signalled: wait, bounded, until nothing waits
+    /// in its accept queue (nginx no longer sends it new requests).
+    fn drain_queue(&self, slot: Slot) {
+        let port = self.config.port(slot);
+        match steer::drain_queue(port, self.config.nginx.route_timeout) {
+            steer::Queue::Empty(d) => log::debug!("slot {slot}: accept queue empty after {}", fmt(d)),
+            steer::Queue::NotListening => log::debug!("slot {slot}: nothing listens on port {port}"),
+            steer::Queue::Unknown => {}
+            steer::Queue::Busy(n) => log::warn!(
+                "slot {slot}: {n} connections still queued on port {port} after {}; stopping it anyway",
+                humantime::format_duration(self.config.nginx.route_timeout)
+            ),
+        }
     }
 
     /// Start the app of `target` listening on `port` in its own process
@@ -839,75 +985,6 @@ fn interrupted(sig: Signal, what: String) -> Error {
         signal: sig.as_str(),
         number: sig as i32,
         what,
-    }
-}
-
-/// What step 8 learned about nginx.
-enum Routed {
-    /// nginx's probe answered through the new slot.
-    Seen,
-    /// No probe location (a custom template): waited out a failure mark.
-    Waited,
-}
-
-/// Step 8: confirm through nginx's probe location that nginx sends
-/// requests to the new slot; without a probe location, wait until a
-/// failure mark on it must have expired.
-///
-/// With `must_route` false (nothing else serves), an nginx that does not
-/// answer at all is reported at once instead of waited for.
-fn confirm_route(
-    config: &Config,
-    slot: Slot,
-    port: u16,
-    must_route: bool,
-) -> std::result::Result<Routed, String> {
-    let probe = RouteProbe::new(
-        &config.nginx.probe_url,
-        config.nginx.probe_host.as_deref(),
-        config.health.request_timeout,
-    );
-    let want = format!("127.0.0.1:{port}");
-    let t = Instant::now();
-    let mut last;
-    loop {
-        match probe.ask() {
-            Route::Upstream(addr) if addr == want => return Ok(Routed::Seen),
-            Route::Upstream(addr) => last = format!("it answered through {addr}"),
-            // The built-in template has the probe location: an answer
-            // without it came from another server block.
-            Route::NoProbe(status) if config.nginx.template.is_none() => {
-                return Err(format!(
-                    "nginx answered {} with HTTP {status} but without the zdd probe header: the request reached another server block (Host {}); remove nginx's default site, set nginx.server_name, or set nginx.probe_url",
-                    probe.url(),
-                    config.nginx.probe_host.as_deref().unwrap_or("127.0.0.1")
-                ))
-            }
-            Route::NoProbe(status) => {
-                let wait = config.nginx.fail_timeout + Duration::from_secs(1);
-                log::warn!(
-                    "nginx has no zdd probe location at {} (HTTP {status}); waiting {} for it to try slot {slot}, without proof",
-                    probe.url(),
-                    humantime::format_duration(wait)
-                );
-                std::thread::sleep(wait.saturating_sub(t.elapsed()));
-                return Ok(Routed::Waited);
-            }
-            Route::Unreachable(e) if !must_route => {
-                return Err(format!(
-                    "nginx did not answer at {} ({e}); once it runs the config from `zdd nginx`, it will send requests to slot {slot}",
-                    probe.url()
-                ))
-            }
-            Route::Unreachable(e) => last = format!("{} did not answer: {e}", probe.url()),
-        }
-        if t.elapsed() >= config.nginx.route_timeout {
-            return Err(format!(
-                "nginx did not route to slot {slot} ({want}) within {} ({last}); does its upstream list that port? `zdd nginx` prints the config zdd expects",
-                humantime::format_duration(config.nginx.route_timeout)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

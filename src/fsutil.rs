@@ -125,7 +125,8 @@ fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
 }
 
-fn sync_dir(path: &Path) -> std::io::Result<()> {
+/// fsync the folder that holds `path`, so that a rename or create in it lasts.
+pub fn sync_dir(path: &Path) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -107,8 +107,12 @@ pub fn wait_ready(health: &Health, checker: &Checker, started: &mut Started) -> 
 /// What nginx's probe location said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// nginx answered through this upstream address (the last one tried).
-    Upstream(String),
+    /// nginx answered through `addr` (the last server it tried); `picked`
+    /// is the upstream the switch chose (`X-Zdd-Switch`), if it says.
+    Upstream {
+        addr: String,
+        picked: Option<String>,
+    },
     /// nginx answered, but without the probe header: the template has no
     /// probe location.
     NoProbe(u16),
@@ -125,6 +129,8 @@ pub struct RouteProbe {
 
 /// The response header the default template's probe location sets.
 pub const UPSTREAM_HEADER: &str = "x-zdd-upstream";
+/// The header naming the upstream the switch picked (switch mode).
+pub const SWITCH_HEADER: &str = "x-zdd-switch";
 
 impl RouteProbe {
     /// `host`, when given, is sent as the Host header, so that nginx picks
@@ -154,15 +160,23 @@ impl RouteProbe {
                     .with_config()
                     .limit(64 * 1024)
                     .read_to_string();
-                match resp
-                    .headers()
-                    .get(UPSTREAM_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                {
+                let header = |name| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                match header(UPSTREAM_HEADER) {
                     // "$upstream_addr" lists every server tried: "a, b".
-                    Some(addrs) => Route::Upstream(
-                        addrs.rsplit(',').next().unwrap_or(addrs).trim().to_string(),
-                    ),
+                    Some(addrs) => Route::Upstream {
+                        addr: addrs
+                            .rsplit(',')
+                            .next()
+                            .unwrap_or(&addrs)
+                            .trim()
+                            .to_string(),
+                        picked: header(SWITCH_HEADER).filter(|v| !v.is_empty()),
+                    },
                     None => Route::NoProbe(resp.status().as_u16()),
                 }
             }

@@ -26,6 +26,8 @@ pub mod process;
 pub mod report;
 pub mod signals;
 pub mod state;
+pub mod steer;
+pub mod switch;
 
 use std::io::Write;
 
@@ -107,7 +109,11 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Status { json } => report::status(&load()?, json),
         Command::History { json } => report::history(&load()?, json),
-        Command::Nginx { write, reload } => nginx::run(&load()?, write, reload),
+        Command::Nginx {
+            part,
+            write,
+            reload,
+        } => nginx::run(&load()?, part, write, reload),
         Command::Init => init::init(explicit),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

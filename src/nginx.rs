@@ -1,22 +1,61 @@
-//! nginx: render the upstream/server config from the built-in (or the
-//! user's) minijinja template, write it atomically, test and reload nginx.
+//! nginx: render the config zdd needs — the whole site, or for an
+//! operator's own server blocks the upstreams (http level) and a snippet
+//! (server level) — from the built-in minijinja templates or the user's;
+//! decide the steering mode; write the files atomically, test, reload.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, NginxMode};
 use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::{fsutil, switch};
 
-/// The built-in template (`nginx/zdd.conf.j2`).
-pub const DEFAULT_TEMPLATE: &str = include_str!("../nginx/zdd.conf.j2");
-/// The location of the routing probe in the built-in template.
+/// The built-in site template (`nginx/zdd.conf.j2`).
+pub const SITE_TEMPLATE: &str = include_str!("../nginx/zdd.conf.j2");
+/// The upstreams, for nginx's http level (`nginx/zdd-upstreams.conf.j2`).
+pub const UPSTREAMS_TEMPLATE: &str = include_str!("../nginx/zdd-upstreams.conf.j2");
+/// The lines for a server block: switch and probe (`nginx/zdd-snippet.conf.j2`).
+pub const SNIPPET_TEMPLATE: &str = include_str!("../nginx/zdd-snippet.conf.j2");
+/// The location of the routing probe in the built-in templates.
 pub const PROBE_PATH: &str = "/.zdd/upstream";
 
+/// What `zdd nginx` renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// A whole site: upstreams and a server block (`nginx.output`)
+    Site,
+    /// The upstreams alone, for nginx's http level (`nginx.upstreams_output`)
+    Upstreams,
+    /// Switch and probe, to include in your own server block (`nginx.snippet_output`)
+    Snippet,
+}
+
+impl Part {
+    const ALL: [Part; 3] = [Part::Site, Part::Upstreams, Part::Snippet];
+
+    /// The config key naming where `--write` puts this part.
+    fn key(self) -> &'static str {
+        match self {
+            Part::Site => "nginx.output",
+            Part::Upstreams => "nginx.upstreams_output",
+            Part::Snippet => "nginx.snippet_output",
+        }
+    }
+
+    fn output(self, config: &Config) -> Option<&PathBuf> {
+        match self {
+            Part::Site => config.nginx.output.as_ref(),
+            Part::Upstreams => config.nginx.upstreams_output.as_ref(),
+            Part::Snippet => config.nginx.snippet_output.as_ref(),
+        }
+    }
+}
+
+/// What every template sees (the README lists these).
 #[derive(Serialize)]
 struct Context<'a> {
     name: &'a str,
@@ -28,26 +67,71 @@ struct Context<'a> {
     health_path: &'a str,
     probe_path: &'a str,
     root: &'a Path,
+    mode: &'static str,
+    /// Rendering a part on its own (with its header comment), not into the site.
+    standalone: bool,
+    /// What `proxy_pass http://` takes: `$zdd_NAME` (switch) or `NAME`.
+    upstream: String,
+    /// The nginx variable the switch sets, without `$`.
+    switch_var: String,
+    /// The file nginx tests: it exists while slot b is live.
+    switch_file: String,
+    /// The built-in upstreams part, rendered.
+    upstreams_conf: String,
+    /// The built-in snippet part, rendered.
+    snippet_conf: String,
 }
 
-/// Render the config text.
-pub fn render(config: &Config) -> Result<String> {
-    let (template, origin) = match &config.nginx.template {
-        Some(path) => (
-            std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
-                path: path.clone(),
-                source,
-            })?,
-            path.display().to_string(),
-        ),
-        None => (
-            DEFAULT_TEMPLATE.to_string(),
-            "built-in template".to_string(),
-        ),
-    };
+/// The nginx variable of the switch: `zdd_` and the name, `-` as `_`.
+fn switch_var(config: &Config) -> String {
+    format!("zdd_{}", config.name.replace('-', "_"))
+}
+
+/// The mode a deploy uses: `nginx.mode` if set; else the switch with the
+/// built-in template, and with a custom one whatever it renders: the
+/// switch if it tests the switch file, round-robin if not.
+pub fn mode(config: &Config) -> Result<NginxMode> {
+    if let Some(m) = config.nginx.mode {
+        return Ok(m);
+    }
+    if config.nginx.template.is_none() {
+        return Ok(NginxMode::Switch);
+    }
+    let text = render_in(config, NginxMode::Switch, Part::Site)?;
+    Ok(if text.contains(&switch_file(config)?) {
+        NginxMode::Switch
+    } else {
+        NginxMode::RoundRobin
+    })
+}
+
+/// The switch file's path as the config holds it; nginx takes it in
+/// double quotes, where `"`, `\`, `$` and control characters cannot stand.
+fn switch_file(config: &Config) -> Result<String> {
+    let path = switch::file(&config.root).display().to_string();
+    if path
+        .chars()
+        .any(|c| c == '"' || c == '\\' || c == '$' || c.is_control())
+    {
+        return Err(Error::Usage(format!(
+            "{}: root {} holds a character nginx cannot take in a path (\", \\, $ or a control character); move root",
+            config.path.display(),
+            config.root.display()
+        )));
+    }
+    Ok(path)
+}
+
+/// Render one part of the config in the configured (or detected) mode.
+pub fn render(config: &Config, part: Part) -> Result<String> {
+    render_in(config, mode(config)?, part)
+}
+
+fn render_in(config: &Config, mode: NginxMode, part: Part) -> Result<String> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    let ctx = Context {
+    env.set_keep_trailing_newline(true);
+    let mut ctx = Context {
         name: &config.name,
         ports: config.ports,
         listen: &config.nginx.listen,
@@ -57,28 +141,87 @@ pub fn render(config: &Config) -> Result<String> {
         health_path: &config.health.path,
         probe_path: PROBE_PATH,
         root: &config.root,
+        mode: mode.as_str(),
+        standalone: part != Part::Site,
+        upstream: match mode {
+            NginxMode::Switch => format!("${}", switch_var(config)),
+            NginxMode::RoundRobin => config.name.clone(),
+        },
+        switch_var: switch_var(config),
+        switch_file: switch_file(config)?,
+        upstreams_conf: String::new(),
+        snippet_conf: String::new(),
     };
-    env.render_str(&template, ctx).map_err(|e| {
-        Error::Usage(format!(
-            "{origin}{}: cannot render the nginx template: {}",
-            e.line().map(|l| format!(":{l}")).unwrap_or_default(),
-            e.detail().unwrap_or(&e.kind().to_string())
-        ))
-    })
+    let builtin = |env: &minijinja::Environment, text: &str, ctx: &Context| {
+        env.render_str(text, ctx)
+            .map_err(|e| template_error("built-in template", &e))
+    };
+    ctx.upstreams_conf = builtin(&env, UPSTREAMS_TEMPLATE, &ctx)?;
+    ctx.snippet_conf = builtin(&env, SNIPPET_TEMPLATE, &ctx)?;
+    match part {
+        Part::Upstreams => return Ok(ctx.upstreams_conf),
+        Part::Snippet => return Ok(ctx.snippet_conf),
+        Part::Site => {}
+    }
+    let (template, origin) = match &config.nginx.template {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+                path: path.clone(),
+                source,
+            })?,
+            path.display().to_string(),
+        ),
+        None => (SITE_TEMPLATE.to_string(), "built-in template".to_string()),
+    };
+    env.render_str(&template, &ctx)
+        .map_err(|e| template_error(&origin, &e))
 }
 
-/// `zdd nginx [--write] [--reload]`.
-pub fn run(config: &Config, write: bool, reload: bool) -> Result<()> {
-    let text = render(config)?;
+fn template_error(origin: &str, e: &minijinja::Error) -> Error {
+    Error::Usage(format!(
+        "{origin}{}: cannot render the nginx template: {}",
+        e.line().map(|l| format!(":{l}")).unwrap_or_default(),
+        e.detail().unwrap_or(&e.kind().to_string())
+    ))
+}
+
+/// `zdd nginx [--part PART] [--write] [--reload]`.
+pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Result<()> {
     if !write {
-        print!("{text}");
-    } else {
-        let output = config.nginx.output.as_ref().ok_or_else(|| {
+        print!("{}", render(config, part.unwrap_or(Part::Site))?);
+        if reload {
+            test_config(config)
+                .map_err(|m| Error::Usage(format!("nginx rejected its config\n{m}")))?;
+            signal_master(config)?;
+            crate::out!("nginx reloaded");
+        }
+        return Ok(());
+    }
+    // --write: the given part, or every part that has an output configured.
+    let parts: Vec<Part> = match part {
+        Some(p) => vec![p],
+        None => Part::ALL
+            .into_iter()
+            .filter(|p| p.output(config).is_some())
+            .collect(),
+    };
+    if parts.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: set nginx.output (a whole site), or nginx.upstreams_output and nginx.snippet_output (for your own server blocks), to say where `zdd nginx --write` writes",
+            config.path.display()
+        )));
+    }
+    let mut written = Vec::new();
+    for part in parts {
+        let output = part.output(config).ok_or_else(|| {
             Error::Usage(format!(
-                "{}: set nginx.output to the file `zdd nginx --write` should write",
-                config.path.display()
+                "{}: set {} to the file `zdd nginx --write --part {}` should write",
+                config.path.display(),
+                part.key(),
+                format!("{part:?}").to_lowercase()
             ))
         })?;
+        let text = render(config, part)?;
         let previous = std::fs::read(output).ok();
         if previous.as_deref() == Some(text.as_bytes()) {
             log::info!("{} is up to date", output.display());
@@ -87,10 +230,23 @@ pub fn run(config: &Config, write: bool, reload: bool) -> Result<()> {
                 .map_err(Error::io("cannot write the nginx config", output))?;
             log::info!("wrote {}", output.display());
         }
-        if reload {
-            if let Err(message) = test_config(config) {
-                // Put the old file back so that nginx keeps a config it accepts.
-                let restored = match &previous {
+        written.push((output.clone(), previous));
+    }
+    if mode(config)? == NginxMode::Switch {
+        if let Some((folder, m)) = switch::hidden_by(&config.root) {
+            log::warn!(
+                "nginx's worker user cannot search {} (mode {m:04o}), so it will not see the switch {}; run `chmod o+x {}`",
+                folder.display(),
+                switch::file(&config.root).display(),
+                folder.display()
+            );
+        }
+    }
+    if reload {
+        if let Err(message) = test_config(config) {
+            // Put the old files back so that nginx keeps a config it accepts.
+            for (output, previous) in &written {
+                let restored = match previous {
                     Some(old) => fsutil::write_atomic(output, old, 0o644),
                     None => std::fs::remove_file(output),
                 };
@@ -100,30 +256,22 @@ pub fn run(config: &Config, write: bool, reload: bool) -> Result<()> {
                         output.display()
                     )));
                 }
-                return Err(Error::Usage(format!(
-                    "nginx rejected the rendered config; {} is unchanged\n{message}",
-                    output.display()
-                )));
             }
-        }
-    }
-    if reload {
-        if !write {
-            test_config(config)
-                .map_err(|m| Error::Usage(format!("nginx rejected its config\n{m}")))?;
+            return Err(Error::Usage(format!(
+                "nginx rejected the rendered config; {} unchanged\n{message}",
+                written
+                    .iter()
+                    .map(|(p, _)| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
         signal_master(config)?;
         crate::out!("nginx reloaded");
-    } else if write {
-        crate::out!(
-            "{}",
-            config
-                .nginx
-                .output
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        );
+    } else {
+        for (output, _) in &written {
+            crate::out!("{}", output.display());
+        }
     }
     Ok(())
 }
@@ -171,35 +319,102 @@ fn signal_master(config: &Config) -> Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn default_template_lists_both_ports_with_short_fail_timeout() {
-        let c = Config::parse(
+    fn config(extra: &str) -> Config {
+        Config::parse(
             Path::new("/srv/zdd.toml"),
-            "name = \"shop\"\nstart = \"x\"\nports = [4001, 4002]\n[nginx]\nlisten = \"127.0.0.1:8080\"\n",
+            &format!("name = \"shop\"\nstart = \"x\"\nports = [4001, 4002]\n[nginx]\nlisten = \"127.0.0.1:8080\"\n{extra}"),
         )
-        .unwrap();
-        let text = render(&c).unwrap();
-        assert!(text.contains("upstream shop {"));
-        assert!(text.contains("zone shop 64k;"));
-        assert!(text.contains("server 127.0.0.1:4001 max_fails=1 fail_timeout=1s;"));
-        assert!(text.contains("server 127.0.0.1:4002 max_fails=1 fail_timeout=1s;"));
+        .unwrap()
+    }
+
+    #[test]
+    fn default_site_steers_with_the_switch() {
+        let text = render(&config(""), Part::Site).unwrap();
+        assert!(text.contains("upstream shop_a {"));
+        assert!(text.contains("upstream shop_b {"));
+        assert!(text.contains("zone shop_a 64k;"));
+        assert!(text.contains("server 127.0.0.1:4001 max_fails=1 fail_timeout=1s;\n    server 127.0.0.1:4002 max_fails=1 fail_timeout=1s backup;"));
+        assert!(text.contains("server 127.0.0.1:4002 max_fails=1 fail_timeout=1s;\n    server 127.0.0.1:4001 max_fails=1 fail_timeout=1s backup;"));
+        assert!(text.contains("    set $zdd_shop shop_a;\n    if (-f \"/srv/switch/b\") {\n        set $zdd_shop shop_b;\n    }"));
+        assert!(text.contains("    open_file_cache off;"));
         assert!(text.contains("listen 127.0.0.1:8080;"));
+        assert!(text.contains("proxy_pass http://$zdd_shop;"));
         assert!(text.contains("proxy_next_upstream error timeout;"));
         assert!(
             !text.contains("keepalive"),
             "no upstream keep-alive by default"
         );
         assert!(text.contains("location = /.zdd/upstream {"));
+        assert!(text.contains("add_header X-Zdd-Switch $zdd_shop always;"));
+        assert_eq!(mode(&config("")).unwrap(), NginxMode::Switch);
+    }
+
+    #[test]
+    fn round_robin_lists_both_slots_in_one_upstream() {
+        let c = config("mode = \"round-robin\"\n");
+        let text = render(&c, Part::Site).unwrap();
+        assert!(text.contains("upstream shop {"));
+        assert!(text.contains("server 127.0.0.1:4001 max_fails=1 fail_timeout=1s;\n    server 127.0.0.1:4002 max_fails=1 fail_timeout=1s;\n}"));
+        assert!(text.contains("proxy_pass http://shop;"));
+        assert!(!text.contains("switch"), "{text}");
+        assert!(!text.contains("backup"), "{text}");
+    }
+
+    #[test]
+    fn parts_for_an_own_server_block() {
+        let c = config("");
+        let upstreams = render(&c, Part::Upstreams).unwrap();
+        assert!(upstreams.contains("upstream shop_b {") && !upstreams.contains("server {"));
+        let snippet = render(&c, Part::Snippet).unwrap();
+        assert!(snippet.starts_with("# shop: zdd's lines for a server block"));
+        assert!(snippet.contains("set $zdd_shop shop_a;\nif (-f \"/srv/switch/b\")"));
+        assert!(!snippet.contains("upstream shop_a {") && !snippet.contains("listen"));
+    }
+
+    #[test]
+    fn a_custom_template_without_the_switch_is_round_robin() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.j2");
+        std::fs::write(
+            &plain,
+            "upstream {{ name }} { server 127.0.0.1:{{ ports[0] }}; }\n",
+        )
+        .unwrap();
+        let with_switch = dir.path().join("switch.j2");
+        std::fs::write(
+            &with_switch,
+            "{{ upstreams_conf }}\nserver {\n{{ snippet_conf }}\n}\n",
+        )
+        .unwrap();
+        let at = |p: &Path| config(&format!("template = {:?}\n", p.display().to_string()));
+        assert_eq!(mode(&at(&plain)).unwrap(), NginxMode::RoundRobin);
+        assert_eq!(mode(&at(&with_switch)).unwrap(), NginxMode::Switch);
+        let c = config(&format!(
+            "template = {:?}\nmode = \"switch\"\n",
+            plain.display().to_string()
+        ));
+        assert_eq!(
+            mode(&c).unwrap(),
+            NginxMode::Switch,
+            "an explicit mode wins"
+        );
+    }
+
+    #[test]
+    fn a_root_nginx_cannot_quote_is_refused() {
+        let c = Config::parse(
+            Path::new("/srv/zdd.toml"),
+            "name = \"shop\"\nstart = \"x\"\nroot = \"/srv/$HOME\"\n",
+        )
+        .unwrap();
+        let e = render(&c, Part::Site).unwrap_err();
+        assert!(e.to_string().contains("nginx cannot take in a path"), "{e}");
     }
 
     #[test]
     fn non_idempotent_retry_is_opt_in() {
-        let c = Config::parse(
-            Path::new("/srv/zdd.toml"),
-            "name = \"shop\"\nstart = \"x\"\n[nginx]\nretry_non_idempotent = true\n",
-        )
-        .unwrap();
-        assert!(render(&c)
+        let c = config("retry_non_idempotent = true\n");
+        assert!(render(&c, Part::Site)
             .unwrap()
             .contains("proxy_next_upstream error timeout non_idempotent;"));
     }

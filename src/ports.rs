@@ -35,18 +35,42 @@ const NLMSG_DONE: u16 = 3;
 const TCP_LISTEN: u32 = 10;
 const IPPROTO_TCP: u8 = 6;
 
-/// Inodes of the sockets listening on `port`, IPv4 and IPv6.
-pub fn listening_inodes(port: u16) -> std::io::Result<Vec<u64>> {
-    let mut inodes = Vec::new();
+/// One listening socket as sock_diag reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ListenSocket {
+    port: u16,
+    inode: u64,
+    /// `idiag_rqueue`: connections the kernel has completed and queued
+    /// that nobody has `accept()`ed yet.
+    queued: u32,
+}
+
+/// The listening sockets on `port`, IPv4 and IPv6.
+fn listening_sockets(port: u16) -> std::io::Result<Vec<ListenSocket>> {
+    let mut found = Vec::new();
     for family in [libc_af_inet(), libc_af_inet6()] {
-        inodes.extend(
+        found.extend(
             dump_listeners(family)?
                 .into_iter()
-                .filter(|&(p, _)| p == port)
-                .map(|(_, i)| i),
+                .filter(|s| s.port == port),
         );
     }
-    Ok(inodes)
+    Ok(found)
+}
+
+/// Inodes of the sockets listening on `port`, IPv4 and IPv6.
+pub fn listening_inodes(port: u16) -> std::io::Result<Vec<u64>> {
+    Ok(listening_sockets(port)?
+        .into_iter()
+        .map(|s| s.inode)
+        .collect())
+}
+
+/// How many connections wait in the accept queues of the sockets listening
+/// on `port`; `None` when nothing listens there.
+pub fn accept_queue(port: u16) -> std::io::Result<Option<u32>> {
+    let sockets = listening_sockets(port)?;
+    Ok((!sockets.is_empty()).then(|| sockets.iter().map(|s| s.queued).sum()))
 }
 
 fn libc_af_inet() -> u8 {
@@ -57,8 +81,8 @@ fn libc_af_inet6() -> u8 {
     AddressFamily::Inet6 as i32 as u8
 }
 
-/// (port, inode) of every listening TCP socket of one address family.
-fn dump_listeners(family: u8) -> std::io::Result<Vec<(u16, u64)>> {
+/// Every listening TCP socket of one address family.
+fn dump_listeners(family: u8) -> std::io::Result<Vec<ListenSocket>> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Datagram,
@@ -103,11 +127,15 @@ fn dump_listeners(family: u8) -> std::io::Result<Vec<(u16, u64)>> {
                     return Err(std::io::Error::from_raw_os_error(-errno));
                 }
                 SOCK_DIAG_BY_FAMILY if len >= 16 + 72 => {
-                    // inet_diag_msg: id.sport (big endian) at 4, inode at 68.
+                    // inet_diag_msg: id.sport (big endian) at 4, rqueue at
+                    // 56, inode at 68.
                     let msg = &buf[off + 16..off + len];
-                    let port = u16::from_be_bytes([msg[4], msg[5]]);
-                    let inode = u32::from_ne_bytes(msg[68..72].try_into().unwrap());
-                    found.push((port, inode as u64));
+                    let field = |at: usize| u32::from_ne_bytes(msg[at..at + 4].try_into().unwrap());
+                    found.push(ListenSocket {
+                        port: u16::from_be_bytes([msg[4], msg[5]]),
+                        queued: field(56),
+                        inode: field(68) as u64,
+                    });
                 }
                 _ => {}
             }
@@ -204,6 +232,20 @@ mod tests {
             let port = l6.local_addr().unwrap().port();
             assert_eq!(listeners(port, &[])[0].pid, Some(me));
         }
+    }
+
+    #[test]
+    fn accept_queue_counts_connections_not_yet_accepted() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(accept_queue(port).unwrap(), Some(0));
+        let _c1 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _c2 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert_eq!(accept_queue(port).unwrap(), Some(2));
+        let (_s, _) = l.accept().unwrap();
+        assert_eq!(accept_queue(port).unwrap(), Some(1));
+        drop(l);
+        assert_eq!(accept_queue(port).unwrap(), None, "nothing listens");
     }
 
     #[test]

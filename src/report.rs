@@ -5,13 +5,13 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, NginxMode};
 use crate::deploy::fmt_ms;
 use crate::error::Result;
 use crate::git;
 use crate::health::Checker;
-use crate::process;
 use crate::state::{HistoryEntry, Slot, SlotStatus, State};
+use crate::{process, switch};
 
 /// The JSON schema version of `status --json` and `history --json`.
 pub const JSON_VERSION: u32 = 1;
@@ -22,6 +22,10 @@ struct StatusReport {
     name: String,
     active: Option<Slot>,
     next_deploy: Slot,
+    /// How nginx is steered: "switch" or "round-robin".
+    mode: &'static str,
+    /// The slot nginx's switch points at (switch mode only).
+    switch: Option<Slot>,
     /// What `zdd rollback` would bring back, if anything.
     rollback_to: Option<String>,
     slots: Vec<SlotReport>,
@@ -47,6 +51,10 @@ struct SlotReport {
 /// `zdd status [--json]`.
 pub fn status(config: &Config, json: bool) -> Result<()> {
     let state = State::load(&config.state_path(), config.ports)?;
+    let mode = crate::nginx::mode(config)?;
+    let switch = (mode == NginxMode::Switch)
+        .then(|| switch::read(&config.root).ok())
+        .flatten();
     let mut drift = Vec::new();
     let mut slots = Vec::new();
     for slot in Slot::BOTH {
@@ -125,6 +133,18 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
             health,
         });
     }
+    if let (Some(points), Some(live)) = (switch, state.active) {
+        let live_runs = state
+            .slot(live)
+            .process
+            .as_ref()
+            .is_some_and(|id| id.group_is_ours());
+        if points != live && live_runs {
+            drift.push(format!(
+                "nginx's switch points at slot {points}, not at the live slot {live}; the next `zdd deploy` or `zdd rollback` points it at {live}"
+            ));
+        }
+    }
     let next = state.slot(state.next_deploy);
     let rollback_to = (next.status == SlotStatus::Standby)
         .then(|| next.commit.clone())
@@ -134,6 +154,8 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
         name: config.name.clone(),
         active: state.active,
         next_deploy: state.next_deploy,
+        mode: mode.as_str(),
+        switch,
         rollback_to,
         slots,
         last: state.history.last().cloned(),
@@ -185,6 +207,12 @@ fn status_text(r: &StatusReport) -> String {
         }
         out.push_str(&line);
         out.push('\n');
+    }
+    match r.switch {
+        Some(s) => out.push_str(&format!(
+            "nginx: switch mode, new requests go to slot {s}\n"
+        )),
+        None => out.push_str(&format!("nginx: {} mode\n", r.mode)),
     }
     out.push_str(&format!("next deploy goes to slot {}", r.next_deploy));
     match &r.rollback_to {

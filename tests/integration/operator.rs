@@ -233,12 +233,8 @@ fn hooks_run_in_order_and_a_failing_verify_keeps_the_old_slot() {
     );
     let slot_b = p.ports[1].to_string();
     assert!(
-        lines[0].ends_with(&slot_b) && lines[3].ends_with(&slot_b),
-        "{log}"
-    );
-    assert!(
-        !lines[2].ends_with(&slot_b),
-        "verify runs against the rehearsal's private port: {log}"
+        lines.iter().all(|l| l.ends_with(&slot_b)),
+        "every hook sees the new slot's port; verify runs there while the slot is only nginx's backup: {log}"
     );
 
     // A failing verify aborts before the swap.

@@ -47,15 +47,29 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on, never handed out twice in this run.
+///
+/// Ports come from 20000-32767, below the kernel's ephemeral range (where
+/// the outgoing connections of the load, and ports asked with bind(:0),
+/// come from), so that a port given to one test cannot be given to another
+/// test running beside it before the first one binds it.
 pub fn free_port() -> u16 {
-    // Ports from the ephemeral range could be taken by outgoing
-    // connections later; the kernel hands out a currently free one.
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20000 + (std::process::id() * 7919) % 12000,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..12768 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (20000 + (n - 20000) % 12768) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && !listening(port) {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000-32767");
 }
 
 pub fn listening(port: u16) -> bool {
@@ -214,12 +228,12 @@ impl Drop for Nginx {
 }
 
 /// nginx's main config for a test prefix: 2 workers, logs and temp
-/// files under the prefix, the site from `site.conf`.
+/// files under the prefix, the site from `site.conf`. Started as root,
+/// the workers run as nginx's default user (nobody), as in production.
 pub fn main_conf(prefix: &Path) -> String {
     let p = prefix.display();
-    let user = if is_root() { "user root;\n" } else { "" };
     format!(
-        "{user}worker_processes 2;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
+        "worker_processes 2;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {p}/tmp/body;\n  proxy_temp_path {p}/tmp/proxy;\n\
            fastcgi_temp_path {p}/tmp/fastcgi;\n  uwsgi_temp_path {p}/tmp/uwsgi;\n  scgi_temp_path {p}/tmp/scgi;\n\
@@ -271,6 +285,9 @@ impl Project {
             .prefix("zdd-test-")
             .tempdir()
             .unwrap();
+        // nginx's workers (nobody) look for the switch file below it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let ports = [free_port(), free_port()];
         let nginx_port = free_port();
         let p = Project {

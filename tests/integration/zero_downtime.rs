@@ -78,19 +78,17 @@ fn no_request_lost_across_ten_back_to_back_swaps() {
 }
 
 #[test]
-fn nginx_listing_one_slot_keeps_the_old_slot_serving() {
+fn round_robin_nginx_listing_one_slot_keeps_the_old_slot_serving() {
     let _heavy = heavy();
-    let mut p = Project::new("[nginx]\n");
-    // The project's config already has [nginx]; shorten the routing wait.
-    let cfg = std::fs::read_to_string(p.config_path())
-        .unwrap()
-        .replace("[nginx]\n\n", "");
-    std::fs::write(
-        p.config_path(),
-        cfg.replace("[nginx]\n", "[nginx]\nroute_timeout = \"2s\"\n"),
-    )
-    .unwrap();
+    let mut p = Project::new("");
+    p.edit_config(|c| {
+        c.replace(
+            "[nginx]\n",
+            "[nginx]\nmode = \"round-robin\"\nroute_timeout = \"2s\"\n",
+        )
+    });
     let site = p.zdd(&["nginx"]).stdout;
+    assert!(site.contains("upstream testapp {"), "{site}");
     let only_a: String = site
         .lines()
         .filter(|l| !l.contains(&format!("127.0.0.1:{} ", p.ports[1])))
