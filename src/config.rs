@@ -316,20 +316,21 @@ impl Config {
             .next()
             .filter(|h| *h != "_" && !h.starts_with('~') && !h.contains('*'))
             .map(str::to_string);
-        let mode =
-            match &n.mode {
-                None => None,
-                Some(m) => Some(match m.get_ref().as_str() {
-                    "switch" => NginxMode::Switch,
-                    "round-robin" => NginxMode::RoundRobin,
-                    other => return Err(at(
+        let mode = match &n.mode {
+            None => None,
+            Some(m) => Some(match m.get_ref().as_str() {
+                "switch" => NginxMode::Switch,
+                "round-robin" => NginxMode::RoundRobin,
+                other => {
+                    return Err(at(
                         Some(m.span()),
                         format!(
                             "unknown nginx.mode {other:?}; expected \"switch\" or \"round-robin\""
                         ),
-                    )),
-                }),
-            };
+                    ))
+                }
+            }),
+        };
         let nginx = Nginx {
             listen,
             server_name,

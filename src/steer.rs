@@ -195,7 +195,8 @@ mod tests {
         assert_eq!(drain_queue(port, Duration::from_millis(20)), Queue::Busy(1));
         let accepter = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
-            l.accept().unwrap()
+            let accepted = l.accept().unwrap();
+            (l, accepted)
         });
         assert!(matches!(
             drain_queue(port, Duration::from_secs(5)),
