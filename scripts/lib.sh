@@ -6,24 +6,57 @@ ensure_nginx() {
   if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then
     return 0
   fi
+  echo "installing nginx-light (zdd runs a private nginx on a loopback port)" >&2
+  apt_install nginx-light
+}
+
+ensure_git() {
+  ensure_command git git
+}
+
+# The real app servers the zero-downtime tests deploy, unmodified, from the
+# package registries: gunicorn + Flask and uvicorn + Starlette (PyPI, in a
+# venv) and express 4 (npm), pinned in examples/servers/. Installed once
+# into target/app-servers/; reinstalled when the pins change.
+APP_SERVERS=${ZDD_APP_SERVERS:-$PWD/target/app-servers}
+ensure_app_servers() {
+  local dir=$APP_SERVERS req=examples/servers/requirements.txt
+  local pkg=examples/servers/express/package.json lock=examples/servers/express/package-lock.json
+  mkdir -p "$dir"
+  if ! cmp -s "$req" "$dir/venv/requirements.txt" 2>/dev/null; then
+    ensure_command python3 python3
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+      apt_install python3-venv
+    fi
+    echo "installing gunicorn, Flask, uvicorn and Starlette into $dir/venv" >&2
+    rm -rf "$dir/venv"
+    python3 -m venv "$dir/venv"
+    "$dir/venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+    cp "$req" "$dir/venv/requirements.txt"
+  fi
+  if ! cmp -s "$lock" "$dir/package-lock.json" 2>/dev/null || [ ! -d "$dir/node_modules/express" ]; then
+    ensure_command node nodejs
+    ensure_command npm npm
+    echo "installing express into $dir/node_modules" >&2
+    cp "$pkg" "$lock" "$dir/"
+    (cd "$dir" && npm ci --silent --no-audit --no-fund >/dev/null)
+  fi
+}
+
+# Install a Debian package as root, or stop with the command to run.
+apt_install() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing nginx-light (zdd runs a private nginx on a loopback port)" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
   else
-    echo "nginx is missing; install it with: sudo apt-get install -y nginx-light" >&2
+    echo "missing: install it with: sudo apt-get install -y $*" >&2
     return 1
   fi
 }
 
-ensure_git() {
-  command -v git >/dev/null 2>&1 && return 0
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git >/dev/null
-  else
-    echo "git is missing; install it with: sudo apt-get install -y git" >&2
-    return 1
-  fi
+# COMMAND on the PATH, or the Debian PACKAGE that has it installed.
+ensure_command() {
+  command -v "$1" >/dev/null 2>&1 || apt_install "$2"
 }
 
 nginx_bin() {

@@ -269,6 +269,7 @@ impl<'a> Run<'a> {
             run.save()?;
         }
         run.reconcile_switch()?;
+        run.stop_leftover()?;
         Ok(run)
     }
 
@@ -292,13 +293,16 @@ impl<'a> Run<'a> {
             log::warn!("state names slot {live} both live and next to deploy; the next deploy goes to slot {}", live.other());
             self.state.next_deploy = live.other();
         }
-        // zdd was killed after the new slot started and the old one is gone:
-        // the new slot is what serves, so it is the live one.
+        // zdd was killed mid-swap and the slot recorded as live does not run
+        // (the old one was stopped before the record, or the new one died
+        // after it): the app that runs in the other slot is what serves, so
+        // it is the live one. (A build or hook is recorded without a start
+        // time, and never counts.)
         if let Some(live) = self.state.active {
             let other = live.other();
             let live_running = self.state.slot(live).process.is_some();
             let o = self.state.slot(other);
-            if !live_running && o.status == SlotStatus::Starting && o.process.is_some() {
+            if !live_running && o.process.is_some() && o.started_at.is_some() {
                 log::warn!("slot {other} runs and slot {live} does not: an earlier zdd was interrupted mid-swap; slot {other} is live");
                 self.state.slot_mut(live).status = SlotStatus::Standby;
                 self.state.slot_mut(other).status = SlotStatus::Live;
@@ -328,6 +332,35 @@ impl<'a> Run<'a> {
                 switch::file(root).display()
             ))
         })
+    }
+
+    /// With the live slot running, whatever runs in the other slot is a
+    /// leftover of an interrupted run (a build, a new slot never swapped in,
+    /// an old slot never stopped): nginx no longer picks it, so drain and
+    /// stop it, and one slot serves.
+    fn stop_leftover(&mut self) -> Result<()> {
+        let Some(live) = self.state.active else {
+            return Ok(());
+        };
+        let idle = live.other();
+        if self.state.slot(live).process.is_none() {
+            return Ok(());
+        }
+        let Some(id) = self.state.slot(idle).process.clone() else {
+            return Ok(());
+        };
+        log::warn!(
+            "slot {idle}: pid {} from an earlier run still runs; stopping it",
+            id.pid
+        );
+        if self.mode == NginxMode::Switch {
+            self.drain_queue(idle);
+        }
+        process::stop_group(&id, self.config.stop.signal, self.config.stop.timeout, None);
+        let s = self.state.slot_mut(idle);
+        s.process = None;
+        s.started_at = None;
+        self.save()
     }
 
     fn save(&self) -> Result<()> {
@@ -583,6 +616,7 @@ impl<'a> Run<'a> {
 
         if let Some(old_id) = old_process {
             let t = Instant::now();
+            signals::fault_point("confirmed");
             if self.mode == NginxMode::Switch {
                 self.drain_queue(old);
             }
@@ -703,6 +737,7 @@ impl<'a> Run<'a> {
         let root = &config.root;
         let port = config.port(target);
         let before = self.record_live(target, started)?;
+        signals::fault_point("recorded");
         if let Some(sig) = signals::pending() {
             self.unrecord_live(target, before);
             return Err(self.abort_with(attempt, StepError::Interrupted(sig), Some(started)));
@@ -717,6 +752,7 @@ impl<'a> Run<'a> {
             );
             return Err(self.abort_env(attempt, reason, Some(started)));
         }
+        signals::fault_point("flipped");
         match steer::confirm(config, NginxMode::Switch, target, port, must_route) {
             Ok(_) => {
                 self.phases.route_ms = ms(t.elapsed());
@@ -730,6 +766,7 @@ impl<'a> Run<'a> {
                     )));
                 }
                 self.unrecord_live(target, before);
+                let reason = format!("{reason}; the switch points at slot {was} again");
                 Err(self.abort_env(attempt, reason, Some(started)))
             }
             // Nothing else serves, so there is nothing to protect: go on.
@@ -829,6 +866,7 @@ impl<'a> Run<'a> {
             s.started_at = Some(now());
         }
         self.save_or_stop(&mut started)?;
+        signals::fault_point(label);
 
         let checker = Checker::new(&config.health, port);
         let verified = match health::wait_ready(&config.health, &checker, &mut started) {

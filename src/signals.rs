@@ -41,3 +41,26 @@ pub fn pending() -> Option<Signal> {
         Signal::try_from(n as i32).ok()
     }
 }
+
+/// A step the tests may interrupt: in debug builds (what `cargo test`
+/// runs), `ZDD_TEST_FAULT=STEP:SIGNAL` makes zdd send SIGNAL (`KILL`,
+/// `INT`, …) to itself when it reaches STEP, so that a kill or a Ctrl-C at
+/// an exact point of a swap can be proven harmless. Release builds have no
+/// such hook.
+pub fn fault_point(step: &str) {
+    #[cfg(debug_assertions)]
+    if let Some((at, sig)) = std::env::var("ZDD_TEST_FAULT")
+        .ok()
+        .as_deref()
+        .and_then(|v| v.split_once(':'))
+    {
+        if at == step {
+            if let Ok(sig) = crate::config::parse_signal(sig) {
+                log::debug!("test fault at {step}: {sig}");
+                let _ = nix::sys::signal::raise(sig);
+            }
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = step;
+}

@@ -131,7 +131,7 @@ fn unseen_switch(config: &Config, slot: Slot, picked: &str, probe_url: &str) -> 
         ),
     };
     format!(
-        "the switch points at slot {slot}, but after {} nginx still picks upstream {picked}: {cause}",
+        "after the switch was flipped to slot {slot}, nginx still picked upstream {picked} for {}: {cause}",
         humantime::format_duration(config.nginx.route_timeout)
     )
 }

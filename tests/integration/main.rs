@@ -7,4 +7,6 @@ mod core;
 mod examples;
 mod faults;
 mod operator;
+mod servers;
+mod steering;
 mod zero_downtime;

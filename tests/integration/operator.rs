@@ -164,6 +164,132 @@ fn nginx_write_and_reload_against_a_real_nginx() {
     assert_eq!(p.served(), "v1");
 }
 
+/// The parts for an operator's own server blocks: `--write --reload`
+/// writes the upstreams and the snippet, and deploys through a server block
+/// that includes them lose nothing.
+#[test]
+fn own_server_block_with_the_upstreams_and_snippet_parts() {
+    let _heavy = heavy();
+    let mut p = Project::new("");
+    p.edit_config(|c| {
+        c.replace(
+            "[nginx]\n",
+            "[nginx]\nupstreams_output = \"nginx/zdd-upstreams.conf\"\nsnippet_output = \"nginx/zdd-snippet.conf\"\n",
+        )
+    });
+    let parts = p.path().join("nginx");
+    let own_site = format!(
+        "include {0}/zdd-upstreams.conf;\n\
+         server {{\n  listen 127.0.0.1:{1};\n  server_name shop.test;\n  include {0}/zdd-snippet.conf;\n\
+           location / {{ proxy_pass http://$zdd_testapp; proxy_next_upstream error timeout; }}\n}}\n",
+        parts.display(),
+        p.nginx_port
+    );
+    // A first nginx with a placeholder, then the parts written and reloaded.
+    p.start_nginx_with(&format!(
+        "server {{ listen 127.0.0.1:{}; return 503; }}\n",
+        p.nginx_port
+    ));
+    std::fs::write(parts.join("site.conf"), &own_site).unwrap();
+    let r = p.zdd(&["nginx", "--write", "--reload"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.trim(), "nginx reloaded");
+    assert_eq!(
+        std::fs::read_to_string(parts.join("zdd-snippet.conf")).unwrap(),
+        p.zdd(&["nginx", "--part", "snippet"]).stdout
+    );
+    assert!(std::fs::read_to_string(parts.join("zdd-upstreams.conf"))
+        .unwrap()
+        .contains("upstream testapp_b {"));
+    assert!(wait_until(std::time::Duration::from_secs(10), || p
+        .served()
+        .contains("502")));
+
+    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    let v2 = p.commit("v2", "");
+    let load = Load::start(&p, &["v1", "v2"]);
+    for args in [vec!["deploy", v2.as_str()], vec!["rollback"]] {
+        let r = p.zdd(&args);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(r.stderr.contains("nginx routes to slot"), "{r:?}");
+    }
+    let report = load.finish();
+    assert_eq!(report["failed"], 0, "{}", summary(&report));
+    assert_eq!(p.served(), "v1");
+}
+
+/// `nginx/shop.example.conf`, with its two parts from `zdd nginx`, is a
+/// site nginx accepts (given a certificate and ports it may use).
+#[test]
+fn the_sample_own_site_is_accepted_by_nginx() {
+    let p = Project::new("");
+    p.edit_config(|c| c.replace("name = \"testapp\"", "name = \"shop\""));
+    let dir = p.path().join("nginx");
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=shop.example.com", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{made:?}");
+    for (part, file) in [
+        ("upstreams", "shop-upstreams.conf"),
+        ("snippet", "zdd-shop.conf"),
+    ] {
+        let r = p.zdd(&["nginx", "--part", part]);
+        assert_eq!(r.code, 0, "{r:?}");
+        std::fs::write(dir.join(file), r.stdout).unwrap();
+    }
+    let sample = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/shop.example.conf"),
+    )
+    .unwrap();
+    let (http, https) = (free_port(), free_port());
+    let site = sample
+        .replace(
+            "/etc/nginx/snippets/zdd-shop.conf",
+            &dir.join("zdd-shop.conf").display().to_string(),
+        )
+        .replace(
+            "/etc/letsencrypt/live/shop.example.com/fullchain.pem",
+            &cert.display().to_string(),
+        )
+        .replace(
+            "/etc/letsencrypt/live/shop.example.com/privkey.pem",
+            &key.display().to_string(),
+        )
+        .replace("listen [::]:80;", "")
+        .replace("listen [::]:443 ssl http2;", "")
+        .replace("listen 80;", &format!("listen {http};"))
+        .replace("listen 127.0.0.1:80;", &format!("listen 127.0.0.1:{http};"))
+        .replace("listen 443 ssl", &format!("listen {https} ssl"));
+    let site = format!(
+        "include {};\n{site}",
+        dir.join("shop-upstreams.conf").display()
+    );
+    Nginx::prepare(&dir, &site);
+    let out = std::process::Command::new(nginx_bin())
+        .args(["-t", "-p"])
+        .arg(&dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{site}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn init_writes_a_starter_config_and_never_overwrites() {
     let dir = tempfile::tempdir().unwrap();

@@ -47,6 +47,21 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
+/// Where `scripts/test.sh` installed the real app servers (a venv with
+/// gunicorn and uvicorn, node_modules with express), or a loud failure.
+pub fn app_servers() -> PathBuf {
+    let dir = std::env::var_os("ZDD_APP_SERVERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/app-servers"));
+    assert!(
+        dir.join("venv/bin/gunicorn").exists() && dir.join("node_modules/express").exists(),
+        "the real app servers are not installed in {}: run scripts/test.sh, which installs \
+         gunicorn, Flask, uvicorn and Starlette (PyPI) and express (npm) there",
+        dir.display()
+    );
+    dir
+}
+
 /// A loopback port nobody listens on, never handed out twice in this run.
 ///
 /// Ports come from 20000-32767, below the kernel's ephemeral range (where
@@ -327,12 +342,17 @@ impl Project {
             "name = \"testapp\"\nrepo = \"repo\"\nroot = \"state\"\nbuild = \"sh build.sh\"\nstart = \"./run.sh\"\n\
              ports = [{}, {}]\n{extra}\n\n[env]\nAPP_BIN = \"{}\"\n\n[health]\ntimeout = \"15s\"\ninterval = \"20ms\"\n\n\
              [stop]\ntimeout = \"10s\"\n\n[nginx]\nlisten = \"127.0.0.1:{}\"\npid_file = \"nginx/nginx.pid\"\n\
-             test_command = \"{}\"\n",
+             test_command = \"{}\"\n{}",
             self.ports[0],
             self.ports[1],
             example("app").display(),
             self.nginx_port,
             Nginx::test_command(&self.path().join("nginx")),
+            // For measurements only: the zero-downtime tests in another mode
+            // (`ZDD_TEST_NGINX_MODE=round-robin`; see the README's table).
+            std::env::var("ZDD_TEST_NGINX_MODE")
+                .map(|m| format!("mode = {m:?}\n"))
+                .unwrap_or_default(),
         );
         std::fs::write(self.config_path(), text).unwrap();
     }
@@ -403,6 +423,24 @@ impl Project {
         self.git(&["rev-parse", "HEAD"])
     }
 
+    /// Put an app's own files (repo path, file under examples/) in the
+    /// repo, commit them as `v1`, and make `start` its start command, with
+    /// `env` lines added to [env].
+    pub fn use_app(&self, files: &[(&str, &str)], start: &str, env: &str) {
+        for (to, from) in files {
+            let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples")
+                .join(from);
+            std::fs::copy(&source, self.repo().join(to))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", source.display()));
+        }
+        self.commit("v1", "");
+        self.edit_config(|c| {
+            c.replace("start = \"./run.sh\"", &format!("start = {start:?}"))
+                .replace("[env]\n", &format!("[env]\n{env}"))
+        });
+    }
+
     /// Start a private nginx with the config `zdd nginx` renders.
     pub fn start_nginx(&mut self) {
         let site = self.zdd(&["nginx"]);
@@ -421,12 +459,27 @@ impl Project {
 
     /// Run zdd with this project's config; fails the test after 120 s.
     pub fn zdd(&self, args: &[&str]) -> Run {
+        self.zdd_env(args, &[])
+    }
+
+    /// Run zdd with extra environment variables.
+    pub fn zdd_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(zdd_bin());
         cmd.arg("--config")
             .arg(self.config_path())
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(self.path());
         run_bounded(cmd, Duration::from_secs(120))
+    }
+
+    /// The slot nginx's switch points at: `b` while `ROOT/switch/b` exists.
+    pub fn switch(&self) -> &'static str {
+        if self.root().join("switch/b").exists() {
+            "b"
+        } else {
+            "a"
+        }
     }
 
     pub fn state(&self) -> toml::Value {

@@ -1,0 +1,124 @@
+//! The promise with the app servers people actually run, unmodified and
+//! installed from the package registries: gunicorn (sync and gthread
+//! workers) and uvicorn serving plain Flask and Starlette apps, express 4
+//! stopping the way its docs show, and the reference app closing its
+//! listener without draining its queue. Each goes through 6 deploys and
+//! rollbacks under GET and POST load, client keep-alive on and off, and
+//! every request must get its expected answer.
+
+use crate::support::*;
+
+/// Deploy v1, then swap between v2 and v1 `swaps` times under load;
+/// returns the load report.
+fn swaps_under_load(p: &mut Project, swaps: usize) -> serde_json::Value {
+    p.start_nginx();
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "v1");
+    let v2 = p.commit("v2", "");
+
+    let load = Load::start(p, &["v1", "v2"]);
+    for i in 0..swaps {
+        let (args, want) = if i % 2 == 0 {
+            (vec!["deploy", v2.as_str()], "v2")
+        } else {
+            (vec!["rollback"], "v1")
+        };
+        let r = p.zdd(&args);
+        if r.code != 0 {
+            let report = load.finish();
+            panic!(
+                "swap {i} ({args:?}) failed: {r:?}\nload: {}",
+                summary(&report)
+            );
+        }
+        assert_eq!(p.served(), want, "after swap {i}");
+        assert_eq!(p.listening_slots().len(), 1, "after swap {i}");
+    }
+    load.finish()
+}
+
+fn assert_nothing_lost(p: &Project, what: &str, report: &serde_json::Value) {
+    eprintln!("{what}: {}", summary(report));
+    assert_eq!(
+        report["failed"],
+        0,
+        "{what}: {}\nnginx error log:\n{}",
+        summary(report),
+        p.nginx.as_ref().unwrap().error_log()
+    );
+    for method in ["GET", "POST"] {
+        assert!(
+            report["by_method"][method]["requests"].as_u64().unwrap() > 200,
+            "{what}: too little {method} load to prove anything: {}",
+            summary(report)
+        );
+    }
+    for version in ["v1", "v2"] {
+        assert!(
+            report["versions"][version].as_u64().unwrap_or(0) > 0,
+            "{what}: {version} never served: {}",
+            summary(report)
+        );
+    }
+}
+
+fn gunicorn(workers: &str) {
+    let _heavy = heavy();
+    let venv = app_servers().join("venv/bin");
+    let mut p = Project::new("");
+    let start = format!(
+        "{}/gunicorn {workers} --bind 127.0.0.1:$PORT app:app",
+        venv.display()
+    );
+    p.use_app(&[("app.py", "servers/flask/app.py")], &start, "");
+    let report = swaps_under_load(&mut p, 6);
+    assert_nothing_lost(&p, &format!("gunicorn {workers}"), &report);
+}
+
+#[test]
+fn gunicorn_sync_workers_lose_no_request() {
+    gunicorn("--workers 2");
+}
+
+#[test]
+fn gunicorn_gthread_workers_lose_no_request() {
+    gunicorn("--worker-class gthread --threads 4");
+}
+
+#[test]
+fn uvicorn_loses_no_request() {
+    let _heavy = heavy();
+    let venv = app_servers().join("venv/bin");
+    let mut p = Project::new("");
+    let start = format!(
+        "{}/uvicorn --host 127.0.0.1 --port $PORT app:app",
+        venv.display()
+    );
+    p.use_app(&[("app.py", "servers/starlette/app.py")], &start, "");
+    let report = swaps_under_load(&mut p, 6);
+    assert_nothing_lost(&p, "uvicorn", &report);
+}
+
+#[test]
+fn express_loses_no_request() {
+    let _heavy = heavy();
+    let modules = app_servers().join("node_modules");
+    let mut p = Project::new("");
+    p.use_app(
+        &[("server.js", "servers/express/server.js")],
+        "node server.js",
+        &format!("NODE_PATH = {:?}\n", modules.display().to_string()),
+    );
+    let report = swaps_under_load(&mut p, 6);
+    assert_nothing_lost(&p, "express", &report);
+}
+
+#[test]
+fn reference_app_closing_without_draining_its_queue_loses_no_request() {
+    let _heavy = heavy();
+    let mut p = Project::new("");
+    p.commit("v1", "export APP_STOP=naive");
+    let report = swaps_under_load(&mut p, 6);
+    assert_nothing_lost(&p, "reference app, naive stop", &report);
+}

@@ -1,0 +1,192 @@
+//! The switch at every step of a swap: zdd killed or interrupted at each
+//! one, and an nginx that cannot see the switch. Each time the version that
+//! served keeps serving, no request is lost, and the next run converges to
+//! one healthy slot, the switch pointing at it, the state saying so.
+
+use crate::support::*;
+
+/// A project with v1 live in slot a behind nginx, and v2 committed.
+fn live_v1_with_v2(extra: &str) -> (Project, String) {
+    let mut p = Project::new(extra);
+    p.start_nginx();
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "v1");
+    let v2 = p.commit("v2", "");
+    (p, v2)
+}
+
+/// One slot runs and serves `want` through nginx, the switch and the state
+/// agree on it, and `status` sees no drift.
+fn assert_converged(p: &Project, slot: &str, want: &str) {
+    assert_eq!(p.served(), want);
+    assert_eq!(p.listening_slots(), [slot], "one slot listens at rest");
+    assert_eq!(p.switch(), slot, "the switch points at the live slot");
+    let s = p.status_json();
+    assert_eq!(s["active"], slot, "{s}");
+    assert_eq!(s["switch"], slot, "{s}");
+    assert_eq!(s["drift"].as_array().unwrap().len(), 0, "{s}");
+}
+
+#[test]
+fn zdd_killed_at_each_step_of_a_swap_converges_without_losing_a_request() {
+    let _heavy = heavy();
+    let (p, v2) = live_v1_with_v2("");
+    let load = Load::start(&p, &["v1", "v2"]);
+    for step in ["start", "recorded", "flipped", "confirmed"] {
+        let fault = format!("{step}:KILL");
+        let r = p.zdd_env(&["deploy", &v2], &[("ZDD_TEST_FAULT", &fault)]);
+        assert_eq!(r.code, -1, "killed at {step}: {r:?}");
+        assert!(!p.served().starts_with("error"), "{step}: {}", p.served());
+        // The next run converges: deploying v2 again finishes the job.
+        let r = p.zdd(&["deploy", &v2]);
+        assert_eq!(r.code, 0, "after a kill at {step}: {r:?}");
+        assert_converged(&p, "b", "v2");
+        let r = p.zdd(&["rollback"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_converged(&p, "a", "v1");
+    }
+    let report = load.finish();
+    eprintln!("killed at each step: {}", summary(&report));
+    assert_eq!(report["failed"], 0, "{}", summary(&report));
+}
+
+#[test]
+fn killed_after_recording_before_the_flip_status_names_the_switch_and_any_run_fixes_it() {
+    let (p, v2) = live_v1_with_v2("");
+    let r = p.zdd_env(&["deploy", &v2], &[("ZDD_TEST_FAULT", "recorded:KILL")]);
+    assert_eq!(r.code, -1, "{r:?}");
+    assert_eq!(p.switch(), "a", "killed before the flip");
+    assert_eq!(p.served(), "v1", "nginx still picks the old slot");
+    let s = p.status_json();
+    let drift = s["drift"].to_string();
+    assert!(
+        drift.contains("switch points at slot a, not at the live slot b"),
+        "{s}"
+    );
+    // Even a no-op (the tip is already recorded live) converges.
+    let r = p.zdd(&["deploy", &v2]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("pointing it at slot b"), "{r:?}");
+    assert!(r.stderr.contains("still runs; stopping it"), "{r:?}");
+    assert_converged(&p, "b", "v2");
+}
+
+#[test]
+fn sigint_before_the_flip_backs_out() {
+    let (p, v2) = live_v1_with_v2("");
+    let r = p.zdd_env(&["deploy", &v2], &[("ZDD_TEST_FAULT", "recorded:INT")]);
+    assert_eq!(r.code, 128 + 2, "{r:?}");
+    assert!(r.stderr.contains("interrupted by SIGINT"), "{r:?}");
+    assert!(r.stderr.contains("slot a still serves"), "{r:?}");
+    assert_converged(&p, "a", "v1");
+    let state = p.state();
+    assert_eq!(state["next_deploy"].as_str(), Some("b"));
+    assert!(state["slots"]["b"].get("process").is_none());
+    let h = p.zdd(&["history", "--json"]);
+    assert!(h.stdout.contains("\"outcome\": \"interrupted\""), "{h:?}");
+}
+
+#[test]
+fn sigint_after_the_flip_finishes_the_swap() {
+    let (p, v2) = live_v1_with_v2("");
+    let r = p.zdd_env(&["deploy", &v2], &[("ZDD_TEST_FAULT", "flipped:INT")]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("got SIGINT during the swap; finished it first"),
+        "{r:?}"
+    );
+    assert_converged(&p, "b", "v2");
+}
+
+/// What nginx answers when a deploy could not steer it: the old slot
+/// serves, the switch points back at it, the new slot is stopped.
+fn assert_backed_out(p: &Project, r: &Run) {
+    eprintln!("{}", r.stderr);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("slot a still serves"), "{r:?}");
+    assert_eq!(p.switch(), "a", "flipped back");
+    assert_eq!(p.listening_slots(), ["a"], "the new slot was stopped");
+    assert_eq!(p.served(), "v1");
+    let state = p.state();
+    assert_eq!(state["active"].as_str(), Some("a"));
+    assert_eq!(state["next_deploy"].as_str(), Some("b"));
+    assert_eq!(state["slots"]["a"]["status"].as_str(), Some("live"));
+    assert_eq!(state["slots"]["b"]["status"].as_str(), Some("failed"));
+}
+
+#[test]
+fn nginx_worker_that_cannot_see_the_switch_keeps_the_old_slot() {
+    if !is_root() {
+        eprintln!("NOT RUN: needs root, so that nginx's workers run as another user (nobody)");
+        return;
+    }
+    let _heavy = heavy();
+    let (p, v2) = live_v1_with_v2("");
+    p.edit_config(|c| c.replace("[nginx]\n", "[nginx]\nroute_timeout = \"1s\"\n"));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let load = Load::start(&p, &["v1"]);
+    let r = p.zdd(&["deploy", &v2]);
+    let report = load.finish();
+    assert!(
+        r.stderr
+            .contains(&format!("cannot search {} (mode 0700)", p.path().display()))
+            && r.stderr.contains("chmod o+x"),
+        "{r:?}"
+    );
+    assert_backed_out(&p, &r);
+    assert_eq!(report["failed"], 0, "{}", summary(&report));
+}
+
+#[test]
+fn open_file_cache_that_hides_the_flip_is_named() {
+    let _heavy = heavy();
+    let (mut p, v2) = live_v1_with_v2("");
+    // A site of one's own that caches file tests, answers included.
+    let site = p.zdd(&["nginx"]).stdout.replace(
+        "open_file_cache off;",
+        "open_file_cache max=100 inactive=60s; open_file_cache_valid 60s; open_file_cache_errors on;",
+    );
+    let template = p.path().join("cached.conf.j2");
+    std::fs::write(&template, &site).unwrap();
+    p.edit_config(|c| {
+        c.replace(
+            "[nginx]\n",
+            &format!(
+                "[nginx]\nroute_timeout = \"1s\"\ntemplate = {:?}\n",
+                template.display().to_string()
+            ),
+        )
+    });
+    p.start_nginx();
+    for _ in 0..20 {
+        assert_eq!(p.served(), "v1");
+    }
+    let r = p.zdd(&["deploy", &v2]);
+    assert!(r.stderr.contains("open_file_cache"), "{r:?}");
+    assert!(
+        r.stderr.contains("still picked upstream testapp_a"),
+        "{r:?}"
+    );
+    assert_backed_out(&p, &r);
+}
+
+#[test]
+fn nginx_config_without_the_switch_is_refused_at_the_probe() {
+    let _heavy = heavy();
+    let (mut p, v2) = live_v1_with_v2("");
+    // nginx still runs a config from before the switch (round-robin).
+    p.edit_config(|c| c.replace("[nginx]\n", "[nginx]\nmode = \"round-robin\"\n"));
+    let old_site = p.zdd(&["nginx"]).stdout;
+    p.edit_config(|c| c.replace("mode = \"round-robin\"", "mode = \"switch\""));
+    p.start_nginx_with(&old_site);
+    let r = p.zdd(&["deploy", &v2]);
+    assert!(
+        r.stderr.contains("without the X-Zdd-Switch header"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("zdd nginx --write --reload"), "{r:?}");
+    assert_backed_out(&p, &r);
+}
