@@ -11,6 +11,7 @@
 #   scripts/bench.sh              # N=10
 #   N=3 scripts/bench.sh          # quicker
 #   RATE=5000 scripts/bench.sh    # heavier steady load
+#   MODE=round-robin scripts/bench.sh   # nginx.mode: "switch" (default) or "round-robin"
 #   KEEP=1 scripts/bench.sh       # keep the work folder (samples.csv, logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ ensure_nginx
 ensure_git
 N=${N:-10}
 RATE=${RATE:-2000}   # requests/s of steady load; leaves the 2 cores room to measure zdd
+MODE=${MODE:-switch}
 
 echo "building release binaries..." >&2
 cargo build --release --quiet --bin zdd --example app --example load
@@ -27,6 +29,7 @@ APP=$PWD/target/release/examples/app
 LOAD=$PWD/target/release/examples/load
 
 B=$(mktemp -d /tmp/zdd-bench.XXXXXX)
+chmod 755 "$B"   # nginx's workers (nobody) look for zdd's switch file below it
 CONF=$B/zdd.toml
 cleanup() {
   set +e
@@ -46,7 +49,7 @@ maxof() { sort -n | tail -1; }
 new_app_repo "$B/repo"
 commit() { app_commit "$B/repo" "$1" > /dev/null; }
 commit v1
-write_app_config "$CONF" bench "$APP"
+write_app_config "$CONF" bench "$APP" "mode = \"$MODE\""
 start_private_nginx "$ZDD" "$CONF" "$B/nginx"
 "$ZDD" -q -c "$CONF" deploy >/dev/null
 
@@ -134,7 +137,7 @@ cat <<TABLE
 
 ## zdd benchmark: $N deploys + $N rollbacks under load
 
-Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r), $("$(nginx_bin)" -v 2>&1 | cut -d' ' -f3). Command: \`N=$N scripts/bench.sh\`.
+Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r), $("$(nginx_bin)" -v 2>&1 | cut -d' ' -f3). nginx.mode: $MODE. Command: \`N=$N MODE=$MODE scripts/bench.sh\`.
 
 | load (16 clients, $RATE req/s, keep-alive mixed) | requests | failed |
 |---|---:|---:|
@@ -152,9 +155,9 @@ Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 | wall time (process start to exit) | $(wall_stats deploy) | $(wall_stats rollback) |
 | fetch + checkout | $(phase_stats deploy 5) | - |
 | build | $(phase_stats deploy 6) | - |
-| app ready (rehearsal + start + health) | $(phase_stats deploy 7) | $(phase_stats rollback 7) |
-| nginx routed to the new slot | $(phase_stats deploy 8) | $(phase_stats rollback 8) |
-| old slot drained | $(phase_stats deploy 9) | $(phase_stats rollback 9) |
+| app ready (start + health$([ "$MODE" = switch ] || echo "; rehearsal first")) | $(phase_stats deploy 7) | $(phase_stats rollback 7) |
+| nginx routes to the new slot ($([ "$MODE" = switch ] && echo "flip + confirm" || echo "failover wait")) | $(phase_stats deploy 8) | $(phase_stats rollback 8) |
+| old slot drained ($([ "$MODE" = switch ] && echo "queue empty, stop signal, exit" || echo "stop signal, exit")) | $(phase_stats deploy 9) | $(phase_stats rollback 9) |
 | **zdd overhead** = wall − (build + ready + drain) | $(overhead_stats deploy 0) | $(overhead_stats rollback 0) |
 | zdd overhead without the nginx routing wait | $(overhead_stats deploy 1) | $(overhead_stats rollback 1) |
 

@@ -21,6 +21,7 @@ APP=$PWD/target/release/examples/app
 LOAD=$PWD/target/release/examples/load
 
 DEMO=$(mktemp -d /tmp/zdd-demo.XXXXXX)
+chmod 755 "$DEMO"   # nginx's workers (nobody) look for zdd's switch file below it
 NGINX_PREFIX=$DEMO/nginx
 cleanup() {
   set +e
@@ -42,6 +43,7 @@ echo "zdd.toml:"; sed 's/^/  /' "$DEMO/zdd.toml"
 say "a private nginx on 127.0.0.1:$NGINX_PORT with the config from \`zdd nginx\`"
 start_private_nginx "$ZDD" "$DEMO/zdd.toml" "$NGINX_PREFIX"
 sed -n '/^upstream/,/^}/p' "$NGINX_PREFIX/site.conf" | sed 's/^/  /'
+grep -A3 'set \$zdd_demo' "$NGINX_PREFIX/site.conf" | sed 's/^/  /'
 
 say "zdd deploy $V1 (v1)"
 "$ZDD" -c "$DEMO/zdd.toml" deploy "$V1"

@@ -87,12 +87,12 @@ http_get() {
 }
 
 # A main nginx.conf for a private prefix that includes PREFIX/site.conf.
+# Started as root, its workers run as nginx's default user (nobody), as in
+# production: every folder above zdd's root must be searchable by others.
 write_nginx_conf() {
-  local prefix=$1 user_line=""
-  [ "$(id -u)" = 0 ] && user_line="user root;"
+  local prefix=$1
   mkdir -p "$prefix/logs" "$prefix/tmp"
   cat >"$prefix/nginx.conf" <<CONF
-$user_line
 worker_processes 2;
 pid $prefix/nginx.pid;
 error_log $prefix/logs/error.log warn;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "zdd",
     version,
-    about = "Zero-downtime deploys of a web app on one host: two slots behind a static nginx upstream",
+    about = "Zero-downtime deploys of a web app on one host: two slots behind nginx, steered by a switch file",
     after_help = "Exit codes: 0 done or nothing to do; 1 failed, the version that was serving still serves; \
 2 bad usage, config or input, nothing changed; 3 another zdd holds the lock; 4 zdd could not finish, state needs attention."
 )]

@@ -25,7 +25,7 @@ interval = "100ms"                  # longest pause between probes (the first is
 # expect_body = "ok"
 
 [stop]
-signal  = "SIGTERM"                 # the app stops accepting, finishes requests, exits
+signal  = "SIGTERM"                 # the app finishes the requests in flight and exits
 timeout = "30s"                     # then SIGKILL to its process group
 
 [env]
@@ -38,7 +38,10 @@ timeout = "30s"                     # then SIGKILL to its process group
 [nginx]
 listen      = "80"
 server_name = "_"
-output      = "/etc/nginx/conf.d/myapp.conf"   # `zdd nginx --write` writes here
+output      = "/etc/nginx/conf.d/myapp.conf"   # `zdd nginx --write` writes the whole site here
+# For your own server blocks, the two parts instead (README: setting up):
+# upstreams_output = "/etc/nginx/conf.d/myapp-upstreams.conf"
+# snippet_output   = "/etc/nginx/snippets/zdd-myapp.conf"
 "#;
 
 /// `zdd init`: write the starter at `path` (`--config`/`$ZDD_CONFIG`, else

@@ -1,5 +1,5 @@
 //! zdd: zero-downtime deploys of a web app on one Linux host, two slots
-//! behind a static nginx upstream. The binary's `main` calls [`run`].
+//! behind nginx, steered by a switch file. The binary's `main` calls [`run`].
 
 /// A result line on stdout. A closed stdout (`zdd status | head -1`) is
 /// not an error worth a panic: the work is done either way.

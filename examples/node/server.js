@@ -6,7 +6,11 @@
 // SIGTERM (also SIGINT, SIGQUIT): stop accepting, finish the requests in
 // flight, exit 0.
 //
-// Why the stop is not just `server.close()`:
+// With zdd's switch (the default nginx.mode) a plain `server.close()` would
+// lose nothing: zdd signals the old slot only after nginx stopped sending it
+// new requests and its accept queue is empty. What follows is for
+// round-robin mode, where nginx keeps queueing connections for the old slot
+// until it refuses them. Why the stop is not just `server.close()` there:
 //
 // 1. close() closes the listening socket at once. Connections the kernel has
 //    already accepted (handshake done, request possibly sent) but that still

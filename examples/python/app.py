@@ -7,7 +7,10 @@ bytes>\\n"; the version is $APP_VERSION, else ./VERSION, else "dev". On
 SIGTERM (also SIGINT, SIGQUIT): stop accepting, finish the requests in
 flight, exit 0.
 
-The stop, done right: closing a listening socket resets the connections that
+With zdd's switch (the default nginx.mode) finishing the requests in flight
+is all the stop needs: zdd signals the old slot only after nginx stopped
+sending it new requests and its accept queue is empty. What follows matters
+in round-robin mode. The stop, done right there: closing a listening socket resets the connections that
 the kernel has already accepted but that still wait in its accept queue, and
 nginx answers a reset POST with 502. So on the signal the main loop accepts
 from the (non-blocking) listener until accept() raises BlockingIOError,
