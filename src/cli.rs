@@ -131,7 +131,15 @@ fn parse_wait(s: &str) -> Result<WaitFor, String> {
     if s == "forever" {
         Ok(WaitFor::Forever)
     } else {
-        crate::config::parse_duration(s).map(WaitFor::AtMost)
+        let d = crate::config::parse_duration(s)?;
+        let (min, max) = crate::config::duration_bounds("--wait");
+        if d < min || d > max {
+            return Err(format!(
+                "--wait takes at most {} (or no value: wait as long as it takes)",
+                humantime::format_duration(max)
+            ));
+        }
+        Ok(WaitFor::AtMost(d))
     }
 }
 

@@ -222,9 +222,16 @@ impl Config {
                 format!("invalid name {name:?}: expected letters, digits, '_' or '-'"),
             ));
         }
+        let pair = |list: &Spanned<Vec<u16>>, what: &str| match list.get_ref()[..] {
+            [a, b] => Ok([a, b]),
+            ref other => Err(at(
+                Some(list.span()),
+                format!("{what} must list exactly two numbers, got {}", other.len()),
+            )),
+        };
         let ports = match &raw.ports {
             Some(p) => {
-                let [a, b] = *p.get_ref();
+                let [a, b] = pair(p, "ports (slot a, slot b)")?;
                 if a == b {
                     return Err(at(
                         Some(p.span()),
@@ -257,7 +264,7 @@ impl Config {
         let expect_status = match h.expect_status {
             None => defaults.expect_status,
             Some(s) => {
-                let [lo, hi] = *s.get_ref();
+                let [lo, hi] = pair(&s, "health.expect_status [LOW, HIGH]")?;
                 if lo > hi || !(100..=599).contains(&lo) || !(100..=599).contains(&hi) {
                     return Err(at(
                         Some(s.span()),
@@ -277,11 +284,33 @@ impl Config {
             Some(p) => p.into_inner(),
             None => defaults.path,
         };
+        // Each duration within sane bounds for its key (the README's table).
+        let bounded = |d: Option<Spanned<HumanDuration>>, key: &str, default: Duration| {
+            let Some(d) = d else { return Ok(default) };
+            let (min, max) = duration_bounds(key);
+            let value = d.get_ref().0;
+            if value < min || value > max {
+                return Err(at(
+                    Some(d.span()),
+                    format!(
+                        "{key} must be between {} and {}, got {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max),
+                        humantime::format_duration(value)
+                    ),
+                ));
+            }
+            Ok(value)
+        };
         let health = Health {
             path: health_path,
-            timeout: h.timeout.map_or(defaults.timeout, |d| d.0),
-            interval: h.interval.map_or(defaults.interval, |d| d.0),
-            request_timeout: h.request_timeout.map_or(defaults.request_timeout, |d| d.0),
+            timeout: bounded(h.timeout, "health.timeout", defaults.timeout)?,
+            interval: bounded(h.interval, "health.interval", defaults.interval)?,
+            request_timeout: bounded(
+                h.request_timeout,
+                "health.request_timeout",
+                defaults.request_timeout,
+            )?,
             expect_status,
             expect_body: h.expect_body,
             rehearse: h.rehearse.unwrap_or(defaults.rehearse),
@@ -293,15 +322,37 @@ impl Config {
                 None => Signal::SIGTERM,
                 Some(sig) => parse_signal(sig.get_ref()).map_err(|m| at(Some(sig.span()), m))?,
             },
-            timeout: s.timeout.map_or(Stop::default().timeout, |d| d.0),
+            timeout: bounded(s.timeout, "stop.timeout", Stop::default().timeout)?,
         };
 
         let n = raw.nginx.unwrap_or_default();
-        let listen = n.listen.unwrap_or_else(|| "80".into());
+        // nginx parameters go into the rendered config as they are: only what
+        // nginx takes in that position, nothing that ends or opens a block.
+        let nginx_param = |v: &Option<Spanned<String>>, key: &str, extra_bad: &str| {
+            let Some(v) = v else { return Ok(None) };
+            let text = v.get_ref();
+            let bad = text
+                .chars()
+                .find(|&c| c.is_control() || ";{}\"'#`".contains(c) || extra_bad.contains(c));
+            match bad {
+                _ if text.trim().is_empty() => {
+                    Err(at(Some(v.span()), format!("{key} must not be empty")))
+                }
+                Some(c) => Err(at(
+                    Some(v.span()),
+                    format!("{key} = {text:?} holds {c:?}, which nginx does not take there"),
+                )),
+                None => Ok(Some(text.trim().to_string())),
+            }
+        };
+        let listen = nginx_param(&n.listen, "nginx.listen", "$\\")?.unwrap_or_else(|| "80".into());
         let plain_http = !listen.contains("unix:")
             && !listen.split_whitespace().any(|w| w == "ssl" || w == "quic");
         let probe_url = match n.probe_url {
-            Some(u) => u,
+            Some(u) => {
+                check_http_url(u.get_ref()).map_err(|m| at(Some(u.span()), m))?;
+                u.into_inner()
+            }
             None if plain_http => format!("http://{}/.zdd/upstream", probe_authority(&listen)),
             None => {
                 return Err(at(
@@ -310,7 +361,8 @@ impl Config {
                 ))
             }
         };
-        let server_name = n.server_name.unwrap_or_else(|| "_".into());
+        let server_name =
+            nginx_param(&n.server_name, "nginx.server_name", "")?.unwrap_or_else(|| "_".into());
         let probe_host = server_name
             .split_whitespace()
             .next()
@@ -346,18 +398,12 @@ impl Config {
                 .map(resolve)
                 .unwrap_or_else(|| PathBuf::from("/run/nginx.pid")),
             probe_url,
-            fail_timeout: match &n.fail_timeout {
-                Some(d) if d.get_ref().0 < Duration::from_secs(1) => {
-                    return Err(at(
-                        Some(d.span()),
-                        "nginx.fail_timeout must be at least 1s (nginx counts whole seconds)"
-                            .into(),
-                    ))
-                }
-                Some(d) => d.get_ref().0,
-                None => Duration::from_secs(1),
-            },
-            route_timeout: n.route_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            fail_timeout: bounded(n.fail_timeout, "nginx.fail_timeout", Duration::from_secs(1))?,
+            route_timeout: bounded(
+                n.route_timeout,
+                "nginx.route_timeout",
+                Duration::from_secs(5),
+            )?,
             retry_non_idempotent: n.retry_non_idempotent.unwrap_or(false),
             test_command: n.test_command.unwrap_or_else(|| "nginx -t".into()),
         };
@@ -400,6 +446,28 @@ impl Config {
     }
 }
 
+/// Where and what: "line L, column C: MESSAGE" for a TOML error in `text`
+/// (never an empty reason).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = match e.message().trim() {
+        "" => e.to_string(),
+        m => m.to_string(),
+    };
+    let message = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match e.span() {
+        Some(span) => {
+            let (line, column) = line_col(text, span.start);
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -438,6 +506,23 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// `http://HOST[:PORT]/PATH`: what zdd's plain-HTTP probe can ask.
+fn check_http_url(url: &str) -> std::result::Result<(), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("nginx.probe_url = {url:?} must be a plain http:// URL, like \"http://127.0.0.1:80/.zdd/upstream\"")
+    })?;
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let valid = url
+        .parse::<ureq::http::Uri>()
+        .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+    if authority.is_empty() || !valid {
+        return Err(format!(
+            "nginx.probe_url = {url:?} is not a URL zdd can ask: expected http://HOST:PORT/PATH"
+        ));
+    }
+    Ok(())
 }
 
 /// `host:port` to reach nginx's `listen` from this machine.
@@ -513,6 +598,22 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// The smallest and largest value each duration key takes.
+pub fn duration_bounds(key: &str) -> (Duration, Duration) {
+    let (ms, s) = (Duration::from_millis, Duration::from_secs);
+    match key {
+        "health.timeout" => (ms(100), s(3600)),
+        "health.interval" => (ms(1), s(60)),
+        "health.request_timeout" => (ms(10), s(300)),
+        "stop.timeout" => (ms(100), s(3600)),
+        // nginx counts whole seconds.
+        "nginx.fail_timeout" => (s(1), s(3600)),
+        "nginx.route_timeout" => (ms(100), s(600)),
+        "--wait" => (ms(1), s(24 * 3600)),
+        _ => (ms(1), s(24 * 3600)),
+    }
+}
+
 /// Parse `100ms`, `30s`, `5m`, `1h` (and combinations like `1m30s`).
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(s.trim())
@@ -528,7 +629,7 @@ struct RawConfig {
     root: Option<PathBuf>,
     build: Option<String>,
     start: Spanned<String>,
-    ports: Option<Spanned<[u16; 2]>>,
+    ports: Option<Spanned<Vec<u16>>>,
     user: Option<Spanned<String>>,
     health: Option<RawHealth>,
     stop: Option<RawStop>,
@@ -541,10 +642,10 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawHealth {
     path: Option<Spanned<String>>,
-    timeout: Option<HumanDuration>,
-    interval: Option<HumanDuration>,
-    request_timeout: Option<HumanDuration>,
-    expect_status: Option<Spanned<[u16; 2]>>,
+    timeout: Option<Spanned<HumanDuration>>,
+    interval: Option<Spanned<HumanDuration>>,
+    request_timeout: Option<Spanned<HumanDuration>>,
+    expect_status: Option<Spanned<Vec<u16>>>,
     expect_body: Option<String>,
     rehearse: Option<bool>,
 }
@@ -553,7 +654,7 @@ struct RawHealth {
 #[serde(deny_unknown_fields)]
 struct RawStop {
     signal: Option<Spanned<String>>,
-    timeout: Option<HumanDuration>,
+    timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -568,17 +669,17 @@ struct RawHooks {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawNginx {
-    listen: Option<String>,
-    server_name: Option<String>,
+    listen: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
     mode: Option<Spanned<String>>,
     output: Option<PathBuf>,
     upstreams_output: Option<PathBuf>,
     snippet_output: Option<PathBuf>,
     template: Option<PathBuf>,
     pid_file: Option<PathBuf>,
-    probe_url: Option<String>,
+    probe_url: Option<Spanned<String>>,
     fail_timeout: Option<Spanned<HumanDuration>>,
-    route_timeout: Option<HumanDuration>,
+    route_timeout: Option<Spanned<HumanDuration>>,
     retry_non_idempotent: Option<bool>,
     test_command: Option<String>,
 }
@@ -669,7 +770,9 @@ mod tests {
         );
         let e = err("name = \"s\"\nstart = \"x\"\n[nginx]\nfail_timeout = \"500ms\"\n");
         assert!(
-            e.starts_with("/etc/zdd/zdd.toml:4:16: nginx.fail_timeout must be at least 1s"),
+            e.starts_with(
+                "/etc/zdd/zdd.toml:4:16: nginx.fail_timeout must be between 1s and 1h, got 500ms"
+            ),
             "{e}"
         );
     }
@@ -701,6 +804,88 @@ mod tests {
                 .contains("set nginx.probe_url")
         );
         assert!(parse("name = \"s\"\nstart = \"x\"\n[nginx]\nlisten = \"443 ssl\"\nprobe_url = \"http://127.0.0.1:8081/.zdd/upstream\"\n").is_ok());
+    }
+
+    #[test]
+    fn fixed_size_lists_refuse_extra_entries() {
+        let e = err("name = \"s\"\nstart = \"x\"\nports = [3001, 3002, 3003]\n");
+        assert_eq!(
+            e,
+            "/etc/zdd/zdd.toml:3:9: ports (slot a, slot b) must list exactly two numbers, got 3"
+        );
+        let e = err("name = \"s\"\nstart = \"x\"\n[health]\nexpect_status = [200, 299, 300]\n");
+        assert!(
+            e.starts_with("/etc/zdd/zdd.toml:4:17: health.expect_status [LOW, HIGH] must list exactly two numbers, got 3"),
+            "{e}"
+        );
+        assert!(err("name = \"s\"\nstart = \"x\"\nports = [3001]\n").contains("got 1"));
+    }
+
+    #[test]
+    fn durations_have_bounds_per_key() {
+        let e = err("name = \"s\"\nstart = \"x\"\n[health]\ntimeout = \"500000000 years\"\n");
+        assert!(
+            e.starts_with(
+                "/etc/zdd/zdd.toml:4:11: health.timeout must be between 100ms and 1h, got "
+            ),
+            "{e}"
+        );
+        let e = err("name = \"s\"\nstart = \"x\"\n[stop]\ntimeout = \"2h\"\n");
+        assert!(
+            e.contains("stop.timeout must be between 100ms and 1h, got 2h"),
+            "{e}"
+        );
+        let e = err("name = \"s\"\nstart = \"x\"\n[nginx]\nroute_timeout = \"1ms\"\n");
+        assert!(
+            e.contains("nginx.route_timeout must be between 100ms and 10m"),
+            "{e}"
+        );
+        assert!(parse("name = \"s\"\nstart = \"x\"\n[health]\ninterval = \"1ms\"\n").is_ok());
+    }
+
+    #[test]
+    fn nginx_parameters_cannot_break_out_of_their_directive() {
+        for (key, value) in [
+            ("server_name", "shop.test; include /etc/passwd"),
+            ("server_name", "a { b"),
+            ("listen", "80 }"),
+            ("listen", "80\\nx"),
+            ("listen", "$port"),
+            ("server_name", "\\\"quoted\\\""),
+        ] {
+            let e = err(&format!(
+                "name = \"s\"\nstart = \"x\"\n[nginx]\n{key} = \"{value}\"\n"
+            ));
+            assert!(
+                e.starts_with("/etc/zdd/zdd.toml:4:"),
+                "{key} = {value}: {e}"
+            );
+            assert!(
+                e.contains("which nginx does not take there"),
+                "{key} = {value}: {e}"
+            );
+        }
+        let c = parse("name = \"s\"\nstart = \"x\"\n[nginx]\nserver_name = \"~^(www\\\\.)?shop\\\\.test$ shop.test\"\nlisten = \"127.0.0.1:8080 default_server\"\n").unwrap();
+        assert_eq!(c.nginx.server_name, "~^(www\\.)?shop\\.test$ shop.test");
+    }
+
+    #[test]
+    fn probe_url_must_be_plain_http() {
+        for bad in [
+            "not a url",
+            "https://127.0.0.1/.zdd/upstream",
+            "http:///x",
+            "http://",
+        ] {
+            let e = err(&format!(
+                "name = \"s\"\nstart = \"x\"\n[nginx]\nprobe_url = {bad:?}\n"
+            ));
+            assert!(
+                e.starts_with("/etc/zdd/zdd.toml:4:13: nginx.probe_url"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(parse("name = \"s\"\nstart = \"x\"\n[nginx]\nprobe_url = \"http://[::1]:8081/.zdd/upstream\"\n").is_ok());
     }
 
     #[test]

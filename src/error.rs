@@ -29,7 +29,7 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
-    #[error("cannot read {path}: {source}")]
+    #[error("config file {path}: {source}")]
     ConfigRead {
         path: PathBuf,
         source: std::io::Error,

@@ -68,7 +68,7 @@ fn read_record(path: &Path) -> Result<Option<Record>> {
             .map(Some)
             .map_err(|e| Error::StateCorrupt {
                 path: path.to_path_buf(),
-                reason: e.message().trim().to_string(),
+                reason: crate::config::toml_error(&text, &e),
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::StateCorrupt {

@@ -165,10 +165,8 @@ fn render_in(config: &Config, mode: NginxMode, part: Part) -> Result<String> {
     }
     let (template, origin) = match &config.nginx.template {
         Some(path) => (
-            std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
-                path: path.clone(),
-                source,
-            })?,
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::Usage(format!("nginx.template {}: {e}", path.display())))?,
             path.display().to_string(),
         ),
         None => (SITE_TEMPLATE.to_string(), "built-in template".to_string()),

@@ -242,7 +242,7 @@ impl State {
         };
         let mut state: State = toml::from_str(&text).map_err(|e| Error::StateCorrupt {
             path: path.to_path_buf(),
-            reason: e.message().trim().to_string(),
+            reason: crate::config::toml_error(&text, &e),
         })?;
         if state.version != STATE_VERSION {
             return Err(Error::StateCorrupt {
@@ -412,7 +412,16 @@ mod tests {
         let e = State::load(&path, [1, 2]).unwrap_err();
         assert_eq!(e.code(), crate::error::exit::NEEDS_ATTENTION);
         assert!(e.to_string().contains("state.toml is corrupt"), "{e}");
+        assert!(e.to_string().contains(": line 1, column 11: "), "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "version = \n");
+        // Cut off in the middle: says where, and what is missing.
+        std::fs::write(
+            &path,
+            "version = 1\nnext_deploy = \"a\"\n\n[slots.a]\nport = 3001\nstatus = \"li",
+        )
+        .unwrap();
+        let e = State::load(&path, [1, 2]).unwrap_err().to_string();
+        assert!(e.contains("line 6, column 13: invalid basic string"), "{e}");
     }
 
     #[test]
