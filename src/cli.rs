@@ -56,11 +56,15 @@ pub enum Command {
         /// Command and arguments [default: `start` from the config]
         #[arg(last = true, value_name = "CMD")]
         cmd: Vec<String>,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Stop a named process or slot (a, b): stop signal, wait, SIGKILL after the timeout
     Stop {
         /// A name given to `zdd start`, or slot `a` or `b`
         name: String,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Show the live slot, processes, health and drift between state and reality
     Status {

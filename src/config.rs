@@ -175,7 +175,13 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(path, &text)
+        let mut config = Config::parse(path, &text)?;
+        // `root` may be a symlink: resolved once, here; below it zdd follows
+        // none (see `root`).
+        if let Ok(real) = std::fs::canonicalize(&config.root) {
+            config.root = real;
+        }
+        Ok(config)
     }
 
     /// Parse config text; `path` names the file in errors and anchors

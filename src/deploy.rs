@@ -13,7 +13,7 @@ use crate::health::{self, Checker, Verified};
 use crate::process::{self, Spec, Started, StepEnd, Stopped};
 use crate::state::{Action, HistoryEntry, Lock, Outcome, Phases, Slot, SlotStatus, State};
 use crate::steer::{self, Routed};
-use crate::{fsutil, git, nginx, signals, switch};
+use crate::{fsutil, git, nginx, root, signals, switch};
 
 /// `zdd deploy [COMMIT]`.
 pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duration>>) -> Result<()> {
@@ -33,10 +33,12 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
             config.path.display()
         ))
     })?;
-    let mut run = Run::begin(config, wait)?;
+    let mut run = Run::begin(config, wait, "zdd deploy")?;
     let target = run.state.next_deploy;
-    let checkout = run.checkout(target);
+    let checkout = run.checkout(target)?;
     let dir = checkout.work_tree.clone();
+    run.lock
+        .at_step(&format!("fetching {repo} into slot {target}"));
 
     // Step 3: fetch and resolve.
     let t = Instant::now();
@@ -101,7 +103,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
         let s = run.state.slot(live);
         if s.commit.as_deref() == Some(sha.as_str())
             && s.process.is_none()
-            && run.checkout(live).head().as_deref() == Some(sha.as_str())
+            && run.checkout(live)?.head().as_deref() == Some(sha.as_str())
         {
             log::info!(
                 "slot {live} holds {short}, the live commit, but does not run; starting it again"
@@ -130,6 +132,8 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
         s.subject.clone_from(&subject);
     }
     run.save()?;
+    run.lock
+        .at_step(&format!("checking out {short} in slot {target}"));
     let t = Instant::now();
     if let Err(e) = checkout.checkout(&sha) {
         return Err(run.abort_env(&attempt, format!("cannot check out {short}: {e}"), None));
@@ -145,6 +149,8 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
     log::info!("slot {target}: checked out {short} in {}", fmt(t.elapsed()));
 
     let t = Instant::now();
+    run.lock
+        .at_step(&format!("building {short} in slot {target}"));
     for (label, command) in [
         (
             "after_checkout hook",
@@ -167,7 +173,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
 
 /// `zdd rollback`.
 pub fn rollback(config: &Config, wait: Option<Option<Duration>>) -> Result<()> {
-    let mut run = Run::begin(config, wait)?;
+    let mut run = Run::begin(config, wait, "zdd rollback")?;
     let target = run.state.next_deploy;
     let slot = run.state.slot(target).clone();
     let commit = match (slot.status, slot.commit) {
@@ -181,7 +187,7 @@ pub fn rollback(config: &Config, wait: Option<Option<Duration>>) -> Result<()> {
         }
     };
     let dir = run.slot_dir(target);
-    if run.checkout(target).head().as_deref() != Some(commit.as_str()) {
+    if run.checkout(target)?.head().as_deref() != Some(commit.as_str()) {
         return Err(Error::NeedsAttention(format!(
             "slot {target} should hold {} but its checkout in {} differs; deploy a commit instead",
             git::short(&commit),
@@ -240,20 +246,22 @@ struct Run<'a> {
     phases: Phases,
     /// How nginx is steered (`nginx::mode`).
     mode: NginxMode,
-    _lock: Lock,
+    lock: Lock,
 }
 
 impl<'a> Run<'a> {
     /// Steps 1 and 2: lock, load, reconcile with reality.
-    fn begin(config: &'a Config, wait: Option<Option<Duration>>) -> Result<Run<'a>> {
+    fn begin(config: &'a Config, wait: Option<Option<Duration>>, command: &str) -> Result<Run<'a>> {
         let started = Instant::now();
-        for dir in [config.root.clone(), config.root.join("slots")] {
-            fsutil::create_dir(&dir, 0o755).map_err(Error::io("cannot create", &dir))?;
+        root::prepare(
+            &config.root,
+            &[root::SLOTS, root::GIT, root::LOGS, root::SWITCH],
+        )?;
+        for slot in Slot::BOTH {
+            root::check_file(&process::log_path(&config.root, slot.name()))?;
         }
-        let logs = config.root.join("logs");
-        fsutil::create_dir(&logs, 0o700).map_err(Error::io("cannot create", &logs))?;
         let mode = nginx::mode(config)?;
-        let lock = Lock::acquire(&config.root, wait)?;
+        let lock = Lock::acquire(&config.root, wait, command)?;
         let state_path = config.state_path();
         let state = State::load(&state_path, config.ports)?;
         let mut run = Run {
@@ -263,7 +271,7 @@ impl<'a> Run<'a> {
             started,
             phases: Phases::default(),
             mode,
-            _lock: lock,
+            lock,
         };
         if run.reconcile() {
             run.save()?;
@@ -384,8 +392,13 @@ impl<'a> Run<'a> {
         self.config.root.join("slots").join(slot.name())
     }
 
-    fn checkout(&self, slot: Slot) -> git::Checkout {
-        git::Checkout::new(&self.config.root, slot.name())
+    /// The slot's repository and work tree, once proven not to be symlinks
+    /// (git and the app would follow them out of root).
+    fn checkout(&self, slot: Slot) -> Result<git::Checkout> {
+        let checkout = git::Checkout::new(&self.config.root, slot.name());
+        root::check_no_symlink(&checkout.git_dir)?;
+        root::check_no_symlink(&checkout.work_tree)?;
+        Ok(checkout)
     }
 
     fn log_path(&self, slot: Slot) -> PathBuf {
@@ -560,6 +573,8 @@ impl<'a> Run<'a> {
             return Err(self.abort_with(&attempt, StepError::from(e), None));
         }
 
+        self.lock
+            .at_step(&format!("starting {short} in slot {target}"));
         // Steps 6 and 7: start, record at once, verify. In round-robin mode
         // a new commit first runs a rehearsal on a private port: there nginx
         // sends requests to a slot port as soon as anything listens on it,
@@ -597,6 +612,7 @@ impl<'a> Run<'a> {
             fmt(t.elapsed())
         );
 
+        self.lock.at_step(&format!("swapping to slot {target}"));
         // Step 8: steer nginx to the new slot; once it does, zdd finishes
         // the swap even if signalled.
         let old = target.other();
@@ -616,6 +632,7 @@ impl<'a> Run<'a> {
 
         if let Some(old_id) = old_process {
             let t = Instant::now();
+            self.lock.at_step(&format!("stopping slot {old}"));
             signals::fault_point("confirmed");
             if self.mode == NginxMode::Switch {
                 self.drain_queue(old);
@@ -634,6 +651,7 @@ impl<'a> Run<'a> {
             self.phases.drain_ms = ms(t.elapsed());
         }
 
+        self.lock.at_step("recording the swap");
         // Step 9: record.
         {
             let o = self.state.slot_mut(old);

@@ -24,6 +24,7 @@ pub mod nginx;
 pub mod ports;
 pub mod process;
 pub mod report;
+pub mod root;
 pub mod signals;
 pub mod state;
 pub mod steer;
@@ -95,17 +96,18 @@ fn dispatch(cli: Cli) -> Result<()> {
             dir,
             port,
             cmd,
+            wait,
         } => {
             let config = Config::locate(explicit)
                 .map(|p| Config::load(&p))
                 .transpose()?;
-            named::start(config.as_ref(), &name, &dir, port, &cmd)
+            named::start(config.as_ref(), &name, &dir, port, &cmd, wait.lock_wait())
         }
-        Command::Stop { name } => {
+        Command::Stop { name, wait } => {
             let config = Config::locate(explicit)
                 .map(|p| Config::load(&p))
                 .transpose()?;
-            named::stop(config.as_ref(), &name)
+            named::stop(config.as_ref(), &name, wait.lock_wait())
         }
         Command::Status { json } => report::status(&load()?, json),
         Command::History { json } => report::history(&load()?, json),

@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Stop};
 use crate::error::{Error, Result};
-use crate::fsutil;
 use crate::health::{self, Checker, Verified};
 use crate::process::{self, ProcessId, Spec, Stopped};
 use crate::state::{Lock, Slot, State};
+use crate::{fsutil, root};
 use nix::sys::signal::Signal;
 
 /// What `run/NAME.toml` holds.
@@ -63,18 +63,14 @@ fn record_path(root: &Path, name: &str) -> PathBuf {
 }
 
 fn read_record(path: &Path) -> Result<Option<Record>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text)
+    match root::read_nofollow(path)? {
+        Some(text) => toml::from_str(&text)
             .map(Some)
             .map_err(|e| Error::StateCorrupt {
                 path: path.to_path_buf(),
                 reason: crate::config::toml_error(&text, &e),
             }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::StateCorrupt {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }),
+        None => Ok(None),
     }
 }
 
@@ -98,6 +94,7 @@ pub fn start(
     dir: &Path,
     port: u16,
     cmd: &[String],
+    wait: Option<Option<std::time::Duration>>,
 ) -> Result<()> {
     check_name(name)?;
     if Slot::parse(name).is_some() {
@@ -121,6 +118,14 @@ pub fn start(
     if port == 0 {
         return Err(Error::Usage("port 0 is not a usable port".into()));
     }
+    if let Some(c) = config {
+        if let Some(slot) = Slot::BOTH.into_iter().find(|&s| c.port(s) == port) {
+            return Err(Error::Usage(format!(
+                "port {port} is slot {slot}'s port in {}: nginx sends it the site's requests, and deploys start slot {slot} there; give {name} another port",
+                c.path.display()
+            )));
+        }
+    }
     let dir = std::path::absolute(dir).map_err(Error::io("cannot resolve", dir))?;
     if !dir.is_dir() {
         return Err(Error::Usage(format!("{} is not a folder", dir.display())));
@@ -129,12 +134,11 @@ pub fn start(
         Some(c) => c.root.clone(),
         None => default_root()?,
     };
-    for (sub, mode) in [("", 0o755), ("run", 0o700), ("logs", 0o700)] {
-        let d = root.join(sub);
-        fsutil::create_dir(&d, mode).map_err(Error::io("cannot create", &d))?;
-    }
-    let _lock = Lock::acquire(&root, None)?;
+    root::prepare(&root, &[root::RUN, root::LOGS])?;
     let path = record_path(&root, name);
+    root::check_file(&path)?;
+    root::check_file(&process::log_path(&root, name))?;
+    let _lock = Lock::acquire(&root, wait, &format!("zdd start {name}"))?;
     if let Some(old) = read_record(&path)? {
         if old.process.group_is_ours() {
             return Err(Error::Failed(format!(
@@ -237,7 +241,11 @@ pub fn start(
 }
 
 /// `zdd stop NAME`.
-pub fn stop(config: Option<&Config>, name: &str) -> Result<()> {
+pub fn stop(
+    config: Option<&Config>,
+    name: &str,
+    wait: Option<Option<std::time::Duration>>,
+) -> Result<()> {
     check_name(name)?;
     if let Some(slot) = Slot::parse(name) {
         let config = config.ok_or_else(|| {
@@ -245,28 +253,39 @@ pub fn stop(config: Option<&Config>, name: &str) -> Result<()> {
                 "stopping slot {slot} needs the config file (zdd.toml or --config)"
             ))
         })?;
-        return stop_slot(config, slot);
+        return stop_slot(config, slot, wait);
     }
     let root = match config {
         Some(c) => c.root.clone(),
         None => default_root()?,
     };
-    let _lock = Lock::acquire(&root, None)?;
     let path = record_path(&root, name);
-    let record = read_record(&path)?.ok_or_else(|| {
+    let nothing = || {
         Error::Usage(format!(
-            "no process named {name} in {}",
-            root.join("run").display()
+            "nothing named {name} was started here: no record {}",
+            path.display()
         ))
-    })?;
+    };
+    if !root.exists() {
+        // A fresh root: nothing was ever started, and nothing is created.
+        return Err(nothing());
+    }
+    root::prepare(&root, &[root::RUN])?;
+    let _lock = Lock::acquire(&root, wait, &format!("zdd stop {name}"))?;
+    let record = read_record(&path)?.ok_or_else(nothing)?;
     let stop = config.map(|c| c.stop.clone()).unwrap_or_default();
     report_stop(name, &record.process, &stop);
     std::fs::remove_file(&path).map_err(Error::io("cannot remove", &path))?;
     Ok(())
 }
 
-fn stop_slot(config: &Config, slot: Slot) -> Result<()> {
-    let _lock = Lock::acquire(&config.root, None)?;
+fn stop_slot(config: &Config, slot: Slot, wait: Option<Option<std::time::Duration>>) -> Result<()> {
+    if !config.root.exists() {
+        crate::out!("slot {slot} was not running");
+        return Ok(());
+    }
+    root::prepare(&config.root, &[])?;
+    let _lock = Lock::acquire(&config.root, wait, &format!("zdd stop {slot}"))?;
     let state_path = config.state_path();
     let mut state = State::load(&state_path, config.ports)?;
     match state.slot(slot).process.clone() {

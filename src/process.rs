@@ -230,12 +230,14 @@ impl Spec<'_> {
     }
 }
 
+/// Open a log for appending, never through a symlink.
 pub fn open_log(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
 }
 
@@ -399,7 +401,12 @@ pub fn stop_group(
 
 /// The last `n` lines of a log file (reads at most its last 64 KiB).
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
-    let Ok(mut f) = File::open(path) else {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+    else {
         return Vec::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);

@@ -10,7 +10,7 @@ use crate::deploy::fmt_ms;
 use crate::error::Result;
 use crate::git;
 use crate::health::Checker;
-use crate::state::{HistoryEntry, Slot, SlotStatus, State};
+use crate::state::{HistoryEntry, Holder, Lock, Slot, SlotStatus, State};
 use crate::{process, switch};
 
 /// The JSON schema version of `status --json` and `history --json`.
@@ -30,6 +30,8 @@ struct StatusReport {
     rollback_to: Option<String>,
     slots: Vec<SlotReport>,
     last: Option<HistoryEntry>,
+    /// The zdd run that holds the lock right now (a deploy in progress).
+    in_progress: Option<Holder>,
     drift: Vec<String>,
 }
 
@@ -46,11 +48,14 @@ struct SlotReport {
     uptime_s: Option<u64>,
     healthy: Option<bool>,
     health: Option<String>,
+    /// Who listens on the slot's port when zdd's process does not.
+    held_by: Option<String>,
 }
 
 /// `zdd status [--json]`.
 pub fn status(config: &Config, json: bool) -> Result<()> {
     let state = State::load(&config.state_path(), config.ports)?;
+    let in_progress = Lock::holder(&config.root);
     let mode = crate::nginx::mode(config)?;
     let switch = (mode == NginxMode::Switch)
         .then(|| switch::read(&config.root).ok())
@@ -95,7 +100,11 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
                 if live_runs { "stops it" } else { "records it as live" }
             ));
         }
-        let (healthy, health) = if running || !listeners.is_empty() {
+        let held_by = listeners
+            .first()
+            .filter(|_| !running)
+            .map(ToString::to_string);
+        let (healthy, health) = if running {
             let t = std::time::Instant::now();
             let mut h = config.health.clone();
             h.request_timeout = h.request_timeout.min(Duration::from_secs(1));
@@ -131,6 +140,7 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
             uptime_s,
             healthy,
             health,
+            held_by,
         });
     }
     if let (Some(points), Some(live)) = (switch, state.active) {
@@ -159,7 +169,13 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
         rollback_to,
         slots,
         last: state.history.last().cloned(),
-        drift,
+        // Mid-deploy the state and the processes are moving: no drift then.
+        drift: if in_progress.is_some() {
+            Vec::new()
+        } else {
+            drift
+        },
+        in_progress,
     };
     if json {
         crate::out!(
@@ -202,6 +218,9 @@ fn status_text(r: &StatusReport) -> String {
             (Some(pid), None) => line.push_str(&format!("  pid {pid}")),
             _ => line.push_str("  not running"),
         }
+        if let Some(holder) = &s.held_by {
+            line.push_str(&format!("; port {} held by {holder}", s.port));
+        }
         if let Some(h) = &s.health {
             line.push_str(&format!("  {h}"));
         }
@@ -222,7 +241,9 @@ fn status_text(r: &StatusReport) -> String {
     if let Some(h) = &r.last {
         out.push_str(&format!("last: {}\n", history_line(h)));
     }
-    if r.drift.is_empty() {
+    if let Some(h) = &r.in_progress {
+        out.push_str(&format!("in progress: {h}; the state is changing\n"));
+    } else if r.drift.is_empty() {
         out.push_str("state matches the running processes\n");
     } else {
         for d in &r.drift {

@@ -183,7 +183,10 @@ fn start_and_stop_a_named_process() {
 
     let r = p.zdd(&["stop", "web"]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("no process named web"), "{r:?}");
+    assert!(
+        r.stderr.contains("nothing named web was started here"),
+        "{r:?}"
+    );
 }
 
 #[test]

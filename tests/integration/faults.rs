@@ -178,8 +178,34 @@ fn second_zdd_gets_exit_3_and_wait_waits() {
     let mut first = p.spawn_zdd_logged(&["deploy"], &log);
     let lock = p.root().join("zdd.lock");
     assert!(wait_until(Duration::from_secs(10), || {
-        std::fs::read_to_string(&lock).is_ok_and(|s| s.trim() == first.id().to_string())
+        std::fs::read_to_string(&lock)
+            .is_ok_and(|s| s.lines().next() == Some(first.id().to_string().as_str()))
     }));
+    // status says a deploy is in progress, and where, without calling it
+    // interrupted.
+    assert!(wait_until(Duration::from_secs(10), || p
+        .zdd(&["status"])
+        .stdout
+        .contains("building")));
+    let s = p.zdd(&["status"]);
+    assert!(
+        s.stdout.contains(&format!(
+            "in progress: zdd deploy (pid {} since ",
+            first.id()
+        )) && s.stdout.contains("): building ")
+            && s.stdout.contains(" in slot a; the state is changing"),
+        "{s:?}"
+    );
+    assert!(!s.stdout.contains("interrupted"), "{s:?}");
+    let j = p.status_json();
+    assert_eq!(j["in_progress"]["pid"], first.id().to_string());
+    assert!(
+        j["in_progress"]["step"]
+            .as_str()
+            .unwrap()
+            .starts_with("building "),
+        "{j}"
+    );
     let r = p.zdd(&["deploy"]);
     assert_eq!(r.code, 3, "{r:?}");
     assert!(
@@ -493,7 +519,7 @@ fn failing_state_write_keeps_the_old_file_and_exits_4() {
 }
 
 #[test]
-fn unwritable_root_exits_4() {
+fn root_zdd_cannot_write_in_exits_2_and_changes_nothing() {
     let p = Project::new("");
     std::fs::create_dir_all(p.root()).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -510,11 +536,20 @@ fn unwritable_root_exits_4() {
     };
     cmd.arg("--config").arg(p.config_path()).arg("deploy");
     let r = run_bounded(cmd, Duration::from_secs(60));
-    assert_eq!(r.code, 4, "{r:?}");
+    assert_eq!(r.code, 2, "{r:?}");
+    let why = if is_root() {
+        "belongs to uid 0, not to the user running zdd (uid 65534)"
+    } else {
+        "Permission denied"
+    };
     assert!(
-        r.stderr.contains(&p.root().display().to_string())
-            && r.stderr.contains("Permission denied"),
+        r.stderr.contains(&p.root().display().to_string()) && r.stderr.contains(why),
         "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(p.root()).unwrap().count(),
+        0,
+        "nothing written"
     );
 }
 

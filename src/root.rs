@@ -1,0 +1,295 @@
+//! `root` is zdd's, and zdd proves it before it writes there: the folders
+//! above it cannot be swapped by others, `root` and the folders zdd keeps
+//! in it belong to the user running zdd and are not writable by group or
+//! others, and where zdd keeps its files and work trees there is no symlink
+//! to follow (sshd's StrictModes, applied to a root-run deploy tool).
+
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+
+/// The folders zdd keeps in `root`, with the mode it creates them with.
+pub const SLOTS: (&str, u32) = ("slots", 0o755);
+pub const GIT: (&str, u32) = ("git", 0o755);
+pub const LOGS: (&str, u32) = ("logs", 0o700);
+pub const RUN: (&str, u32) = ("run", 0o700);
+/// nginx's workers look inside (see `switch`).
+pub const SWITCH: (&str, u32) = ("switch", 0o755);
+
+/// Make sure `root` and `folders` in it exist and are safe to write in:
+/// create what is missing, then check ownership, modes and symlinks.
+/// Errors are exit 2, naming the path and the fix.
+pub fn prepare(root: &Path, folders: &[(&str, u32)]) -> Result<()> {
+    check_ancestors(root)?;
+    match std::fs::symlink_metadata(root) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fsutil::create_dir(root, 0o755).map_err(usage("cannot create", root))?
+        }
+        Err(e) => return Err(usage("cannot look at", root)(e)),
+        Ok(_) => {}
+    }
+    // `root` itself may be a symlink (the config names it); what it points
+    // at must be a folder of ours.
+    let meta = std::fs::metadata(root).map_err(usage("cannot look at", root))?;
+    if !meta.is_dir() {
+        return Err(Error::Usage(format!(
+            "root {} is not a directory; set `root` to a folder of zdd's own",
+            root.display()
+        )));
+    }
+    check_owned(root, &meta)?;
+    for &(name, mode) in folders {
+        let dir = root.join(name);
+        if let Err(e) = std::fs::create_dir(&dir) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(usage("cannot create", &dir)(e));
+            }
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+                .map_err(usage("cannot set the mode of", &dir))?;
+        }
+        let meta = real_dir(&dir)?;
+        check_owned(&dir, &meta)?;
+    }
+    Ok(())
+}
+
+/// `path` is a folder, not a symlink (or does not exist yet): before git or
+/// the app touches a work tree or a repository there.
+pub fn check_no_symlink(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(usage("cannot look at", path)(e)),
+        Ok(meta) if meta.file_type().is_symlink() => Err(symlink_here(path)),
+        Ok(meta) if !meta.is_dir() => Err(Error::Usage(format!(
+            "{} is not a folder; zdd keeps a work tree or repository there: remove it",
+            path.display()
+        ))),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// `path`, where zdd keeps a file of its own (a log, a record), is not a
+/// symlink: checked before anything is started that writes there.
+pub fn check_file(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(symlink_here(path)),
+        Ok(meta) if meta.is_dir() => Err(Error::Usage(format!(
+            "{} is a folder; zdd keeps a file of its own there: remove it",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Open `path` for reading without following a symlink; `None` if missing.
+pub fn read_nofollow(path: &Path) -> Result<Option<String>> {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path);
+    match opened {
+        Ok(mut f) => {
+            let mut text = String::new();
+            io::Read::read_to_string(&mut f, &mut text).map_err(Error::io("cannot read", path))?;
+            Ok(Some(text))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(refused(path, e)),
+    }
+}
+
+/// An I/O error on `path`, or the refusal of a symlink (exit 2) when the
+/// error says zdd met one (`O_NOFOLLOW` gives ELOOP).
+pub fn refused(path: &Path, e: io::Error) -> Error {
+    if e.raw_os_error() == Some(nix::libc::ELOOP) {
+        symlink_here(path)
+    } else {
+        Error::io("cannot open", path)(e)
+    }
+}
+
+/// Before zdd changes anything, a folder it cannot use is bad input (exit
+/// 2): nothing was changed.
+fn usage<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |e| Error::Usage(format!("{what} {}: {e}", path.display()))
+}
+
+fn symlink_here(path: &Path) -> Error {
+    Error::Usage(format!(
+        "{} is a symlink; zdd never follows symlinks where it keeps its own files and work trees: remove it",
+        path.display()
+    ))
+}
+
+/// A folder of zdd's: not a symlink, a folder.
+fn real_dir(dir: &Path) -> Result<std::fs::Metadata> {
+    let meta = std::fs::symlink_metadata(dir).map_err(usage("cannot look at", dir))?;
+    if meta.file_type().is_symlink() {
+        return Err(symlink_here(dir));
+    }
+    if !meta.is_dir() {
+        return Err(Error::Usage(format!(
+            "{} is not a folder; zdd keeps its own files there: remove it",
+            dir.display()
+        )));
+    }
+    Ok(meta)
+}
+
+/// Owned by the user running zdd, not writable by group or others.
+fn check_owned(dir: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(Error::Usage(format!(
+            "{} belongs to uid {}, not to the user running zdd (uid {me}); zdd writes only in folders of its own: `chown {me} {}`, or run zdd as its owner",
+            dir.display(),
+            meta.uid(),
+            dir.display()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(Error::Usage(format!(
+            "{} is writable by group or others (mode {:04o}), who could make zdd write or run anything: `chmod go-w {}`",
+            dir.display(),
+            meta.mode() & 0o7777,
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The folders above `root` must not let others swap it: each belongs to
+/// root or to the user running zdd, and is not writable by group or others
+/// unless it has the sticky bit (like /tmp), as sshd's StrictModes checks.
+fn check_ancestors(root: &Path) -> Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    let resolved: PathBuf = match std::fs::canonicalize(root) {
+        Ok(p) => p,
+        // Not created yet: check from its nearest existing folder up.
+        Err(_) => root.to_path_buf(),
+    };
+    for dir in resolved.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let owner_ok = meta.uid() == 0 || meta.uid() == me;
+        let sticky = meta.mode() & 0o1000 != 0;
+        if !owner_ok || (meta.mode() & 0o022 != 0 && !sticky) {
+            return Err(Error::Usage(format!(
+                "{} above root {} is {} (mode {:04o}, uid {}), so others could swap root for a folder of theirs; `chmod go-w {}` or move root",
+                dir.display(),
+                root.display(),
+                if owner_ok { "writable by group or others" } else { "not owned by root or by the user running zdd" },
+                meta.mode() & 0o7777,
+                meta.uid(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn top() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        chmod(t.path(), 0o755);
+        t
+    }
+
+    #[test]
+    fn creates_root_and_its_folders_with_their_modes() {
+        let t = top();
+        let root = t.path().join("root");
+        prepare(&root, &[SLOTS, LOGS]).unwrap();
+        assert_eq!(
+            std::fs::metadata(root.join("logs")).unwrap().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            std::fs::metadata(root.join("slots")).unwrap().mode() & 0o777,
+            0o755
+        );
+        prepare(&root, &[SLOTS, LOGS]).unwrap();
+    }
+
+    #[test]
+    fn a_writable_root_or_folder_is_refused_with_the_fix() {
+        let t = top();
+        let root = t.path().join("root");
+        prepare(&root, &[LOGS]).unwrap();
+        chmod(&root, 0o777);
+        let e = prepare(&root, &[LOGS]).unwrap_err();
+        assert_eq!(e.code(), 2);
+        assert!(e.to_string().contains("(mode 0777)"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("chmod go-w {}", root.display())),
+            "{e}"
+        );
+        chmod(&root, 0o755);
+        chmod(&root.join("logs"), 0o770);
+        let e = prepare(&root, &[LOGS]).unwrap_err().to_string();
+        assert!(e.contains("logs is writable by group or others"), "{e}");
+    }
+
+    #[test]
+    fn symlinks_are_refused_and_a_symlinked_root_is_followed_once() {
+        let t = top();
+        let real = t.path().join("real");
+        prepare(&real, &[]).unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        prepare(&link, &[LOGS]).unwrap();
+        assert!(real.join("logs").is_dir());
+
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, real.join("slots")).unwrap();
+        let e = prepare(&real, &[SLOTS]).unwrap_err().to_string();
+        assert!(e.contains("slots is a symlink"), "{e}");
+        std::os::unix::fs::symlink(&elsewhere, real.join("a")).unwrap();
+        assert!(check_no_symlink(&real.join("a")).is_err());
+        assert!(check_no_symlink(&real.join("b")).is_ok(), "missing is fine");
+
+        std::fs::write(elsewhere.join("secret"), "x").unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("secret"), real.join("state.toml")).unwrap();
+        let e = read_nofollow(&real.join("state.toml")).unwrap_err();
+        assert_eq!(e.code(), 2);
+        assert!(read_nofollow(&real.join("none")).unwrap().is_none());
+    }
+
+    #[test]
+    fn root_that_is_a_file_is_named() {
+        let t = top();
+        let file = t.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let e = prepare(&file, &[]).unwrap_err();
+        assert_eq!(e.code(), 2);
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+    }
+
+    #[test]
+    fn a_world_writable_folder_above_root_needs_the_sticky_bit() {
+        let t = top();
+        let shared = t.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        chmod(&shared, 0o1777);
+        prepare(&shared.join("root"), &[]).unwrap();
+        chmod(&shared, 0o777);
+        let e = prepare(&shared.join("root"), &[]).unwrap_err().to_string();
+        assert!(e.contains("others could swap root"), "{e}");
+    }
+}
