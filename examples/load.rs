@@ -12,8 +12,12 @@
 //! load --url http://127.0.0.1:8080/path [--concurrency 16] [--post-ratio 0.5]
 //!      [--body-size 512] [--keepalive on|off|mixed] [--duration 60s]
 //!      [--requests N] [--rate R] [--timeout 10s] [--samples out.csv]
-//!      [--expect-version V]... [--stop-file PATH]
+//!      [--expect-version V]... [--stop-file PATH] [--slow-body DUR]
 //! ```
+//!
+//! `--slow-body DUR` sends each POST's head, waits DUR, then sends its body,
+//! like a client uploading slowly: nginx picks the upstream when the head
+//! arrives and connects to it only once it has the whole body.
 //!
 //! The run stops when the duration or the request cap is reached, on
 //! SIGTERM/SIGINT (in-flight requests finish first; a second signal exits at
@@ -50,7 +54,7 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage: load --url http://127.0.0.1:PORT/path [--concurrency N] \
 [--post-ratio F] [--body-size BYTES] [--keepalive on|off|mixed] [--duration DUR] \
 [--requests N] [--rate R] [--timeout DUR] [--samples PATH] [--expect-version V]... \
-[--stop-file PATH]";
+[--stop-file PATH] [--slow-body DUR]";
 
 const MAX_LINE: usize = 16 * 1024;
 const MAX_HEADERS: usize = 256;
@@ -152,6 +156,7 @@ struct Config {
     samples: Option<PathBuf>,
     expect_versions: Vec<Vec<u8>>,
     stop_file: Option<PathBuf>,
+    slow_body: Duration,
 }
 
 fn usage_error(msg: &str) -> ! {
@@ -245,6 +250,7 @@ fn parse_args() -> Config {
     let mut samples = None;
     let mut expect_versions = Vec::new();
     let mut stop_file = None;
+    let mut slow_body = Duration::ZERO;
 
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -319,6 +325,9 @@ fn parse_args() -> Config {
             "--samples" => samples = Some(PathBuf::from(value())),
             "--expect-version" => expect_versions.push(value().into_bytes()),
             "--stop-file" => stop_file = Some(PathBuf::from(value())),
+            "--slow-body" => {
+                slow_body = parse_duration(&value()).unwrap_or_else(|e| usage_error(&e))
+            }
             _ => usage_error(&format!("unknown argument {arg:?}")),
         }
     }
@@ -338,6 +347,7 @@ fn parse_args() -> Config {
         timeout,
         samples,
         expect_versions,
+        slow_body,
         stop_file,
     }
 }
@@ -713,6 +723,8 @@ struct Worker<'a> {
     keepalive: bool,
     get_req: Vec<u8>,
     post_req: Vec<u8>,
+    /// Where the body starts in `post_req`.
+    post_head_len: usize,
     conn: Option<Conn>,
     line: Vec<u8>,
     prefix: Vec<u8>,
@@ -746,6 +758,7 @@ impl<'a> Worker<'a> {
             conn_hdr
         )
         .into_bytes();
+        let post_head_len = post_req.len();
         post_req.extend_from_slice(body);
         let reserve = match cfg.requests {
             Some(n) => (n as usize / cfg.concurrency + 1).min(1 << 20),
@@ -760,6 +773,7 @@ impl<'a> Worker<'a> {
             keepalive,
             get_req,
             post_req,
+            post_head_len,
             conn: None,
             line: Vec::with_capacity(256),
             prefix: Vec::with_capacity(BODY_PREFIX),
@@ -809,7 +823,17 @@ impl<'a> Worker<'a> {
             conn.cur_timeout = timeout;
         }
         let req = if post { &self.post_req } else { &self.get_req };
-        let res = match conn.r.get_mut().write_all(req) {
+        let slow = post && !self.sh.cfg.slow_body.is_zero();
+        let sent = if slow {
+            let (head, body) = req.split_at(self.post_head_len);
+            conn.r.get_mut().write_all(head).and_then(|()| {
+                std::thread::sleep(self.sh.cfg.slow_body);
+                conn.r.get_mut().write_all(body)
+            })
+        } else {
+            conn.r.get_mut().write_all(req)
+        };
+        let res = match sent {
             Err(e) => Err(io_kind(&e, reused, false)),
             Ok(()) => {
                 let mut rd = Rd {

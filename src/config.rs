@@ -77,6 +77,10 @@ impl Default for Health {
 pub struct Stop {
     pub signal: Signal,
     pub timeout: Duration,
+    /// Switch mode: how long the old slot keeps serving after the flip
+    /// before it gets the stop signal, for requests nginx routed to it
+    /// just before the flip and is still reading from their clients.
+    pub settle: Duration,
 }
 
 impl Default for Stop {
@@ -84,6 +88,7 @@ impl Default for Stop {
         Stop {
             signal: Signal::SIGTERM,
             timeout: Duration::from_secs(30),
+            settle: Duration::from_secs(1),
         }
     }
 }
@@ -329,6 +334,7 @@ impl Config {
                 Some(sig) => parse_signal(sig.get_ref()).map_err(|m| at(Some(sig.span()), m))?,
             },
             timeout: bounded(s.timeout, "stop.timeout", Stop::default().timeout)?,
+            settle: bounded(s.settle, "stop.settle", Stop::default().settle)?,
         };
 
         let n = raw.nginx.unwrap_or_default();
@@ -594,13 +600,10 @@ struct HumanDuration(Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        match parse_duration(&s) {
-            Ok(d) if d.is_zero() => Err(serde::de::Error::custom(format!(
-                "{s:?} is no time at all; this duration must be more than 0"
-            ))),
-            Ok(d) => Ok(HumanDuration(d)),
-            Err(e) => Err(serde::de::Error::custom(e)),
-        }
+        // Bounds, zero included, are checked per key (`duration_bounds`).
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -612,6 +615,7 @@ pub fn duration_bounds(key: &str) -> (Duration, Duration) {
         "health.interval" => (ms(1), s(60)),
         "health.request_timeout" => (ms(10), s(300)),
         "stop.timeout" => (ms(100), s(3600)),
+        "stop.settle" => (ms(0), s(600)),
         // nginx counts whole seconds.
         "nginx.fail_timeout" => (s(1), s(3600)),
         "nginx.route_timeout" => (ms(100), s(600)),
@@ -661,6 +665,7 @@ struct RawHealth {
 struct RawStop {
     signal: Option<Spanned<String>>,
     timeout: Option<Spanned<HumanDuration>>,
+    settle: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -798,12 +803,20 @@ mod tests {
     fn zero_durations_and_tls_listen_are_refused() {
         let e = err("name = \"s\"\nstart = \"x\"\n[stop]\ntimeout = \"0s\"\n");
         assert!(
-            e.starts_with("/etc/zdd/zdd.toml:4:11: \"0s\" is no time at all"),
+            e.starts_with(
+                "/etc/zdd/zdd.toml:4:11: stop.timeout must be between 100ms and 1h, got 0s"
+            ),
             "{e}"
+        );
+        let c = parse("name = \"s\"\nstart = \"x\"\n[stop]\nsettle = \"0s\"\n").unwrap();
+        assert_eq!(
+            c.stop.settle,
+            Duration::ZERO,
+            "no settle at all is a choice"
         );
         assert!(
             err("name = \"s\"\nstart = \"x\"\n[health]\ninterval = \"0ms\"\n")
-                .contains("must be more than 0")
+                .contains("health.interval must be between 1ms and 1m, got 0s")
         );
         assert!(
             err("name = \"s\"\nstart = \"x\"\n[nginx]\nlisten = \"443 ssl\"\n")

@@ -44,7 +44,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
     let t = Instant::now();
     checkout.ensure().map_err(Error::Failed)?;
     let fetched = checkout.fetch(&repo);
-    run.check_signal("nothing was changed")?;
+    run.check_signal("nothing was deployed")?;
     fetched.map_err(|e| Error::Failed(format!("cannot fetch {repo}: {e}")))?;
     let wanted = commit.unwrap_or(&config.branch);
     let git::Commit { sha, subject } = checkout.resolve(wanted).ok_or_else(|| {
@@ -278,6 +278,9 @@ impl<'a> Run<'a> {
         }
         run.reconcile_switch()?;
         run.stop_leftover()?;
+        if let Some(live) = run.state.active {
+            run.point_current(live);
+        }
         Ok(run)
     }
 
@@ -323,23 +326,67 @@ impl<'a> Run<'a> {
 
     /// The switch is part of reality: it must point at the live slot when
     /// that runs (a zdd killed between recording and flipping leaves it
-    /// behind; the state, written first, says where it belongs).
-    fn reconcile_switch(&self) -> Result<()> {
-        let root = &self.config.root;
+    /// behind; the state, written first, says where it belongs). The flip
+    /// is proven through nginx before anything is stopped: if nginx does not
+    /// follow it while the other slot runs, the other slot is what serves,
+    /// and it is recorded as live instead.
+    fn reconcile_switch(&mut self) -> Result<()> {
+        let config = self.config;
+        let root = &config.root;
         let Some(live) = self.state.active else {
             return Ok(());
         };
-        let runs = self.state.slot(live).process.is_some();
-        if self.mode != NginxMode::Switch || !runs || switch::read(root).ok() == Some(live) {
+        let runs = |slot: Slot| self.state.slot(slot).process.is_some();
+        if self.mode != NginxMode::Switch || !runs(live) {
             return Ok(());
         }
-        log::warn!("nginx's switch points away from the live slot {live} (an earlier zdd was interrupted); pointing it at slot {live}");
-        switch::flip(root, live).map_err(|e| {
-            Error::NeedsAttention(format!(
-                "cannot point the switch {} at the live slot {live}: {e}",
-                switch::file(root).display()
-            ))
-        })
+        let was = match switch::read(root) {
+            Ok(s) if s == live => return Ok(()),
+            Ok(s) => s,
+            Err(e) => {
+                return Err(Error::NeedsAttention(format!(
+                    "cannot read the switch {}: {e}",
+                    switch::file(root).display()
+                )))
+            }
+        };
+        log::warn!("nginx's switch points at slot {was}, away from the live slot {live} (an earlier zdd was interrupted); pointing it at slot {live}");
+        let flip = |to: Slot| {
+            switch::flip(root, to).map_err(|e| {
+                Error::NeedsAttention(format!(
+                    "cannot point the switch {} at slot {to}: {e}",
+                    switch::file(root).display()
+                ))
+            })
+        };
+        flip(live)?;
+        let other_runs = runs(was);
+        match steer::confirm(
+            config,
+            NginxMode::Switch,
+            live,
+            config.port(live),
+            other_runs,
+        ) {
+            Ok(_) => Ok(()),
+            Err(not) if other_runs && not.picked == Some(steer::upstream_of(config, was)) => {
+                // nginx does not follow the switch: it serves from `was`.
+                flip(was)?;
+                log::warn!(
+                    "{}; slot {was}, which nginx still uses, is live again",
+                    not.reason
+                );
+                self.state.slot_mut(was).status = SlotStatus::Live;
+                self.state.slot_mut(live).status = SlotStatus::Starting;
+                self.state.active = Some(was);
+                self.state.next_deploy = live;
+                self.save()
+            }
+            Err(not) => {
+                log::warn!("{}", not.reason);
+                Ok(())
+            }
+        }
     }
 
     /// With the live slot running, whatever runs in the other slot is a
@@ -362,7 +409,7 @@ impl<'a> Run<'a> {
             id.pid
         );
         if self.mode == NginxMode::Switch {
-            self.drain_queue(idle);
+            self.settle_and_drain(idle);
         }
         process::stop_group(&id, self.config.stop.signal, self.config.stop.timeout, None);
         let s = self.state.slot_mut(idle);
@@ -373,6 +420,18 @@ impl<'a> Run<'a> {
 
     fn save(&self) -> Result<()> {
         self.state.save(&self.state_path)
+    }
+
+    /// Point `ROOT/current` at `slot` (atomically), unless it already does.
+    fn point_current(&self, slot: Slot) {
+        let current = self.config.root.join("current");
+        let target = PathBuf::from("slots").join(slot.name());
+        if std::fs::read_link(&current).ok().as_ref() == Some(&target) {
+            return;
+        }
+        if let Err(e) = fsutil::symlink_atomic(&target, &current) {
+            log::warn!("cannot update {}: {e}", current.display());
+        }
     }
 
     /// Save the state that records `started`; if that fails, stop it: a
@@ -465,7 +524,7 @@ impl<'a> Run<'a> {
             );
             if self.mode == NginxMode::Switch && switch::read(&self.config.root).ok() != Some(slot)
             {
-                self.drain_queue(slot);
+                self.settle_and_drain(slot);
             }
             process::stop_group(&id, self.config.stop.signal, self.config.stop.timeout, None);
             let s = self.state.slot_mut(slot);
@@ -628,17 +687,38 @@ impl<'a> Run<'a> {
                 self.await_failover(&attempt, &mut started, old_process.is_some())?
             }
         }
+        // New requests reach the new slot: so do static files served from
+        // `current` (the old slot's stay on disk for requests in flight).
+        self.point_current(target);
         let subject = self.state.slot(target).subject.clone();
 
         if let Some(old_id) = old_process {
             let t = Instant::now();
             self.lock.at_step(&format!("stopping slot {old}"));
             signals::fault_point("confirmed");
+            let old_port = config.port(old);
             if self.mode == NginxMode::Switch {
-                self.drain_queue(old);
+                self.settle_and_drain(old);
             }
             let signal = config.stop.signal;
-            match process::stop_group(&old_id, signal, config.stop.timeout, None) {
+            // Anything queued for the old slot after its stop signal came
+            // from a request that took longer than the settle to arrive.
+            let mut late = 0;
+            let mut watch = || {
+                if let Ok(Some(n)) = crate::ports::accept_queue(old_port) {
+                    late = late.max(n);
+                }
+                signals::fault_point("stopping");
+            };
+            let stopped =
+                process::stop_group_watched(&old_id, signal, config.stop.timeout, None, &mut watch);
+            if late > 0 && self.mode == NginxMode::Switch {
+                log::warn!(
+                    "slot {old}: {late} connection(s) reached port {old_port} after its stop signal: requests nginx routed there before the flip that took longer than stop.settle ({}) to arrive; if the server had stopped accepting, nginx answered them 502 (raise stop.settle above your longest upload)",
+                    humantime::format_duration(config.stop.settle)
+                );
+            }
+            match stopped {
                 Stopped::Exited(d) => log::info!("slot {old}: pid {} exited {} after {signal}", old_id.pid, fmt(d)),
                 Stopped::Killed(d) => log::warn!(
                     "slot {old}: pid {} did not exit within {} of {signal}; killed its process group ({} in all)",
@@ -673,12 +753,6 @@ impl<'a> Run<'a> {
             phases,
         });
         self.save()?;
-        let current = config.root.join("current");
-        if let Err(e) =
-            fsutil::symlink_atomic(&PathBuf::from("slots").join(target.name()), &current)
-        {
-            log::warn!("cannot update {}: {e}", current.display());
-        }
         if let Some(hook) = config.hooks.after_swap.as_deref().filter(|_| fresh) {
             match self.step(target, &sha, port, "after_swap hook", hook) {
                 Ok(()) => {}
@@ -734,12 +808,16 @@ impl<'a> Run<'a> {
         Ok(before)
     }
 
-    /// Undo [`Run::record_live`] in memory (the abort that follows saves).
-    fn unrecord_live(&mut self, target: Slot, before: Recorded) {
+    /// Undo [`Run::record_live`] and save: the old slot is live again and
+    /// the new one, still recorded, a leftover. Saved before the switch is
+    /// pointed back and the new slot stopped, so that a zdd killed meanwhile
+    /// leaves the next run to finish the back-out, not the swap.
+    fn unrecord_live(&mut self, target: Slot, before: Recorded) -> Result<()> {
         self.state.active = before.active;
         self.state.next_deploy = before.next_deploy;
         self.state.slot_mut(target.other()).status = before.old_status;
         self.state.slot_mut(target).status = SlotStatus::Starting;
+        self.save()
     }
 
     /// Step 8 with the switch: record, flip, confirm through nginx. A signal
@@ -757,13 +835,13 @@ impl<'a> Run<'a> {
         let before = self.record_live(target, started)?;
         signals::fault_point("recorded");
         if let Some(sig) = signals::pending() {
-            self.unrecord_live(target, before);
+            self.unrecord_live(target, before)?;
             return Err(self.abort_with(attempt, StepError::Interrupted(sig), Some(started)));
         }
         let t = Instant::now();
         let was = switch::read(root).unwrap_or(target.other());
         if let Err(e) = switch::flip(root, target) {
-            self.unrecord_live(target, before);
+            self.unrecord_live(target, before)?;
             let reason = format!(
                 "cannot flip the switch {}: {e}",
                 switch::file(root).display()
@@ -777,19 +855,21 @@ impl<'a> Run<'a> {
                 log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
                 Ok(())
             }
-            Err(reason) if must_route => {
+            Err(steer::NotRouted { reason, .. }) if must_route => {
+                self.unrecord_live(target, before)?;
+                signals::fault_point("backing-out");
                 if let Err(e) = switch::flip(root, was) {
                     return Err(Error::NeedsAttention(format!(
-                        "{reason}; and pointing the switch back at slot {was} failed: {e}; both slots still run, slot {target} stays recorded as live"
+                        "{reason}; and pointing the switch back at slot {was} failed: {e}; both slots still run and slot {was} is recorded as live again: fix {} and run zdd again, which points the switch at slot {was} and stops slot {target}",
+                        switch::dir(root).display()
                     )));
                 }
-                self.unrecord_live(target, before);
                 let reason = format!("{reason}; the switch points at slot {was} again");
                 Err(self.abort_env(attempt, reason, Some(started)))
             }
             // Nothing else serves, so there is nothing to protect: go on.
-            Err(reason) => {
-                log::warn!("{reason}");
+            Err(not) => {
+                log::warn!("{}", not.reason);
                 Ok(())
             }
         }
@@ -812,11 +892,11 @@ impl<'a> Run<'a> {
                 log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
             }
             Ok(Routed::Waited) => self.phases.route_ms = ms(t.elapsed()),
-            Err(reason) if must_route => {
-                return Err(self.abort_env(attempt, reason, Some(started)));
+            Err(not) if must_route => {
+                return Err(self.abort_env(attempt, not.reason, Some(started)));
             }
             // Nothing else serves, so there is nothing to protect: go on.
-            Err(reason) => log::warn!("{reason}"),
+            Err(not) => log::warn!("{}", not.reason),
         }
         // Recorded as live before the old slot is signalled: if zdd dies
         // during the drain, the next run must find the serving slot live
@@ -824,14 +904,19 @@ impl<'a> Run<'a> {
         self.record_live(target, started).map(|_| ())
     }
 
-    /// Before the old slot is signalled: wait, bounded, until nothing waits
-    /// in its accept queue (nginx no longer sends it new requests).
-    fn drain_queue(&self, slot: Slot) {
+    /// Before a slot nginx no longer picks is signalled: let it serve for
+    /// `stop.settle` — requests nginx routed to it just before the flip, and
+    /// is still reading from their clients, reach it meanwhile — then wait,
+    /// bounded, until nothing waits in its accept queue.
+    fn settle_and_drain(&self, slot: Slot) {
+        std::thread::sleep(self.config.stop.settle);
         let port = self.config.port(slot);
         match steer::drain_queue(port, self.config.nginx.route_timeout) {
             steer::Queue::Empty(d) => log::debug!("slot {slot}: accept queue empty after {}", fmt(d)),
             steer::Queue::NotListening => log::debug!("slot {slot}: nothing listens on port {port}"),
-            steer::Queue::Unknown => {}
+            steer::Queue::Unknown => log::warn!(
+                "slot {slot}: cannot read the accept queue of port {port} (no sock_diag here); stopping it after the settle alone"
+            ),
             steer::Queue::Busy(n) => log::warn!(
                 "slot {slot}: {n} connections still queued on port {port} after {}; stopping it anyway",
                 humantime::format_duration(self.config.nginx.route_timeout)

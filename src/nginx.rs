@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::config::{Config, NginxMode};
 use crate::error::{Error, Result};
+use crate::state::{Lock, State};
 use crate::{fsutil, switch};
 
 /// The built-in site template (`nginx/zdd.conf.j2`).
@@ -231,6 +232,7 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
         written.push((output.clone(), previous));
     }
     if mode(config)? == NginxMode::Switch {
+        align_switch(config);
         if let Some((folder, m)) = switch::hidden_by(&config.root) {
             log::warn!(
                 "nginx's worker user cannot search {} (mode {m:04o}), so it will not see the switch {}; run `chmod o+x {}`",
@@ -272,6 +274,31 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
         }
     }
     Ok(())
+}
+
+/// Before nginx first reads a config with the switch, point the switch at
+/// the live slot (after an upgrade from round-robin mode it may not exist
+/// yet, which means slot a). Skipped, saying so, while another zdd runs: a
+/// deploy points it itself.
+fn align_switch(config: &Config) {
+    let root = &config.root;
+    let Ok(state) = State::load(&config.state_path(), config.ports) else {
+        return;
+    };
+    let Some(live) = state.active else { return };
+    if switch::read(root).ok() == Some(live) {
+        return;
+    }
+    match Lock::acquire(root, None, "zdd nginx --write") {
+        Ok(_lock) => match switch::flip(root, live) {
+            Ok(()) => log::info!("pointed the switch at the live slot {live}"),
+            Err(e) => log::warn!(
+                "cannot point the switch {} at the live slot {live}: {e}",
+                switch::file(root).display()
+            ),
+        },
+        Err(e) => log::warn!("did not point the switch at the live slot {live}: {e}"),
+    }
 }
 
 /// Run `nginx.test_command`; `Err` holds nginx's output.
@@ -331,8 +358,8 @@ mod tests {
         assert!(text.contains("upstream shop_a {"));
         assert!(text.contains("upstream shop_b {"));
         assert!(text.contains("zone shop_a 64k;"));
-        assert!(text.contains("server 127.0.0.1:4001 max_fails=1 fail_timeout=1s;\n    server 127.0.0.1:4002 max_fails=1 fail_timeout=1s backup;"));
-        assert!(text.contains("server 127.0.0.1:4002 max_fails=1 fail_timeout=1s;\n    server 127.0.0.1:4001 max_fails=1 fail_timeout=1s backup;"));
+        assert!(text.contains("server 127.0.0.1:4001 max_fails=0;\n    server 127.0.0.1:4002 backup max_fails=1 fail_timeout=1s;"));
+        assert!(text.contains("server 127.0.0.1:4002 max_fails=0;\n    server 127.0.0.1:4001 backup max_fails=1 fail_timeout=1s;"));
         assert!(text.contains("    set $zdd_shop shop_a;\n    if (-f \"/srv/switch/b\") {\n        set $zdd_shop shop_b;\n    }"));
         assert!(text.contains("    open_file_cache off;"));
         assert!(text.contains("listen 127.0.0.1:8080;"));

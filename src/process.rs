@@ -361,7 +361,19 @@ pub fn stop_group(
     id: &ProcessId,
     signal: Signal,
     timeout: Duration,
+    child: Option<&mut Child>,
+) -> Stopped {
+    stop_group_watched(id, signal, timeout, child, &mut || {})
+}
+
+/// [`stop_group`], calling `watch` after the signal and then between
+/// looks at the group until it is gone.
+pub fn stop_group_watched(
+    id: &ProcessId,
+    signal: Signal,
+    timeout: Duration,
     mut child: Option<&mut Child>,
+    watch: &mut dyn FnMut(),
 ) -> Stopped {
     if !id.group_is_ours() {
         return Stopped::NotRunning;
@@ -372,6 +384,7 @@ pub fn stop_group(
         return Stopped::NotRunning;
     }
     let mut gone = || {
+        watch();
         if let Some(c) = child.as_deref_mut() {
             let _ = c.try_wait();
         }

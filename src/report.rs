@@ -56,8 +56,10 @@ struct SlotReport {
 pub fn status(config: &Config, json: bool) -> Result<()> {
     let state = State::load(&config.state_path(), config.ports)?;
     let in_progress = Lock::holder(&config.root);
-    let mode = crate::nginx::mode(config)?;
-    let switch = (mode == NginxMode::Switch)
+    // A template that cannot be rendered is for `zdd nginx` to report;
+    // status still tells what runs.
+    let mode = crate::nginx::mode(config).ok();
+    let switch = (mode == Some(NginxMode::Switch))
         .then(|| switch::read(&config.root).ok())
         .flatten();
     let mut drift = Vec::new();
@@ -164,7 +166,9 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
         name: config.name.clone(),
         active: state.active,
         next_deploy: state.next_deploy,
-        mode: mode.as_str(),
+        mode: mode.map_or("unknown (the nginx template does not render)", |m| {
+            m.as_str()
+        }),
         switch,
         rollback_to,
         slots,

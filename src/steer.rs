@@ -24,6 +24,18 @@ pub fn upstream_of(config: &Config, slot: Slot) -> String {
     format!("{}_{}", config.name, slot.name())
 }
 
+/// Why nginx was not seen routing to the new slot.
+#[derive(Debug)]
+pub struct NotRouted {
+    /// One sentence with the likely cause and the fix.
+    pub reason: String,
+    /// Whether nginx answered the probe at all (else nothing is known
+    /// about where it sends requests).
+    pub answered: bool,
+    /// The upstream the switch last picked, as nginx said (switch mode).
+    pub picked: Option<String>,
+}
+
 /// Ask nginx's probe location until it answers through `slot` on `port`:
 /// in switch mode it must also name the slot's upstream.
 ///
@@ -35,6 +47,29 @@ pub fn confirm(
     slot: Slot,
     port: u16,
     must_route: bool,
+) -> Result<Routed, NotRouted> {
+    let mut seen = Seen::default();
+    confirm_route(config, mode, slot, port, must_route, &mut seen).map_err(|reason| NotRouted {
+        reason,
+        answered: seen.answered,
+        picked: seen.picked,
+    })
+}
+
+/// What the probes saw on the way.
+#[derive(Default)]
+struct Seen {
+    answered: bool,
+    picked: Option<String>,
+}
+
+fn confirm_route(
+    config: &Config,
+    mode: NginxMode,
+    slot: Slot,
+    port: u16,
+    must_route: bool,
+    seen: &mut Seen,
 ) -> Result<Routed, String> {
     let probe = RouteProbe::new(
         &config.nginx.probe_url,
@@ -46,7 +81,15 @@ pub fn confirm(
     let t = Instant::now();
     let mut last;
     loop {
-        match probe.ask() {
+        let route = probe.ask();
+        seen.answered |= !matches!(route, Route::Unreachable(_));
+        if let Route::Upstream {
+            picked: Some(up), ..
+        } = &route
+        {
+            seen.picked = Some(up.clone());
+        }
+        match route {
             Route::Upstream { addr, picked } => match (mode, picked) {
                 (NginxMode::RoundRobin, _) if addr == want => return Ok(Routed::Seen),
                 (NginxMode::RoundRobin, _) => last = format!("it answered through {addr}"),
@@ -100,6 +143,14 @@ pub fn confirm(
                 ))
             }
             Route::Unreachable(e) => last = format!("{} did not answer: {e}", probe.url()),
+        }
+        if t.elapsed() >= config.nginx.route_timeout && !seen.answered {
+            return Err(format!(
+                "nginx did not answer at {} within {} ({last}): nothing answers on nginx.listen = {:?}; is nginx running, with the config from `zdd nginx`?",
+                probe.url(),
+                humantime::format_duration(config.nginx.route_timeout),
+                config.nginx.listen
+            ));
         }
         if t.elapsed() >= config.nginx.route_timeout {
             return Err(format!(

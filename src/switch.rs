@@ -10,7 +10,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::fsutil;
@@ -28,6 +28,9 @@ pub fn file(root: &Path) -> PathBuf {
 
 /// The slot the switch points at now (what nginx picks for a new request).
 pub fn read(root: &Path) -> io::Result<Slot> {
+    if std::fs::symlink_metadata(dir(root)).is_ok_and(|m| !m.is_dir()) {
+        return Err(not_a_folder(&dir(root)));
+    }
     match std::fs::symlink_metadata(file(root)) {
         Ok(_) => Ok(Slot::B),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Slot::A),
@@ -39,12 +42,20 @@ pub fn read(root: &Path) -> io::Result<Slot> {
 /// durable. Already pointing there: nothing changes.
 pub fn flip(root: &Path, to: Slot) -> io::Result<()> {
     let dir = dir(root);
-    fsutil::create_dir(&dir, 0o755)?;
+    if std::fs::create_dir(&dir).is_ok() {
+        // Whatever the umask: nginx's workers must be able to look inside.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    }
     let meta = std::fs::symlink_metadata(&dir)?;
     if !meta.is_dir() {
+        return Err(not_a_folder(&dir));
+    }
+    if meta.mode() & 0o022 != 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
         return Err(io::Error::other(format!(
-            "{} is not a folder (a symlink or a file); zdd keeps its switch there and will not follow it",
-            dir.display()
+            "{} must belong to the user running zdd and not be writable by group or others (mode {:04o}, uid {}): anyone who can write there steers the site",
+            dir.display(),
+            meta.mode() & 0o7777,
+            meta.uid()
         )));
     }
     let target = dir.join(to.name());
@@ -54,16 +65,24 @@ pub fn flip(root: &Path, to: Slot) -> io::Result<()> {
         // Replaces `target` too if both were there (never left so by zdd).
         std::fs::rename(&other, &target)?;
     } else if !exists(&target) {
-        OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .mode(0o644)
             .open(&target)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
     } else {
         return Ok(());
     }
     fsutil::sync_dir(&target)
+}
+
+fn not_a_folder(dir: &Path) -> io::Error {
+    io::Error::other(format!(
+        "{} is not a folder (a symlink or a file); zdd keeps its switch there and will not follow it",
+        dir.display()
+    ))
 }
 
 /// The first folder on the way to the switch file that other users cannot

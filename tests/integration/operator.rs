@@ -181,7 +181,7 @@ fn own_server_block_with_the_upstreams_and_snippet_parts() {
     let own_site = format!(
         "include {0}/zdd-upstreams.conf;\n\
          server {{\n  listen 127.0.0.1:{1};\n  server_name shop.test;\n  include {0}/zdd-snippet.conf;\n\
-           location / {{ proxy_pass http://$zdd_testapp; proxy_next_upstream error timeout; }}\n}}\n",
+           location / {{ proxy_pass http://$zdd_testapp; proxy_next_upstream error timeout; proxy_set_header Host $host; }}\n}}\n",
         parts.display(),
         p.nginx_port
     );

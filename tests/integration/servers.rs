@@ -8,9 +8,9 @@
 
 use crate::support::*;
 
-/// Deploy v1, then swap between v2 and v1 `swaps` times under load;
-/// returns the load report.
-fn swaps_under_load(p: &mut Project, swaps: usize) -> serde_json::Value {
+/// Deploy v1, then swap between v2 and v1 `swaps` times under load, with
+/// slow uploads beside it; returns the two load reports.
+fn swaps_under_load(p: &mut Project, swaps: usize) -> Reports {
     p.start_nginx();
     let r = p.zdd(&["deploy"]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -18,6 +18,7 @@ fn swaps_under_load(p: &mut Project, swaps: usize) -> serde_json::Value {
     let v2 = p.commit("v2", "");
 
     let load = Load::start(p, &["v1", "v2"]);
+    let slow = Load::start_slow_uploads(p, &["v1", "v2"], "300ms");
     for i in 0..swaps {
         let (args, want) = if i % 2 == 0 {
             (vec!["deploy", v2.as_str()], "v2")
@@ -35,11 +36,34 @@ fn swaps_under_load(p: &mut Project, swaps: usize) -> serde_json::Value {
         assert_eq!(p.served(), want, "after swap {i}");
         assert_eq!(p.listening_slots().len(), 1, "after swap {i}");
     }
-    load.finish()
+    Reports {
+        load: load.finish(),
+        slow: slow.finish(),
+    }
 }
 
-fn assert_nothing_lost(p: &Project, what: &str, report: &serde_json::Value) {
+/// The main load's report and the slow uploads'.
+struct Reports {
+    load: serde_json::Value,
+    slow: serde_json::Value,
+}
+
+fn assert_nothing_lost(p: &Project, what: &str, reports: &Reports) {
+    let (report, slow) = (&reports.load, &reports.slow);
     eprintln!("{what}: {}", summary(report));
+    eprintln!("{what}, slow uploads: {}", summary(slow));
+    assert_eq!(
+        slow["failed"],
+        0,
+        "{what}, slow uploads: {}\nnginx error log:\n{}",
+        summary(slow),
+        p.nginx.as_ref().unwrap().error_log()
+    );
+    assert!(
+        slow["requests"].as_u64().unwrap() > 10,
+        "{what}: {}",
+        summary(slow)
+    );
     assert_eq!(
         report["failed"],
         0,

@@ -33,7 +33,7 @@ fn zdd_killed_at_each_step_of_a_swap_converges_without_losing_a_request() {
     let _heavy = heavy();
     let (p, v2) = live_v1_with_v2("");
     let load = Load::start(&p, &["v1", "v2"]);
-    for step in ["start", "recorded", "flipped", "confirmed"] {
+    for step in ["start", "recorded", "flipped", "confirmed", "stopping"] {
         let fault = format!("{step}:KILL");
         let r = p.zdd_env(&["deploy", &v2], &[("ZDD_TEST_FAULT", &fault)]);
         assert_eq!(r.code, -1, "killed at {step}: {r:?}");
@@ -160,8 +160,9 @@ fn open_file_cache_that_hides_the_flip_is_named() {
             ),
         )
     });
-    p.start_nginx();
-    for _ in 0..20 {
+    // One worker, so that the cached answer is the one every request sees.
+    p.start_nginx_workers(1);
+    for _ in 0..5 {
         assert_eq!(p.served(), "v1");
     }
     let r = p.zdd(&["deploy", &v2]);
@@ -171,6 +172,47 @@ fn open_file_cache_that_hides_the_flip_is_named() {
         "{r:?}"
     );
     assert_backed_out(&p, &r);
+}
+
+#[test]
+fn killed_while_backing_out_converges_to_the_old_slot() {
+    let _heavy = heavy();
+    let (mut p, v2) = live_v1_with_v2("");
+    // nginx caches its answer to the file test: the flip is never seen.
+    let site = p.zdd(&["nginx"]).stdout.replace(
+        "open_file_cache off;",
+        "open_file_cache max=100 inactive=60s; open_file_cache_valid 60s; open_file_cache_errors on;",
+    );
+    let template = p.path().join("cached.conf.j2");
+    std::fs::write(&template, &site).unwrap();
+    p.edit_config(|c| {
+        c.replace(
+            "[nginx]\n",
+            &format!(
+                "[nginx]\nroute_timeout = \"1s\"\ntemplate = {:?}\n",
+                template.display().to_string()
+            ),
+        )
+    });
+    p.start_nginx_workers(1);
+    assert_eq!(p.served(), "v1");
+    let load = Load::start(&p, &["v1"]);
+    let r = p.zdd_env(&["deploy", &v2], &[("ZDD_TEST_FAULT", "backing-out:KILL")]);
+    assert_eq!(r.code, -1, "killed while backing out: {r:?}");
+    assert_eq!(p.switch(), "b", "killed before the switch was pointed back");
+    assert_eq!(
+        p.state()["active"].as_str(),
+        Some("a"),
+        "the state was put back first"
+    );
+    // Any next run finishes the back-out: the switch back at a, b stopped.
+    let r = p.zdd(&["rollback"]);
+    assert_eq!(r.code, 2, "nothing to roll back to: {r:?}");
+    assert!(r.stderr.contains("pointing it at slot a"), "{r:?}");
+    assert!(r.stderr.contains("still runs; stopping it"), "{r:?}");
+    let report = load.finish();
+    assert_converged(&p, "a", "v1");
+    assert_eq!(report["failed"], 0, "{}", summary(&report));
 }
 
 #[test]

@@ -73,7 +73,7 @@ pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let _ = NEXT.compare_exchange(
         0,
-        20000 + (std::process::id() * 7919) % 12000,
+        20000 + ((std::process::id() as u64 * 7919) % 12000) as u32,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
@@ -169,7 +169,21 @@ pub struct Nginx {
 impl Nginx {
     /// Start nginx with `site` (a rendered `zdd nginx` config) included.
     pub fn start(prefix: &Path, port: u16, site: &str) -> Nginx {
+        Nginx::start_workers(prefix, port, site, 2)
+    }
+
+    /// The same with `workers` worker processes.
+    pub fn start_workers(prefix: &Path, port: u16, site: &str, workers: u32) -> Nginx {
         Nginx::prepare(prefix, site);
+        let conf = std::fs::read_to_string(prefix.join("nginx.conf")).unwrap();
+        std::fs::write(
+            prefix.join("nginx.conf"),
+            conf.replace(
+                "worker_processes 2;",
+                &format!("worker_processes {workers};"),
+            ),
+        )
+        .unwrap();
         let mut child = Command::new(nginx_bin())
             .arg("-p")
             .arg(prefix)
@@ -448,6 +462,19 @@ impl Project {
         self.start_nginx_with(&site.stdout);
     }
 
+    /// `start_nginx` with `workers` worker processes.
+    pub fn start_nginx_workers(&mut self, workers: u32) {
+        let site = self.zdd(&["nginx"]);
+        assert_eq!(site.code, 0, "{site:?}");
+        self.nginx = None;
+        self.nginx = Some(Nginx::start_workers(
+            &self.path().join("nginx"),
+            self.nginx_port,
+            &site.stdout,
+            workers,
+        ));
+    }
+
     pub fn start_nginx_with(&mut self, site: &str) {
         self.nginx = None;
         self.nginx = Some(Nginx::start(
@@ -619,18 +646,52 @@ impl Load {
 
     /// With a given share of POST requests.
     pub fn start_with(p: &Project, versions: &[&str], post_ratio: &str) -> Load {
-        let stop_file = p.path().join("stop-load");
-        let mut cmd = Command::new(example("load"));
-        cmd.args(["--url", &format!("http://127.0.0.1:{}/", p.nginx_port)])
-            .args([
+        Load::spawn(
+            p,
+            versions,
+            &[
                 "--concurrency",
                 "16",
                 "--post-ratio",
                 post_ratio,
                 "--keepalive",
                 "mixed",
-            ])
-            .args(["--duration", "240s", "--body-size", "2048"])
+                "--body-size",
+                "2048",
+            ],
+        )
+    }
+
+    /// Slow uploads beside the main load: 4 clients of POSTs whose body
+    /// comes `delay` after their head (nginx picks the upstream at the head,
+    /// connects once it has the body).
+    pub fn start_slow_uploads(p: &Project, versions: &[&str], delay: &str) -> Load {
+        Load::spawn(
+            p,
+            versions,
+            &[
+                "--concurrency",
+                "4",
+                "--post-ratio",
+                "1",
+                "--keepalive",
+                "mixed",
+                "--body-size",
+                "2048",
+                "--slow-body",
+                delay,
+            ],
+        )
+    }
+
+    fn spawn(p: &Project, versions: &[&str], args: &[&str]) -> Load {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let stop_file = p.path().join(format!("stop-load-{n}"));
+        let mut cmd = Command::new(example("load"));
+        cmd.args(["--url", &format!("http://127.0.0.1:{}/", p.nginx_port)])
+            .args(args)
+            .args(["--duration", "240s"])
             .arg("--stop-file")
             .arg(&stop_file);
         for v in versions {
