@@ -119,12 +119,19 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
 
     // Step 5: check out and build. From here on the slot no longer holds
     // what it held before, so say so in the state first.
-    let attempt = Attempt::new(
+    let mut attempt = Attempt::new(
         Action::Deploy,
         target,
         &sha,
         run.state.live_commit().map(str::to_string),
     );
+    // Cron deploys the branch's tip: only a failure of that commit makes
+    // cron wait for the branch to move.
+    let is_tip = commit.is_none()
+        || checkout
+            .resolve(&config.branch)
+            .is_some_and(|tip| tip.sha == sha);
+    attempt.tip_of = is_tip.then(|| config.branch.clone());
     {
         let s = run.state.slot_mut(target);
         s.status = SlotStatus::Starting;
@@ -209,6 +216,8 @@ struct Attempt {
     sha: String,
     /// The commit that was live before, if any.
     previous: Option<String>,
+    /// The branch whose tip `sha` is, if it is (what cron deploys).
+    tip_of: Option<String>,
 }
 
 impl Attempt {
@@ -218,6 +227,7 @@ impl Attempt {
             slot,
             sha: sha.to_string(),
             previous,
+            tip_of: None,
         }
     }
 
@@ -1079,13 +1089,12 @@ impl<'a> Run<'a> {
         if let Err(e) = saved {
             return e;
         }
-        let after = if action == Action::Deploy && outcome == Outcome::Failed {
-            format!(
-                "; cron runs will not retry {} until the branch moves",
+        let after = match &attempt.tip_of {
+            Some(branch) if action == Action::Deploy && outcome == Outcome::Failed => format!(
+                "; cron runs will not retry {}, the tip of {branch}, until {branch} moves",
                 git::short(sha)
-            )
-        } else {
-            String::new()
+            ),
+            _ => String::new(),
         };
         match why {
             StepError::Failed(reason) | StepError::Environment(reason) => Error::Failed(format!(

@@ -39,6 +39,10 @@ timeout = "30s"                     # then SIGKILL to its process group
 listen      = "80"
 server_name = "_"
 output      = "/etc/nginx/conf.d/myapp.conf"   # `zdd nginx --write` writes the whole site here
+# pid_file     = "/run/nginx.pid"   # the nginx `zdd nginx --reload` signals; for a private one,
+#                                   # the `pid` its nginx.conf names
+# test_command = "nginx -t"         # run before a reload; for a private nginx, test its own
+#                                   # config: "nginx -t -p /srv/nginx -c /srv/nginx/nginx.conf"
 # For your own server blocks, the two parts instead (README: setting up):
 # upstreams_output = "/etc/nginx/conf.d/myapp-upstreams.conf"
 # snippet_output   = "/etc/nginx/snippets/zdd-myapp.conf"
@@ -60,7 +64,13 @@ pub fn init(path: Option<&Path>) -> Result<()> {
                 path.display()
             )))
         }
-        Err(e) => return Err(Error::io("cannot create", path)(e)),
+        // Nothing was written: a folder that is not there is bad input.
+        Err(e) => {
+            return Err(Error::Usage(format!(
+                "cannot create {}: {e}",
+                path.display()
+            )))
+        }
     };
     file.write_all(STARTER.as_bytes())
         .map_err(Error::io("cannot write", path))?;

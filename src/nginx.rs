@@ -225,8 +225,14 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
         if previous.as_deref() == Some(text.as_bytes()) {
             log::info!("{} is up to date", output.display());
         } else {
-            fsutil::write_atomic(output, text.as_bytes(), 0o644)
-                .map_err(Error::io("cannot write the nginx config", output))?;
+            fsutil::write_atomic(output, text.as_bytes(), 0o644).map_err(|e| {
+                // Nothing was changed: a folder that is not there is bad config.
+                Error::Usage(format!(
+                    "cannot write the nginx config {} ({}): {e}",
+                    output.display(),
+                    part.key()
+                ))
+            })?;
             log::info!("wrote {}", output.display());
         }
         written.push((output.clone(), previous));
@@ -322,7 +328,7 @@ fn signal_master(config: &Config) -> Result<()> {
     let path = &config.nginx.pid_file;
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::Failed(format!(
-            "cannot read nginx's pid file {}: {e}; is nginx running?",
+            "cannot read nginx's pid file {} (nginx.pid_file): {e}; is nginx running? If it runs with its own nginx.conf, set nginx.pid_file to the `pid` that config names (`nginx -T 2>/dev/null | grep -m1 '^pid'` for the system nginx)",
             path.display()
         ))
     })?;
@@ -434,6 +440,16 @@ mod tests {
         .unwrap();
         let e = render(&c, Part::Site).unwrap_err();
         assert!(e.to_string().contains("nginx cannot take in a path"), "{e}");
+    }
+
+    #[test]
+    fn every_part_ends_with_a_newline() {
+        for part in Part::ALL {
+            assert!(
+                render(&config(""), part).unwrap().ends_with("}\n"),
+                "{part:?}"
+            );
+        }
     }
 
     #[test]

@@ -439,11 +439,31 @@ fn corrupt_state_file_is_an_error_and_left_exactly_as_it_was() {
 fn broken_configs_name_file_line_and_column() {
     let p = Project::new("");
     let cfg = p.config_path().display().to_string();
-    let cases: [(&str, &str, String); 4] = [
+    let cases: [(&str, &str, String); 8] = [
         (
             "unknown key",
             "\n[health]\n",
             "\n[health]\ntimeuot = \"1s\"\n".into(),
+        ),
+        (
+            "three ports",
+            &format!("ports = [{}, {}]", p.ports[0], p.ports[1]),
+            format!("ports = [{}, {}, 9]", p.ports[0], p.ports[1]),
+        ),
+        (
+            "a duration out of bounds",
+            "interval = \"20ms\"",
+            "interval = \"500000000 years\"".into(),
+        ),
+        (
+            "server_name breaking out of its directive",
+            "[nginx]\n",
+            "[nginx]\nserver_name = \"x; include /etc/passwd\"\n".into(),
+        ),
+        (
+            "probe_url that is not a URL",
+            "[nginx]\n",
+            "[nginx]\nprobe_url = \"not a url\"\n".into(),
         ),
         (
             "bad duration",

@@ -6,6 +6,7 @@ mod support;
 mod core;
 mod examples;
 mod faults;
+mod guards;
 mod operator;
 mod servers;
 mod steering;
