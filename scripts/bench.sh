@@ -94,10 +94,10 @@ done
 "$ZDD" -c "$CONF" history --json | awk '
   /"action":/  { gsub(/[",]/, "", $2); action = $2 }
   /"fetch_ms":/ { f = $2 + 0 } /"build_ms":/ { b = $2 + 0 } /"ready_ms":/ { r = $2 + 0 }
-  /"route_ms":/ { n = $2 + 0 } /"drain_ms":/ { d = $2 + 0 }
-  /"total_ms":/ { print action "\t" f "\t" b "\t" r "\t" n "\t" d "\t" $2 + 0 }
+  /"route_ms":/ { n = $2 + 0 } /"settle_ms":/ { st = $2 + 0 } /"drain_ms":/ { d = $2 + 0 }
+  /"total_ms":/ { print action "\t" f "\t" b "\t" r "\t" n "\t" d "\t" $2 + 0 "\t" st }
 ' | tail -n $((2 * N)) > "$B/phases.tsv"
-paste "$B/ops.tsv" "$B/phases.tsv" > "$B/joined.tsv"   # op s e | action fetch build ready route drain total
+paste "$B/ops.tsv" "$B/phases.tsv" > "$B/joined.tsv"   # op s e | action fetch build ready route drain total settle
 
 # --- latency: steady state vs inside swap windows
 awk -F'\t' 'NR == FNR { s[NR] = $2; e[NR] = $3; n = NR; next }
@@ -126,9 +126,9 @@ wall_stats() {
   awk -F'\t' -v op="$1" '$1 == op { print int(($3 - $2) / 1000) }' "$B/joined.tsv" > "$B/col.txt"
   printf '%s / %s' "$(median < "$B/col.txt")" "$(maxof < "$B/col.txt")"
 }
-overhead_stats() { # wall - (build + ready + drain) [- route when $2 = 1]
+overhead_stats() { # wall - (build + ready + settle + drain) [- route when $2 = 1]
   awk -F'\t' -v op="$1" -v noroute="$2" '$1 == op {
-      w = ($3 - $2) / 1000; o = w - ($6 + $7 + $9); if (noroute) o -= $8; print int(o) }' "$B/joined.tsv" > "$B/col.txt"
+      w = ($3 - $2) / 1000; o = w - ($6 + $7 + $9 + $11); if (noroute) o -= $8; print int(o) }' "$B/joined.tsv" > "$B/col.txt"
   printf '%s / %s' "$(median < "$B/col.txt")" "$(maxof < "$B/col.txt")"
 }
 RSS=$(grep -ho 'peak RSS [0-9]*' "$B"/deploy-*.log "$B"/rollback-*.log | awk '{print $3}' | maxof)
@@ -157,8 +157,9 @@ Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 | build | $(phase_stats deploy 6) | - |
 | app ready (start + health$([ "$MODE" = switch ] || echo "; rehearsal first")) | $(phase_stats deploy 7) | $(phase_stats rollback 7) |
 | nginx routes to the new slot ($([ "$MODE" = switch ] && echo "flip + confirm" || echo "failover wait")) | $(phase_stats deploy 8) | $(phase_stats rollback 8) |
-| old slot drained ($([ "$MODE" = switch ] && echo "queue empty, stop signal, exit" || echo "stop signal, exit")) | $(phase_stats deploy 9) | $(phase_stats rollback 9) |
-| **zdd overhead** = wall − (build + ready + drain) | $(overhead_stats deploy 0) | $(overhead_stats rollback 0) |
+| old slot serves on (stop.settle) until its queue is empty | $(phase_stats deploy 11) | $(phase_stats rollback 11) |
+| old slot stopped (stop signal to exit) | $(phase_stats deploy 9) | $(phase_stats rollback 9) |
+| **zdd overhead** = wall − (build + ready + settle + stop) | $(overhead_stats deploy 0) | $(overhead_stats rollback 0) |
 | zdd overhead without the nginx routing wait | $(overhead_stats deploy 1) | $(overhead_stats rollback 1) |
 
 | other | median | max |

@@ -703,13 +703,15 @@ impl<'a> Run<'a> {
         let subject = self.state.slot(target).subject.clone();
 
         if let Some(old_id) = old_process {
-            let t = Instant::now();
             self.lock.at_step(&format!("stopping slot {old}"));
             signals::fault_point("confirmed");
             let old_port = config.port(old);
             if self.mode == NginxMode::Switch {
+                let t = Instant::now();
                 self.settle_and_drain(old);
+                self.phases.settle_ms = ms(t.elapsed());
             }
+            let t = Instant::now();
             let signal = config.stop.signal;
             // Anything queued for the old slot after its stop signal came
             // from a request that took longer than the settle to arrive.
@@ -782,12 +784,13 @@ impl<'a> Run<'a> {
             Action::Rollback => "rolled back to",
         };
         crate::out!(
-            "{verb} {short}{} in slot {target} (port {port}): fetch+checkout {}, build {}, ready {}, nginx {}, drain {}, total {}",
+            "{verb} {short}{} in slot {target} (port {port}): fetch+checkout {}, build {}, ready {}, nginx {}, settle {}, drain {}, total {}",
             subject.map(|s| format!(" {s:?}")).unwrap_or_default(),
             fmt_ms(phases.fetch_ms),
             fmt_ms(phases.build_ms),
             fmt_ms(phases.ready_ms),
             fmt_ms(phases.route_ms),
+            fmt_ms(phases.settle_ms),
             fmt_ms(phases.drain_ms),
             fmt_ms(phases.total_ms),
         );

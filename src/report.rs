@@ -278,11 +278,12 @@ fn history_line(h: &HistoryEntry) -> String {
     );
     if h.outcome == crate::state::Outcome::Ok {
         line.push_str(&format!(
-            " (fetch+checkout {}, build {}, ready {}, nginx {}, drain {})",
+            " (fetch+checkout {}, build {}, ready {}, nginx {}, settle {}, drain {})",
             fmt_ms(p.fetch_ms),
             fmt_ms(p.build_ms),
             fmt_ms(p.ready_ms),
             fmt_ms(p.route_ms),
+            fmt_ms(p.settle_ms),
             fmt_ms(p.drain_ms)
         ));
     }

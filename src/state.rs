@@ -121,6 +121,11 @@ pub struct Phases {
     pub build_ms: u64,
     pub ready_ms: u64,
     pub route_ms: u64,
+    /// Switch mode: the old slot serving on after the flip (`stop.settle`)
+    /// and the wait for its empty accept queue. Absent in older files.
+    #[serde(default)]
+    pub settle_ms: u64,
+    /// The old slot's stop: signal to exit.
     pub drain_ms: u64,
     pub total_ms: u64,
 }
