@@ -20,18 +20,10 @@ fn swaps_under_load(p: &mut Project, swaps: usize) -> Reports {
     let load = Load::start(p, &["v1", "v2"]);
     let slow = Load::start_slow_uploads(p, &["v1", "v2"], "300ms");
     for i in 0..swaps {
-        let (args, want) = if i % 2 == 0 {
-            (vec!["deploy", v2.as_str()], "v2")
-        } else {
-            (vec!["rollback"], "v1")
-        };
-        let r = p.zdd(&args);
+        let (r, want) = p.swap(i, &v2);
         if r.code != 0 {
             let report = load.finish();
-            panic!(
-                "swap {i} ({args:?}) failed: {r:?}\nload: {}",
-                summary(&report)
-            );
+            panic!("swap {i} failed: {r:?}\nload: {}", summary(&report));
         }
         assert_eq!(p.served(), want, "after swap {i}");
         assert_eq!(p.listening_slots().len(), 1, "after swap {i}");

@@ -140,11 +140,10 @@ fn nginx_worker_that_cannot_see_the_switch_keeps_the_old_slot() {
     assert_eq!(report["failed"], 0, "{}", summary(&report));
 }
 
-#[test]
-fn open_file_cache_that_hides_the_flip_is_named() {
-    let _heavy = heavy();
-    let (mut p, v2) = live_v1_with_v2("");
-    // A site of one's own that caches file tests, answers included.
+/// Restart nginx with a site of one's own that caches file tests, answers
+/// included (`open_file_cache_errors`), so that it never sees a flip; one
+/// worker, so that the cached answer is the one every request sees.
+fn start_nginx_caching_the_switch_test(p: &mut Project) {
     let site = p.zdd(&["nginx"]).stdout.replace(
         "open_file_cache off;",
         "open_file_cache max=100 inactive=60s; open_file_cache_valid 60s; open_file_cache_errors on;",
@@ -160,8 +159,14 @@ fn open_file_cache_that_hides_the_flip_is_named() {
             ),
         )
     });
-    // One worker, so that the cached answer is the one every request sees.
     p.start_nginx_workers(1);
+}
+
+#[test]
+fn open_file_cache_that_hides_the_flip_is_named() {
+    let _heavy = heavy();
+    let (mut p, v2) = live_v1_with_v2("");
+    start_nginx_caching_the_switch_test(&mut p);
     for _ in 0..5 {
         assert_eq!(p.served(), "v1");
     }
@@ -178,23 +183,7 @@ fn open_file_cache_that_hides_the_flip_is_named() {
 fn killed_while_backing_out_converges_to_the_old_slot() {
     let _heavy = heavy();
     let (mut p, v2) = live_v1_with_v2("");
-    // nginx caches its answer to the file test: the flip is never seen.
-    let site = p.zdd(&["nginx"]).stdout.replace(
-        "open_file_cache off;",
-        "open_file_cache max=100 inactive=60s; open_file_cache_valid 60s; open_file_cache_errors on;",
-    );
-    let template = p.path().join("cached.conf.j2");
-    std::fs::write(&template, &site).unwrap();
-    p.edit_config(|c| {
-        c.replace(
-            "[nginx]\n",
-            &format!(
-                "[nginx]\nroute_timeout = \"1s\"\ntemplate = {:?}\n",
-                template.display().to_string()
-            ),
-        )
-    });
-    p.start_nginx_workers(1);
+    start_nginx_caching_the_switch_test(&mut p);
     assert_eq!(p.served(), "v1");
     let load = Load::start(&p, &["v1"]);
     let r = p.zdd_env(&["deploy", &v2], &[("ZDD_TEST_FAULT", "backing-out:KILL")]);

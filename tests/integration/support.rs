@@ -391,6 +391,16 @@ impl Project {
             .unwrap()
     }
 
+    /// Swap number `i` of a back-and-forth: even ones deploy `v2`, odd ones
+    /// roll back to v1. Returns zdd's run and the version nginx should serve.
+    pub fn swap(&self, i: usize, v2: &str) -> (Run, &'static str) {
+        if i.is_multiple_of(2) {
+            (self.zdd(&["deploy", v2]), "v2")
+        } else {
+            (self.zdd(&["rollback"]), "v1")
+        }
+    }
+
     /// The state file's exact bytes.
     pub fn state_bytes(&self) -> Vec<u8> {
         std::fs::read(self.root().join("state.toml")).unwrap_or_default()
