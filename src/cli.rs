@@ -44,6 +44,17 @@ pub enum Command {
     Rollback {
         #[command(flatten)]
         wait: Wait,
+        /// Why, for the history (a keeper's automatic rollback says so)
+        #[arg(long, hide = true, value_name = "REASON")]
+        because: Option<String>,
+        /// Only if this commit is still the live one (a keeper's rollback)
+        #[arg(long, hide = true, value_name = "COMMIT")]
+        if_live: Option<String>,
+    },
+    /// At boot: start the live slot and the recorded named processes that do not run (no fetch, no build)
+    Up {
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Start CMD in DIR on PORT as a named, tracked process and check its health
     Start {
@@ -99,6 +110,9 @@ pub enum Command {
     },
     /// Print the man page (roff; e.g. `zdd man > /usr/local/share/man/man1/zdd.1`)
     Man,
+    /// The keeper of one app (zdd starts it; not for people)
+    #[command(hide = true)]
+    Keep(crate::keeper::KeepArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -169,7 +183,7 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["zdd", "rollback", "--wait=2s"]).unwrap();
         match cli.command {
-            Command::Rollback { wait } => {
+            Command::Rollback { wait, .. } => {
                 assert_eq!(wait.lock_wait(), Some(Some(Duration::from_secs(2))))
             }
             other => panic!("{other:?}"),

@@ -33,6 +33,25 @@ pub struct Config {
     pub env: BTreeMap<String, String>,
     pub hooks: Hooks,
     pub nginx: Nginx,
+    pub keeper: Keeper,
+}
+
+/// What the keeper does about a release that crash-loops after its swap.
+#[derive(Debug, Clone)]
+pub struct Keeper {
+    /// Roll back after this many exits on its own (0: never).
+    pub rollback_after: u32,
+    /// ...within this long of the swap.
+    pub rollback_within: Duration,
+}
+
+impl Default for Keeper {
+    fn default() -> Self {
+        Keeper {
+            rollback_after: 3,
+            rollback_within: Duration::from_secs(300),
+        }
+    }
 }
 
 /// The unprivileged account that builds and runs the app.
@@ -433,6 +452,15 @@ impl Config {
             }
             env.insert(key.into_inner(), value);
         }
+        let k = raw.keeper.unwrap_or_default();
+        let keeper = Keeper {
+            rollback_after: k.rollback_after.unwrap_or(Keeper::default().rollback_after),
+            rollback_within: bounded(
+                k.rollback_within,
+                "keeper.rollback_within",
+                Keeper::default().rollback_within,
+            )?,
+        };
         let hooks = raw.hooks.unwrap_or_default();
         Ok(Config {
             path: path.to_path_buf(),
@@ -454,6 +482,7 @@ impl Config {
                 after_swap: hooks.after_swap,
             },
             nginx,
+            keeper,
         })
     }
 }
@@ -568,7 +597,7 @@ pub fn parse_signal(name: &str) -> std::result::Result<Signal, String> {
         .map_err(|_| format!("unknown signal {name:?}; expected a name like SIGTERM or SIGQUIT"))
 }
 
-fn resolve_user(name: &str) -> std::result::Result<RunAs, String> {
+pub fn resolve_user(name: &str) -> std::result::Result<RunAs, String> {
     if !nix::unistd::geteuid().is_root() {
         return Err(format!(
             "`user = {name:?}` needs zdd to run as root (it switches to that user for build and app); remove `user` or run zdd as root"
@@ -616,6 +645,7 @@ pub fn duration_bounds(key: &str) -> (Duration, Duration) {
         "health.request_timeout" => (ms(10), s(300)),
         "stop.timeout" => (ms(100), s(3600)),
         "stop.settle" => (ms(0), s(600)),
+        "keeper.rollback_within" => (s(1), s(24 * 3600)),
         // nginx counts whole seconds.
         "nginx.fail_timeout" => (s(1), s(3600)),
         "nginx.route_timeout" => (ms(100), s(600)),
@@ -646,6 +676,14 @@ struct RawConfig {
     env: Option<BTreeMap<Spanned<String>, String>>,
     hooks: Option<RawHooks>,
     nginx: Option<RawNginx>,
+    keeper: Option<RawKeeper>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeeper {
+    rollback_after: Option<u32>,
+    rollback_within: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -2,7 +2,7 @@
 //! resolve, clear the idle slot's port, check out and build, start, verify,
 //! confirm nginx routes to the new slot, stop the old one, record.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
@@ -13,7 +13,7 @@ use crate::health::{self, Checker, Verified};
 use crate::process::{self, Spec, Started, StepEnd, Stopped};
 use crate::state::{Action, HistoryEntry, Lock, Outcome, Phases, Slot, SlotStatus, State};
 use crate::steer::{self, Routed};
-use crate::{fsutil, git, nginx, root, signals, switch};
+use crate::{fsutil, git, keeper, nginx, root, signals, switch};
 
 /// `zdd deploy [COMMIT]`.
 pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duration>>) -> Result<()> {
@@ -179,8 +179,25 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
 }
 
 /// `zdd rollback`.
-pub fn rollback(config: &Config, wait: Option<Option<Duration>>) -> Result<()> {
+/// `zdd rollback`; `because` says why in the history (a keeper's automatic
+/// rollback), and `if_live` makes it roll back only while that commit is
+/// the live one.
+pub fn rollback(
+    config: &Config,
+    wait: Option<Option<Duration>>,
+    because: Option<&str>,
+    if_live: Option<&str>,
+) -> Result<()> {
     let mut run = Run::begin(config, wait, "zdd rollback")?;
+    if let Some(sha) = if_live {
+        if run.state.live_commit() != Some(sha) {
+            crate::out!(
+                "{} is no longer the live release; nothing to roll back",
+                git::short(sha)
+            );
+            return Ok(());
+        }
+    }
     let target = run.state.next_deploy;
     let slot = run.state.slot(target).clone();
     let commit = match (slot.status, slot.commit) {
@@ -203,10 +220,32 @@ pub fn rollback(config: &Config, wait: Option<Option<Duration>>) -> Result<()> {
     }
     run.clear_port(target)?;
     let previous = run.state.live_commit().map(str::to_string);
-    run.bring_up(
-        Attempt::new(Action::Rollback, target, &commit, previous),
-        false,
-    )
+    let mut attempt = Attempt::new(Action::Rollback, target, &commit, previous.clone());
+    attempt.because = because.map(|why| match &previous {
+        Some(p) => format!("{} {why}", git::short(p)),
+        None => why.to_string(),
+    });
+    run.bring_up(attempt, false)
+}
+
+/// `zdd up`: at boot, from what is on disk and without fetching, start the
+/// live slot if it does not run, and every recorded named process that does
+/// not; each under a keeper that supervises it from the start (an app that
+/// cannot start yet — its database is not up — is tried again, backing
+/// off), each verified. Nothing else: no fetch, no build, no swap.
+pub fn up(config: Option<&Config>, wait: Option<Option<Duration>>) -> Result<()> {
+    let mut failed = Vec::new();
+    if let Some(config) = config {
+        let mut run = Run::begin(config, wait, "zdd up")?;
+        if let Err(e) = run.up_live() {
+            failed.push(e.to_string());
+        }
+    }
+    failed.extend(crate::named::up(config, wait));
+    match failed.len() {
+        0 => Ok(()),
+        _ => Err(Error::Failed(failed.join("\n"))),
+    }
 }
 
 /// One deploy or rollback: which commit goes to which slot.
@@ -218,6 +257,11 @@ struct Attempt {
     previous: Option<String>,
     /// The branch whose tip `sha` is, if it is (what cron deploys).
     tip_of: Option<String>,
+    /// Why it happens, if zdd was told (a keeper's automatic rollback).
+    because: Option<String>,
+    /// Its keeper may roll it back if it crash-loops after the swap (a new
+    /// release, with the previous one standing by).
+    crash_rollback: bool,
 }
 
 impl Attempt {
@@ -228,14 +272,13 @@ impl Attempt {
             sha: sha.to_string(),
             previous,
             tip_of: None,
+            because: None,
+            crash_rollback: false,
         }
     }
 
     fn what(&self) -> &'static str {
-        match self.action {
-            Action::Deploy => "deploy",
-            Action::Rollback => "rollback",
-        }
+        self.action.as_str()
     }
 }
 
@@ -265,7 +308,7 @@ impl<'a> Run<'a> {
         let started = Instant::now();
         root::prepare(
             &config.root,
-            &[root::SLOTS, root::GIT, root::LOGS, root::SWITCH],
+            &[root::SLOTS, root::GIT, root::LOGS, root::RUN, root::SWITCH],
         )?;
         for slot in Slot::BOTH {
             root::check_file(&process::log_path(&config.root, slot.name()))?;
@@ -283,7 +326,8 @@ impl<'a> Run<'a> {
             mode,
             lock,
         };
-        if run.reconcile() {
+        let restarted = keeper::fold_restarts(&mut run.state, &config.root);
+        if run.reconcile() || restarted {
             run.save()?;
         }
         run.reconcile_switch()?;
@@ -430,6 +474,82 @@ impl<'a> Run<'a> {
 
     fn save(&self) -> Result<()> {
         self.state.save(&self.state_path)
+    }
+
+    /// `zdd up` for the live slot: start it again where it is, built, under
+    /// an armed keeper, if it does not run.
+    fn up_live(&mut self) -> Result<()> {
+        let Some(live) = self.state.active else {
+            crate::out!("nothing deployed yet; nothing to start");
+            return Ok(());
+        };
+        let s = self.state.slot(live).clone();
+        let sha = s.commit.clone().unwrap_or_default();
+        let short = git::short(&sha).to_string();
+        if let Some(id) = &s.process {
+            crate::out!("slot {live} runs {short} already (pid {})", id.pid);
+            return Ok(());
+        }
+        if self.checkout(live)?.head().as_deref() != Some(sha.as_str())
+            || !self.slot_dir(live).is_dir()
+        {
+            return Err(Error::NeedsAttention(format!(
+                "slot {live} should hold {short}, the live release, but {} does not: deploy it again (`zdd deploy {short}`)",
+                self.slot_dir(live).display()
+            )));
+        }
+        self.clear_port(live)?;
+        self.lock
+            .at_step(&format!("starting {short} in slot {live}"));
+        let port = self.config.port(live);
+        let t = Instant::now();
+        let mut started = self
+            .launch(live, &sha, port, "up", true, None)
+            .map_err(|e| Error::Failed(format!("cannot start `{}`: {e}", self.config.start)))?;
+        self.state.slot_mut(live).status = SlotStatus::Live;
+        self.save_or_stop(&mut started)?;
+        let checker = Checker::new(&self.config.health, port);
+        let verdict = health::wait_ready(&self.config.health, &checker, &mut started);
+        // Running under its keeper either way: nginx sends it requests once
+        // it answers; until then its keeper keeps it trying.
+        self.reconcile_switch()?;
+        self.point_current(live);
+        let (outcome, reason) = match &verdict {
+            Verified::Healthy => (Outcome::Ok, "started by zdd up".to_string()),
+            Verified::Failed(r) | Verified::Foreign(r) => (Outcome::Failed, r.clone()),
+            Verified::Interrupted(sig) => (
+                Outcome::Interrupted,
+                format!("zdd up interrupted by {}", sig.as_str()),
+            ),
+        };
+        self.state.push_history(HistoryEntry {
+            at: now(),
+            action: Action::Restart,
+            outcome,
+            commit: sha.clone(),
+            slot: live,
+            previous: None,
+            reason: Some(reason.clone()),
+            phases: Phases {
+                ready_ms: ms(t.elapsed()),
+                total_ms: ms(self.started.elapsed()),
+                ..Phases::default()
+            },
+        });
+        self.save()?;
+        match verdict {
+            Verified::Healthy => {
+                crate::out!(
+                    "started {short} in slot {live} (port {port}), healthy after {}",
+                    fmt(t.elapsed())
+                );
+                Ok(())
+            }
+            _ => Err(Error::Failed(format!(
+                "slot {live} ({short}) is not healthy yet: {reason}; it stays under its keeper, which keeps starting it again (`zdd status` shows its last exit){}",
+                process::tail_note(&self.log_path(live))
+            ))),
+        }
     }
 
     /// Point `ROOT/current` at `slot` (atomically), unless it already does.
@@ -633,7 +753,11 @@ impl<'a> Run<'a> {
     /// `fresh`: the commit never served from this slot, so it gets the
     /// rehearsal (if configured) and the verify hook; a rollback or a
     /// restart in place of the live commit gets neither.
-    fn bring_up(mut self, attempt: Attempt, fresh: bool) -> Result<()> {
+    fn bring_up(mut self, mut attempt: Attempt, fresh: bool) -> Result<()> {
+        attempt.crash_rollback = fresh
+            && attempt.action == Action::Deploy
+            && self.config.keeper.rollback_after > 0
+            && self.state.slot(attempt.slot.other()).commit.is_some();
         let (action, target, sha) = (attempt.action, attempt.slot, attempt.sha.clone());
         let config = self.config;
         let short = git::short(&sha).to_string();
@@ -761,7 +885,7 @@ impl<'a> Run<'a> {
             commit: sha.clone(),
             slot: target,
             previous: attempt.previous.clone(),
-            reason: None,
+            reason: attempt.because.clone(),
             phases,
         });
         self.save()?;
@@ -782,6 +906,7 @@ impl<'a> Run<'a> {
         let verb = match action {
             Action::Deploy => "deployed",
             Action::Rollback => "rolled back to",
+            Action::Restart => "restarted",
         };
         crate::out!(
             "{verb} {short}{} in slot {target} (port {port}): fetch+checkout {}, build {}, ready {}, nginx {}, settle {}, drain {}, total {}",
@@ -794,6 +919,9 @@ impl<'a> Run<'a> {
             fmt_ms(phases.drain_ms),
             fmt_ms(phases.total_ms),
         );
+        if let Some(why) = &attempt.because {
+            crate::out!("because {why}");
+        }
         if let Some(sig) = signals::pending() {
             log::warn!("got {} during the swap; finished it first", sig.as_str());
         }
@@ -937,18 +1065,17 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Start the app of `target` listening on `port` in its own process
-    /// group, record it in the state at once, and verify it: the health
-    /// check, then (if `verify`) the verify hook. On failure the new process is stopped and the attempt
-    /// recorded; the error says why.
-    fn start_verified(
+    /// Start the app of `target` on `port` — under its keeper, or alone for
+    /// a rehearsal — and record it in the state (not yet saved).
+    fn launch(
         &mut self,
-        attempt: &Attempt,
+        target: Slot,
+        sha: &str,
         port: u16,
         label: &str,
-        verify: bool,
-    ) -> Result<Started> {
-        let (target, sha) = (attempt.slot, attempt.sha.as_str());
+        armed: bool,
+        rollback: Option<(u32, Duration, &Path)>,
+    ) -> std::io::Result<Started> {
         let config = self.config;
         let log = self.log_path(target);
         process::log_marker(
@@ -968,19 +1095,51 @@ impl<'a> Run<'a> {
             log: &log,
             run_as: config.user.as_ref(),
         };
-        let mut started = match process::spawn_app(&spec) {
+        // What stays up runs under its keeper; a rehearsal does not stay.
+        let started = if label == "rehearsal" {
+            process::spawn_app(&spec)?
+        } else {
+            let keep = process::Keep {
+                name: target.name(),
+                root: &config.root,
+                stop_signal: config.stop.signal,
+                armed,
+                rollback,
+            };
+            process::spawn_kept(&spec, &keep)?
+        };
+        let s = self.state.slot_mut(target);
+        s.status = SlotStatus::Starting;
+        s.process = Some(started.id.clone());
+        s.started_at = Some(now());
+        s.restarts_recorded = 0;
+        Ok(started)
+    }
+
+    /// group, record it in the state at once, and verify it: the health
+    /// check, then (if `verify`) the verify hook. On failure the new process is stopped and the attempt
+    /// recorded; the error says why.
+    fn start_verified(
+        &mut self,
+        attempt: &Attempt,
+        port: u16,
+        label: &str,
+        verify: bool,
+    ) -> Result<Started> {
+        let (target, sha) = (attempt.slot, attempt.sha.as_str());
+        let config = self.config;
+        let rollback = attempt.crash_rollback.then_some((
+            config.keeper.rollback_after,
+            config.keeper.rollback_within,
+            config.path.as_path(),
+        ));
+        let mut started = match self.launch(target, sha, port, label, false, rollback) {
             Ok(s) => s,
             Err(e) => {
                 let reason = format!("cannot start `{}`: {e}", config.start);
                 return Err(self.abort_env(attempt, reason, None));
             }
         };
-        {
-            let s = self.state.slot_mut(target);
-            s.status = SlotStatus::Starting;
-            s.process = Some(started.id.clone());
-            s.started_at = Some(now());
-        }
         self.save_or_stop(&mut started)?;
         signals::fault_point(label);
 
@@ -1007,7 +1166,19 @@ impl<'a> Run<'a> {
             other => other,
         };
         let why = match verified {
-            Verified::Healthy => return Ok(started),
+            Verified::Healthy => {
+                if label != "rehearsal" {
+                    // Verified: from now on its keeper starts it again if it
+                    // exits on its own.
+                    if let Err(e) = keeper::arm(started.id.pid) {
+                        log::warn!(
+                            "slot {target}: cannot arm the keeper (pid {}): {e}",
+                            started.id.pid
+                        );
+                    }
+                }
+                return Ok(started);
+            }
             Verified::Failed(reason) if label == "rehearsal" => StepError::Failed(format!(
                 "{reason} (in the rehearsal on private port {port})"
             )),
@@ -1051,7 +1222,7 @@ impl<'a> Run<'a> {
             s.status = match action {
                 // A rollback target still holds the release it held.
                 Action::Rollback => SlotStatus::Standby,
-                Action::Deploy => SlotStatus::Failed,
+                Action::Deploy | Action::Restart => SlotStatus::Failed,
             };
         }
         let (outcome, reason) = match &why {
@@ -1076,18 +1247,10 @@ impl<'a> Run<'a> {
         let saved = self.save();
         let serving = self.serving_note();
         let what = attempt.what();
-        let tail = process::tail(&self.log_path(slot), 15);
-        let tail = if tail.is_empty() || matches!(why, StepError::Interrupted(_)) {
+        let tail = if matches!(why, StepError::Interrupted(_)) {
             String::new()
         } else {
-            format!(
-                "\nlast lines of {}:\n{}",
-                self.log_path(slot).display(),
-                tail.iter()
-                    .map(|l| format!("  {l}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
+            process::tail_note(&self.log_path(slot))
         };
         if let Err(e) = saved {
             return e;

@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod git;
 pub mod health;
 pub mod init;
+pub mod keeper;
 pub mod named;
 pub mod nginx;
 pub mod ports;
@@ -42,12 +43,19 @@ use crate::error::{Error, Result};
 /// return the exit code.
 pub fn run() -> i32 {
     let cli = Cli::parse();
+    if let Command::Keep(args) = cli.command {
+        // The keeper has no log of its own: its stderr is the app's log.
+        return keeper::run(args);
+    }
     init_logging(cli.verbose, cli.quiet);
     // Commands that start or swap processes finish or undo their work on
     // SIGINT/SIGTERM/SIGHUP; the others just end.
     let handles_signals = matches!(
         cli.command,
-        Command::Deploy { .. } | Command::Rollback { .. } | Command::Start { .. }
+        Command::Deploy { .. }
+            | Command::Rollback { .. }
+            | Command::Start { .. }
+            | Command::Up { .. }
     );
     if handles_signals {
         if let Err(e) = signals::install() {
@@ -90,7 +98,22 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Deploy { commit, wait } => {
             deploy::deploy(&load()?, commit.as_deref(), wait.lock_wait())
         }
-        Command::Rollback { wait } => deploy::rollback(&load()?, wait.lock_wait()),
+        Command::Rollback {
+            wait,
+            because,
+            if_live,
+        } => deploy::rollback(
+            &load()?,
+            wait.lock_wait(),
+            because.as_deref(),
+            if_live.as_deref(),
+        ),
+        Command::Up { wait } => {
+            let config = Config::locate(explicit)
+                .map(|p| Config::load(&p))
+                .transpose()?;
+            deploy::up(config.as_ref(), wait.lock_wait())
+        }
         Command::Start {
             name,
             dir,
@@ -122,6 +145,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut cmd, "zdd", &mut std::io::stdout());
             Ok(())
         }
+        Command::Keep(_) => unreachable!("run() hands the keeper its own loop"),
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(cmd)

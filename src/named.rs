@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::health::{self, Checker, Verified};
 use crate::process::{self, ProcessId, Spec, Stopped};
 use crate::state::{Lock, Slot, State};
-use crate::{fsutil, root};
+use crate::{fsutil, keeper, root};
 use nix::sys::signal::Signal;
 
 /// What `run/NAME.toml` holds.
@@ -153,8 +153,55 @@ pub fn start(
         )));
     }
 
-    let health = config.map(|c| c.health.clone()).unwrap_or_default();
-    let log = process::log_path(&root, name);
+    let mut started = launch(config, &root, name, &dir, port, &command, false)?;
+    let t = Instant::now();
+    match verify(config, port, &mut started) {
+        Ok(()) => {
+            log::info!(
+                "{name}: pid {} healthy on port {port} after {}",
+                started.id.pid,
+                crate::deploy::fmt_ms(t.elapsed().as_millis() as u64)
+            );
+            // Verified: from now on its keeper starts it again if it exits.
+            if let Err(e) = keeper::arm(started.id.pid) {
+                log::warn!(
+                    "{name}: cannot arm the keeper (pid {}): {e}",
+                    started.id.pid
+                );
+            }
+            crate::out!("started {name} (pid {}) on port {port}", started.id.pid);
+            Ok(())
+        }
+        Err(failure) => {
+            let stop = config.map(|c| c.stop.clone()).unwrap_or_default();
+            process::stop_group(
+                &started.id,
+                stop.signal,
+                stop.timeout,
+                Some(&mut started.child),
+            );
+            let _ = std::fs::remove_file(&path);
+            Err(Error::Failed(format!(
+                "{name} failed to start: {failure}; it was stopped{}",
+                process::tail_note(&process::log_path(&root, name))
+            )))
+        }
+    }
+}
+
+/// Start `command` as `name` under its keeper (`armed`: supervised from the
+/// start) and record it in `run/NAME.toml`; a process that cannot be
+/// recorded is stopped at once.
+fn launch(
+    config: Option<&Config>,
+    root: &Path,
+    name: &str,
+    dir: &Path,
+    port: u16,
+    command: &str,
+    armed: bool,
+) -> Result<process::Started> {
+    let log = process::log_path(root, name);
     process::log_marker(
         &log,
         &format!(
@@ -171,23 +218,31 @@ pub fn start(
         env.extend(c.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     let spec = Spec {
-        command: &command,
-        dir: &dir,
+        command,
+        dir,
         env: &env,
         log: &log,
         run_as: config.and_then(|c| c.user.as_ref()),
     };
-    let t = Instant::now();
-    let mut started = process::spawn_app(&spec)
+    let stop = config.map(|c| c.stop.clone()).unwrap_or_default();
+    let keep = process::Keep {
+        name,
+        root,
+        stop_signal: stop.signal,
+        armed,
+        rollback: None,
+    };
+    let mut started = process::spawn_kept(&spec, &keep)
         .map_err(|e| Error::Failed(format!("cannot start `{command}`: {e}")))?;
     let record = Record {
         name: name.to_string(),
-        dir: dir.clone(),
+        dir: dir.to_path_buf(),
         port,
-        command: command.clone(),
+        command: command.to_string(),
         process: started.id.clone(),
         started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
+    let path = record_path(root, name);
     let text = toml::to_string(&record).expect("record serializes");
     if let Err(e) = fsutil::write_atomic(&path, text.as_bytes(), 0o600) {
         // A process without a record must not outlive zdd.
@@ -199,45 +254,108 @@ pub fn start(
         );
         return Err(Error::io("cannot write", &path)(e));
     }
+    Ok(started)
+}
 
+/// The health check of a named process just started: `Err` says why not.
+fn verify(
+    config: Option<&Config>,
+    port: u16,
+    started: &mut process::Started,
+) -> std::result::Result<(), String> {
+    let health = config.map(|c| c.health.clone()).unwrap_or_default();
     let checker = Checker::new(&health, port);
-    let stop = config.map(|c| c.stop.clone()).unwrap_or_default();
-    let failure = match health::wait_ready(&health, &checker, &mut started) {
-        Verified::Healthy => {
-            log::info!(
-                "{name}: pid {} healthy on port {port} after {}",
-                started.id.pid,
-                crate::deploy::fmt_ms(t.elapsed().as_millis() as u64)
-            );
-            crate::out!("started {name} (pid {}) on port {port}", started.id.pid);
-            return Ok(());
-        }
-        Verified::Failed(reason) | Verified::Foreign(reason) => reason,
-        Verified::Interrupted(sig) => format!("interrupted by {}", sig.as_str()),
+    match health::wait_ready(&health, &checker, started) {
+        Verified::Healthy => Ok(()),
+        Verified::Failed(reason) | Verified::Foreign(reason) => Err(reason),
+        Verified::Interrupted(sig) => Err(format!("interrupted by {}", sig.as_str())),
+    }
+}
+
+/// `zdd up` for named processes: each one recorded under root that does not
+/// run is started again as recorded, under a keeper that supervises it at
+/// once, and verified. Returns what failed, one sentence each.
+pub fn up(config: Option<&Config>, wait: Option<Option<std::time::Duration>>) -> Vec<String> {
+    let root = match config
+        .map(|c| Ok(c.root.clone()))
+        .unwrap_or_else(default_root)
+    {
+        Ok(r) => r,
+        Err(e) => return vec![e.to_string()],
     };
-    process::stop_group(
-        &started.id,
-        stop.signal,
-        stop.timeout,
-        Some(&mut started.child),
-    );
-    let _ = std::fs::remove_file(&path);
-    let tail = process::tail(&log, 15);
-    Err(Error::Failed(format!(
-        "{name} failed to start: {failure}; it was stopped{}",
-        if tail.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "\nlast lines of {}:\n{}",
-                log.display(),
-                tail.iter()
-                    .map(|l| format!("  {l}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
+    let run_dir = root.join("run");
+    let Ok(entries) = std::fs::read_dir(&run_dir) else {
+        return Vec::new(); // nothing was ever started here
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.strip_suffix(".toml")?.to_string();
+            check_name(&name).ok().map(|()| name)
+        })
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let _lock = match root::prepare(&root, &[root::RUN, root::LOGS])
+        .and_then(|()| Lock::acquire(&root, wait, "zdd up"))
+    {
+        Ok(l) => l,
+        Err(e) => return vec![e.to_string()],
+    };
+    let mut failed = Vec::new();
+    for name in names {
+        if let Err(e) = up_one(config, &root, &name) {
+            failed.push(e.to_string());
         }
-    )))
+    }
+    failed
+}
+
+fn up_one(config: Option<&Config>, root: &Path, name: &str) -> Result<()> {
+    let Some(record) = read_record(&record_path(root, name))? else {
+        return Ok(());
+    };
+    if record.process.group_is_ours() {
+        crate::out!("{name} runs already (pid {})", record.process.pid);
+        return Ok(());
+    }
+    if !record.dir.is_dir() {
+        return Err(Error::NeedsAttention(format!(
+            "{name} was started in {}, which is gone; start it again with `zdd start`",
+            record.dir.display()
+        )));
+    }
+    if let Some(listener) = crate::ports::listeners(record.port, &[]).into_iter().next() {
+        return Err(Error::Failed(format!(
+            "port {} is taken by {listener}; {name} was not started",
+            record.port
+        )));
+    }
+    let mut started = launch(
+        config,
+        root,
+        name,
+        &record.dir,
+        record.port,
+        &record.command,
+        true,
+    )?;
+    match verify(config, record.port, &mut started) {
+        Ok(()) => {
+            crate::out!(
+                "started {name} (pid {}) on port {}",
+                started.id.pid,
+                record.port
+            );
+            Ok(())
+        }
+        Err(why) => Err(Error::Failed(format!(
+            "{name} is not healthy yet: {why}; it stays under its keeper, which keeps starting it again{}",
+            process::tail_note(&process::log_path(root, name))
+        ))),
+    }
 }
 
 /// `zdd stop NAME`.

@@ -187,6 +187,12 @@ impl Spec<'_> {
     /// `sh -c COMMAND` in its own process group, stdin from /dev/null,
     /// stdout and stderr appended to the log.
     fn command(&self, script: &str) -> std::io::Result<Command> {
+        self.command_in_group(script, true)
+    }
+
+    /// `sh -c COMMAND`, in its own process group or (`own_group` false, for
+    /// the keeper's app) in the caller's.
+    pub fn command_in_group(&self, script: &str, own_group: bool) -> std::io::Result<Command> {
         let log = open_log(self.log)?;
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
@@ -194,8 +200,10 @@ impl Spec<'_> {
             .current_dir(self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0);
+            .stderr(log);
+        if own_group {
+            cmd.process_group(0);
+        }
         for (k, v) in self.env {
             cmd.env(k, v);
         }
@@ -271,21 +279,86 @@ impl Started {
     }
 }
 
-/// Start the long-running app. `exec` is prefixed so that the app replaces
+/// The app's `sh -c` script: `exec` is prefixed so that the app replaces
 /// the shell and gets signals directly; the group covers its children.
-pub fn spawn_app(spec: &Spec) -> std::io::Result<Started> {
+fn app_script(spec: &Spec) -> String {
     let command = spec.command.trim();
-    let script = if command.starts_with("exec ") {
+    if command.starts_with("exec ") {
         command.to_string()
     } else {
         format!("exec {command}")
-    };
-    spawn(spec, &script)
+    }
+}
+
+/// Start the long-running app on its own, in its own process group (a
+/// rehearsal; everything that stays up runs under a keeper: [`spawn_kept`]).
+pub fn spawn_app(spec: &Spec) -> std::io::Result<Started> {
+    spawn(spec, &app_script(spec))
+}
+
+/// How a keeper keeps the app it starts (see `keeper`).
+pub struct Keep<'a> {
+    /// The slot or named process.
+    pub name: &'a str,
+    pub root: &'a Path,
+    pub stop_signal: Signal,
+    /// Supervise from the start (`zdd up`), not only once armed.
+    pub armed: bool,
+    /// Roll back after this many exits within this long of arming, with
+    /// this config file.
+    pub rollback: Option<(u32, Duration, &'a Path)>,
+}
+
+/// Start the app under its keeper (`zdd keep`, zdd itself): the keeper
+/// leads a new process group and starts the app in it, with the same
+/// folder, environment and log. The id is the keeper's, the group's.
+pub fn spawn_kept(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
+    let exe = std::env::current_exe()?;
+    let log = open_log(spec.log)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("keep")
+        .arg("--name")
+        .arg(keep.name)
+        .arg("--root")
+        .arg(keep.root)
+        .arg("--log")
+        .arg(spec.log)
+        .arg("--stop-signal")
+        .arg(keep.stop_signal.as_str());
+    if keep.armed {
+        cmd.arg("--armed");
+    }
+    if let Some(user) = spec.run_as {
+        cmd.arg("--run-as").arg(&user.name);
+    }
+    if let Some((after, within, config)) = keep.rollback {
+        cmd.arg("--rollback-after")
+            .arg(after.to_string())
+            .arg("--rollback-within")
+            .arg(format!("{}ms", within.as_millis()))
+            .arg("--rollback-config")
+            .arg(config);
+    }
+    cmd.arg("--")
+        .arg(app_script(spec))
+        .current_dir(spec.dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    for (k, v) in spec.env {
+        cmd.env(k, v);
+    }
+    identify(spec, cmd.spawn()?)
 }
 
 /// Spawn `sh -c script` for `spec` and identify it at once.
 fn spawn(spec: &Spec, script: &str) -> std::io::Result<Started> {
-    let child = spec.command(script)?.spawn()?;
+    identify(spec, spec.command(script)?.spawn()?)
+}
+
+/// The id of a process just spawned for `spec`, with zdd's marks.
+fn identify(spec: &Spec, child: Child) -> std::io::Result<Started> {
     let pid = child.id() as i32;
     let mut id = ProcessId::of(pid).unwrap_or(ProcessId {
         pid,
@@ -432,6 +505,23 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect()
+}
+
+/// "\nlast lines of LOG:\n  ..." to end a failure message, or nothing.
+pub fn tail_note(path: &Path) -> String {
+    let lines = tail(path, 15);
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nlast lines of {}:\n{}",
+        path.display(),
+        lines
+            .iter()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
 }
 
 /// Where a slot's or named process's log lives.

@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::git;
 use crate::health::Checker;
 use crate::state::{HistoryEntry, Holder, Lock, Slot, SlotStatus, State};
-use crate::{process, switch};
+use crate::{keeper, process, switch};
 
 /// The JSON schema version of `status --json` and `history --json`.
 pub const JSON_VERSION: u32 = 1;
@@ -50,11 +50,22 @@ struct SlotReport {
     health: Option<String>,
     /// Who listens on the slot's port when zdd's process does not.
     held_by: Option<String>,
+    /// Under a keeper that starts it again when it exits on its own.
+    supervised: bool,
+    /// How often its keeper started it again since it went live.
+    restarts: u32,
+    /// Its last exit on its own: "exit status: 1", "signal: 9 (SIGKILL)".
+    last_exit: Option<String>,
+    last_exit_at: Option<String>,
+    /// While its keeper waits to start it again: how long.
+    backoff_ms: Option<u64>,
 }
 
 /// `zdd status [--json]`.
 pub fn status(config: &Config, json: bool) -> Result<()> {
-    let state = State::load(&config.state_path(), config.ports)?;
+    let mut state = State::load(&config.state_path(), config.ports)?;
+    // Restarts the keepers made since zdd last looked, as history would say.
+    keeper::fold_restarts(&mut state, &config.root);
     let in_progress = Lock::holder(&config.root);
     // A template that cannot be rendered is for `zdd nginx` to report;
     // status still tells what runs.
@@ -106,6 +117,9 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
             .first()
             .filter(|_| !running)
             .map(ToString::to_string);
+        let kept = s.process.as_ref().filter(|_| running).and_then(|id| {
+            keeper::read_status(&config.root, slot.name()).filter(|k| k.keeper_pid == id.pid)
+        });
         let (healthy, health) = if running {
             let t = std::time::Instant::now();
             let mut h = config.health.clone();
@@ -143,6 +157,11 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
             healthy,
             health,
             held_by,
+            supervised: kept.as_ref().is_some_and(|k| k.armed_at.is_some()),
+            restarts: kept.as_ref().map_or(0, |k| k.restarts),
+            last_exit: kept.as_ref().and_then(|k| k.last_exit.clone()),
+            last_exit_at: kept.as_ref().and_then(|k| k.last_exit_at.clone()),
+            backoff_ms: kept.as_ref().and_then(|k| k.backoff_ms),
         });
     }
     if let (Some(points), Some(live)) = (switch, state.active) {
@@ -225,6 +244,27 @@ fn status_text(r: &StatusReport) -> String {
         if let Some(holder) = &s.held_by {
             line.push_str(&format!("; port {} held by {holder}", s.port));
         }
+        if s.pid.is_some() && !s.supervised {
+            line.push_str("  (not under a keeper)");
+        }
+        if let Some(ms) = s.backoff_ms {
+            line.push_str(&format!(
+                "  down, its keeper starts it again in {}",
+                fmt_ms(ms)
+            ));
+        }
+        if s.restarts > 0 {
+            line.push_str(&format!(
+                "  restarted {} time{} by its keeper (last exit: {}{})",
+                s.restarts,
+                if s.restarts == 1 { "" } else { "s" },
+                s.last_exit.as_deref().unwrap_or("?"),
+                s.last_exit_at
+                    .as_deref()
+                    .map(|t| format!(" at {t}"))
+                    .unwrap_or_default()
+            ));
+        }
         if let Some(h) = &s.health {
             line.push_str(&format!("  {h}"));
         }
@@ -258,10 +298,7 @@ fn status_text(r: &StatusReport) -> String {
 }
 
 fn history_line(h: &HistoryEntry) -> String {
-    let action = match h.action {
-        crate::state::Action::Deploy => "deploy",
-        crate::state::Action::Rollback => "rollback",
-    };
+    let action = h.action.as_str();
     let outcome = match h.outcome {
         crate::state::Outcome::Ok => "ok",
         crate::state::Outcome::Failed => "FAILED",
@@ -303,7 +340,8 @@ struct HistoryReport<'a> {
 
 /// `zdd history [--json]`.
 pub fn history(config: &Config, json: bool) -> Result<()> {
-    let state = State::load(&config.state_path(), config.ports)?;
+    let mut state = State::load(&config.state_path(), config.ports)?;
+    keeper::fold_restarts(&mut state, &config.root);
     if json {
         let report = HistoryReport {
             version: JSON_VERSION,

@@ -111,6 +111,13 @@ pub struct SlotState {
     /// When that process was started (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    /// How many of its keeper's restarts are in the history already.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts_recorded: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Milliseconds spent in each phase of a deploy or rollback.
@@ -135,6 +142,19 @@ pub struct Phases {
 pub enum Action {
     Deploy,
     Rollback,
+    /// The live app started again: by its keeper after it exited on its
+    /// own (counted, one entry per zdd run that saw them), or by `zdd up`.
+    Restart,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Deploy => "deploy",
+            Action::Rollback => "rollback",
+            Action::Restart => "restart",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

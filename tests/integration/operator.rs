@@ -395,10 +395,9 @@ fn app_runs_as_the_configured_user() {
     let r = p.zdd(&["deploy"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(p.served_direct(0), "v1");
-    let pid = p.state()["slots"]["a"]["process"]["pid"]
-        .as_integer()
-        .unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let apps = p.app_pids();
+    assert_eq!(apps.len(), 1, "one app (its keeper aside): {apps:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", apps[0])).unwrap();
     let uid_line = status
         .lines()
         .find(|l| l.starts_with("Uid:"))

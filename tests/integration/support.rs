@@ -510,6 +510,13 @@ impl Project {
         run_bounded(cmd, Duration::from_secs(120))
     }
 
+    /// What the keeper of `name` (a slot or named process) says: its
+    /// `ROOT/run/NAME.keeper` file.
+    pub fn keeper_status(&self, name: &str) -> Option<toml::Value> {
+        let text = std::fs::read_to_string(self.root().join(format!("run/{name}.keeper"))).ok()?;
+        toml::from_str(&text).ok()
+    }
+
     /// The slot nginx's switch points at: `b` while `ROOT/switch/b` exists.
     pub fn switch(&self) -> &'static str {
         if self.root().join("switch/b").exists() {
@@ -554,7 +561,25 @@ impl Project {
     }
 
     /// Pids of processes started for this project (by their ZDD_ROOT).
+    /// Pids of the apps started for this project (keepers aside).
     pub fn app_pids(&self) -> Vec<i32> {
+        self.zdd_pids()
+            .into_iter()
+            .filter(|&pid| !is_keeper(pid))
+            .collect()
+    }
+
+    /// Pids of the keepers of this project's apps.
+    pub fn keeper_pids(&self) -> Vec<i32> {
+        self.zdd_pids()
+            .into_iter()
+            .filter(|&pid| is_keeper(pid))
+            .collect()
+    }
+
+    /// Pids of every process started for this project: apps and keepers,
+    /// builds, by their `ZDD_ROOT`.
+    pub fn zdd_pids(&self) -> Vec<i32> {
         let want = format!("ZDD_ROOT={}", self.root().display());
         let mut pids = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -581,9 +606,15 @@ impl Project {
     }
 }
 
+/// Is `pid` a keeper (`zdd keep ...`)?
+pub fn is_keeper(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"keep".as_slice()))
+}
+
 impl Drop for Project {
     fn drop(&mut self) {
-        for pid in self.app_pids() {
+        for pid in self.keeper_pids().into_iter().chain(self.app_pids()) {
             unsafe_kill(pid);
         }
     }
@@ -690,6 +721,25 @@ impl Load {
                 "2048",
                 "--slow-body",
                 delay,
+            ],
+        )
+    }
+
+    /// GET only, every request's start time and outcome in `samples` (CSV:
+    /// start_unix_us,latency_us,method,status,version,error).
+    pub fn start_sampled(p: &Project, versions: &[&str], samples: &Path) -> Load {
+        Load::spawn(
+            p,
+            versions,
+            &[
+                "--concurrency",
+                "8",
+                "--post-ratio",
+                "0",
+                "--keepalive",
+                "mixed",
+                "--samples",
+                samples.to_str().unwrap(),
             ],
         )
     }

@@ -1,0 +1,566 @@
+//! The keeper: one small process per running slot or named process — zdd
+//! itself, re-executed as `zdd keep` (hidden) — that outlives the zdd run.
+//! It leads the app's process group, starts the app in it, and waits for
+//! it without polling (`sigtimedwait` on blocked signals). When the app
+//! exits on its own it starts it again: at once, then after a delay that
+//! doubles from 100 ms to 30 s, reset after 10 s up (Docker's rule). The
+//! group's stop signal (a deploy, a rollback, `zdd stop`) reaches the app as
+//! before and ends the keeper too; nothing is restarted then.
+//!
+//! Until zdd arms it (a real-time signal to the keeper alone, once the app
+//! is verified), an app that exits ends the keeper with the app's status,
+//! so that a start-up failure is seen at once. Once armed it may roll back
+//! a release that crash-loops after its swap, by running `zdd rollback`.
+//! If the keeper is killed, the app gets its stop signal
+//! (`PR_SET_PDEATHSIG`) and goes down with it; the next zdd run (`zdd up`,
+//! a deploy) starts it again. What `status` shows is written, atomically,
+//! to `ROOT/run/NAME.keeper`.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::libc;
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunAs;
+use crate::fsutil;
+use crate::process::Spec;
+use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, State};
+
+/// How the keeper is started (the hidden `zdd keep` command line).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeepArgs {
+    /// The slot or named process this keeper keeps
+    #[arg(long)]
+    pub name: String,
+    /// zdd's root (for the status file)
+    #[arg(long)]
+    pub root: PathBuf,
+    /// The app's log (the keeper's marker lines go there too)
+    #[arg(long)]
+    pub log: PathBuf,
+    /// The app's stop signal
+    #[arg(long, value_parser = crate::config::parse_signal)]
+    pub stop_signal: Signal,
+    /// Supervise from the start (else after zdd arms it)
+    #[arg(long)]
+    pub armed: bool,
+    /// Run the app as this user
+    #[arg(long)]
+    pub run_as: Option<String>,
+    /// Roll back after this many exits within `rollback_within` of arming
+    #[arg(long, requires = "rollback_config")]
+    pub rollback_after: Option<u32>,
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "5m")]
+    pub rollback_within: Duration,
+    /// The config file `zdd rollback` is run with
+    #[arg(long)]
+    pub rollback_config: Option<PathBuf>,
+    /// The app's `sh -c` script
+    #[arg(last = true)]
+    pub script: String,
+}
+
+/// What the keeper says about itself, for `status` (`ROOT/run/NAME.keeper`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeeperStatus {
+    pub keeper_pid: i32,
+    /// The app running now, if one is.
+    pub app_pid: Option<i32>,
+    /// When zdd armed it (restarts counted from then).
+    pub armed_at: Option<String>,
+    /// Restarts since arming.
+    pub restarts: u32,
+    /// The last exit on its own: "exit status: 1", "signal: 9 (SIGKILL)".
+    pub last_exit: Option<String>,
+    pub last_exit_at: Option<String>,
+    /// While waiting to start the app again: how long the wait is.
+    pub backoff_ms: Option<u64>,
+    /// Why it asked for a rollback, if it did.
+    pub rollback: Option<String>,
+}
+
+/// Where the keeper of `name` writes its status.
+pub fn status_path(root: &Path, name: &str) -> PathBuf {
+    root.join("run").join(format!("{name}.keeper"))
+}
+
+/// Read a keeper's status file, if there is one.
+pub fn read_status(root: &Path, name: &str) -> Option<KeeperStatus> {
+    let text = crate::root::read_nofollow(&status_path(root, name)).ok()??;
+    toml::from_str(&text).ok()
+}
+
+/// Put the restarts the slots' keepers made since the last look into the
+/// history, one entry per slot and look (a crash loop is one line, not one
+/// per crash). Returns whether the state changed.
+pub fn fold_restarts(state: &mut State, root: &Path) -> bool {
+    let mut changed = false;
+    for slot in Slot::BOTH {
+        let s = state.slot(slot);
+        let (Some(id), Some(commit)) = (s.process.clone(), s.commit.clone()) else {
+            continue;
+        };
+        let Some(k) = read_status(root, slot.name()).filter(|k| k.keeper_pid == id.pid) else {
+            continue;
+        };
+        let new = k.restarts.saturating_sub(s.restarts_recorded);
+        if new == 0 {
+            continue;
+        }
+        let last = k.last_exit.as_deref().unwrap_or("unknown");
+        state.push_history(HistoryEntry {
+            at: k.last_exit_at.clone().unwrap_or_else(now),
+            action: Action::Restart,
+            outcome: Outcome::Ok,
+            commit,
+            slot,
+            previous: None,
+            reason: Some(format!(
+                "its keeper started it again {new} time{} after it exited on its own (last: {last}{})",
+                if new == 1 { "" } else { "s" },
+                k.last_exit_at
+                    .as_deref()
+                    .map(|t| format!(" at {t}"))
+                    .unwrap_or_default()
+            )),
+            phases: Phases::default(),
+        });
+        state.slot_mut(slot).restarts_recorded = k.restarts;
+        changed = true;
+    }
+    changed
+}
+
+/// The signal zdd sends the keeper (alone, never the group) to arm it.
+pub fn arm_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+/// Arm the keeper `pid`: from now on it restarts the app.
+pub fn arm(pid: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) with a real-time signal number to one process.
+    if unsafe { libc::kill(pid, arm_signal()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The delay before the next start after an exit: 0 for the first, then
+/// 100 ms doubling to 30 s; `reset` (10 s up) starts the series again.
+pub fn next_delay(previous: Option<Duration>, reset: bool) -> Duration {
+    match previous {
+        _ if reset => Duration::ZERO,
+        None => Duration::ZERO,
+        Some(d) if d.is_zero() => Duration::from_millis(100),
+        Some(d) => (d * 2).min(Duration::from_secs(30)),
+    }
+}
+
+/// How long an app must run for the delay to start over.
+const RESET_AFTER: Duration = Duration::from_secs(10);
+
+/// `zdd keep ...`: keep the app running; returns the exit code.
+pub fn run(args: KeepArgs) -> i32 {
+    let run_as = match args.run_as.as_deref().map(crate::config::resolve_user) {
+        None => None,
+        Some(Ok(u)) => Some(u),
+        Some(Err(e)) => {
+            say(&format!("cannot run the app as {e}"));
+            return 1;
+        }
+    };
+    let watched = watched_signals(args.stop_signal);
+    block(&watched);
+    let mut keeper = Keeper {
+        status: KeeperStatus {
+            keeper_pid: std::process::id() as i32,
+            ..KeeperStatus::default()
+        },
+        armed_at: None,
+        exits: Vec::new(),
+        rollback_child: None,
+        run_as,
+        args,
+    };
+    if keeper.args.armed {
+        keeper.arm();
+    }
+    keeper.supervise(&watched)
+}
+
+struct Keeper {
+    args: KeepArgs,
+    run_as: Option<RunAs>,
+    status: KeeperStatus,
+    armed_at: Option<Instant>,
+    /// When the app exited on its own, since arming.
+    exits: Vec<Instant>,
+    /// The `zdd rollback` it started, until reaped.
+    rollback_child: Option<Child>,
+}
+
+impl Keeper {
+    fn arm(&mut self) {
+        self.armed_at = Some(Instant::now());
+        self.status.armed_at = Some(now());
+        self.save();
+    }
+
+    fn supervise(&mut self, watched: &libc::sigset_t) -> i32 {
+        let mut app: Option<(Child, Instant)> = None;
+        let mut restart_at = Some(Instant::now());
+        let mut delay: Option<Duration> = None;
+        let mut stopping = false;
+        loop {
+            if restart_at.is_some_and(|at| at <= Instant::now()) {
+                restart_at = None;
+                match self.start() {
+                    Ok(child) => {
+                        self.status.app_pid = Some(child.id() as i32);
+                        self.status.backoff_ms = None;
+                        self.save();
+                        app = Some((child, Instant::now()));
+                    }
+                    Err(e) if self.armed_at.is_none() => {
+                        say(&format!("cannot start the app: {e}"));
+                        return 1;
+                    }
+                    Err(e) => {
+                        // As if it had exited at once: back off, never spin.
+                        let wait = next_delay(delay, false).max(Duration::from_millis(100));
+                        delay = Some(wait);
+                        say(&format!(
+                            "cannot start the app: {e}; trying again in {}",
+                            crate::deploy::fmt_ms(wait.as_millis() as u64)
+                        ));
+                        self.status.last_exit = Some(format!("cannot start: {e}"));
+                        self.status.last_exit_at = Some(now());
+                        self.status.backoff_ms = Some(wait.as_millis() as u64);
+                        self.save();
+                        restart_at = Some(Instant::now() + wait);
+                    }
+                }
+            }
+            let timeout = restart_at.map(|at| at.saturating_duration_since(Instant::now()));
+            let sig = wait(watched, timeout);
+            match sig {
+                None => {}
+                Some(libc::SIGCHLD) => {
+                    // One SIGCHLD may stand for several children.
+                    if let Some(rollback) = self.rollback_child.as_mut() {
+                        if let Ok(Some(_)) = rollback.try_wait() {
+                            self.rollback_child = None;
+                        }
+                    }
+                    let Some((child, started)) = app.as_mut() else {
+                        continue;
+                    };
+                    let Ok(Some(status)) = child.try_wait() else {
+                        continue;
+                    };
+                    let up = started.elapsed();
+                    app = None;
+                    self.status.app_pid = None;
+                    if stopping {
+                        say(&format!("the app stopped ({})", describe(status)));
+                        self.save();
+                        return 0;
+                    }
+                    if self.armed_at.is_none() {
+                        // Probation: zdd is watching; it decides.
+                        self.save();
+                        exit_like(status);
+                    }
+                    let wait = next_delay(delay, up >= RESET_AFTER);
+                    delay = Some(wait);
+                    self.exited(status, up, wait);
+                    restart_at = Some(Instant::now() + wait);
+                }
+                Some(s) if s == arm_signal() && self.armed_at.is_none() => self.arm(),
+                Some(s)
+                    if s == self.args.stop_signal as i32
+                        || s == libc::SIGTERM
+                        || s == libc::SIGINT =>
+                {
+                    // The group got it: the app is stopping; so is the keeper.
+                    stopping = true;
+                    if app.is_none() {
+                        say("stopped while the app was not running");
+                        self.status.backoff_ms = None;
+                        self.save();
+                        return 0;
+                    }
+                }
+                Some(_) => {} // meant for the app, which has it too
+            }
+        }
+    }
+
+    /// Start the app in the keeper's group, with its stop signal as the
+    /// parent-death signal.
+    fn start(&self) -> std::io::Result<Child> {
+        let dir = std::env::current_dir()?;
+        let spec = Spec {
+            command: &self.args.script,
+            dir: &dir,
+            env: &[],
+            log: &self.args.log,
+            run_as: self.run_as.as_ref(),
+        };
+        let mut cmd = spec.command_in_group(&self.args.script, false)?;
+        let parent = std::process::id() as libc::pid_t;
+        let death = self.args.stop_signal as libc::c_int;
+        // SAFETY: sigprocmask, prctl and getppid are async-signal-safe system
+        // calls. The app must not inherit the keeper's blocked signals (std
+        // does not reset the mask). The parent-death signal is set after the
+        // uid change (which clears it), and checked against a keeper that
+        // died before it was set.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                if libc::prctl(libc::PR_SET_PDEATHSIG, death as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the keeper is gone"));
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn()
+    }
+
+    /// The app exited on its own: say so, count it, and maybe ask for a
+    /// rollback.
+    fn exited(&mut self, status: ExitStatus, up: Duration, wait: Duration) {
+        let what = describe(status);
+        self.status.restarts += 1;
+        self.status.last_exit = Some(what.clone());
+        self.status.last_exit_at = Some(now());
+        self.status.backoff_ms = Some(wait.as_millis() as u64);
+        say(&format!(
+            "the app exited on its own ({what}) after {} up; starting it again {}",
+            crate::deploy::fmt_ms(up.as_millis() as u64),
+            if wait.is_zero() {
+                "at once".to_string()
+            } else {
+                format!("in {}", crate::deploy::fmt_ms(wait.as_millis() as u64))
+            }
+        ));
+        let now = Instant::now();
+        self.exits.push(now);
+        if let (Some(after), Some(armed), None) = (
+            self.args.rollback_after,
+            self.armed_at,
+            &self.status.rollback,
+        ) {
+            let within = self.args.rollback_within;
+            let recent = self
+                .exits
+                .iter()
+                .filter(|&&t| t.duration_since(armed) <= within)
+                .count() as u32;
+            if after > 0 && recent >= after {
+                let reason = format!(
+                    "exited {recent} times in {} after its swap; last: {what}",
+                    humantime::format_duration(Duration::from_secs(
+                        now.duration_since(armed).as_secs()
+                    ))
+                );
+                self.roll_back(&reason);
+            }
+        }
+        self.save();
+    }
+
+    /// Ask for the rollback, once: `zdd rollback --wait`, in its own group
+    /// (it stops this keeper's group), output to the log.
+    fn roll_back(&mut self, reason: &str) {
+        self.status.rollback = Some(reason.to_string());
+        let Some(config) = &self.args.rollback_config else {
+            return;
+        };
+        say(&format!("rolling back: the release {reason}"));
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("zdd"));
+        let log = crate::process::open_log(&self.args.log);
+        let mut cmd = Command::new(exe);
+        cmd.arg("--config")
+            .arg(config)
+            .args(["rollback", "--wait"])
+            .arg(OsString::from(format!("--because={reason}")));
+        // Only the release that crash-looped: a deploy may have replaced it
+        // while the rollback waited for the lock.
+        if let Ok(commit) = std::env::var("ZDD_COMMIT") {
+            cmd.arg(format!("--if-live={commit}"));
+        }
+        cmd.stdin(Stdio::null()).process_group(0);
+        for key in ["PORT", "ZDD_SLOT", "ZDD_COMMIT", "ZDD_ROOT"] {
+            cmd.env_remove(key);
+        }
+        if let Ok(log) = log {
+            if let Ok(copy) = log.try_clone() {
+                cmd.stdout(copy);
+            }
+            cmd.stderr(log);
+        }
+        match cmd.spawn() {
+            // Not waited for here: reaped on its SIGCHLD.
+            Ok(child) => self.rollback_child = Some(child),
+            Err(e) => say(&format!("cannot run zdd rollback: {e}")),
+        }
+    }
+
+    fn save(&self) {
+        let text = toml::to_string(&self.status).expect("keeper status serializes");
+        let path = status_path(&self.args.root, &self.args.name);
+        let _ = fsutil::write_atomic(&path, text.as_bytes(), 0o600);
+    }
+}
+
+/// Every signal the keeper handles itself, synchronously: all but those
+/// that cannot be caught or come from its own faults, and the arm signal.
+fn watched_signals(stop: Signal) -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset only fill the set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in 1..32 {
+            if [
+                libc::SIGKILL,
+                libc::SIGSTOP,
+                libc::SIGSEGV,
+                libc::SIGBUS,
+                libc::SIGILL,
+                libc::SIGFPE,
+                libc::SIGABRT,
+                libc::SIGTRAP,
+                libc::SIGSYS,
+            ]
+            .contains(&sig)
+            {
+                continue;
+            }
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::sigaddset(&mut set, stop as libc::c_int);
+        libc::sigaddset(&mut set, arm_signal());
+        set
+    }
+}
+
+fn block(set: &libc::sigset_t) {
+    // SAFETY: the keeper is single-threaded; blocking its signals makes
+    // them wait for `wait` (sigtimedwait) instead of interrupting anything.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, set, std::ptr::null_mut());
+    }
+}
+
+/// The next signal from `set`, or `None` when `timeout` passed.
+fn wait(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<libc::c_int> {
+    loop {
+        // SAFETY: `set` is a valid, blocked set; siginfo is written by the kernel.
+        let sig = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            match timeout {
+                None => libc::sigwaitinfo(set, &mut info),
+                Some(t) => {
+                    let ts = libc::timespec {
+                        tv_sec: t.as_secs() as libc::time_t,
+                        tv_nsec: t.subsec_nanos() as libc::c_long,
+                    };
+                    libc::sigtimedwait(set, &mut info, &ts)
+                }
+            }
+        };
+        if sig >= 0 {
+            return Some(sig);
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            _ => return None, // EAGAIN: the timeout passed
+        }
+    }
+}
+
+/// End the keeper the way the app ended: same code, or same signal.
+fn exit_like(status: ExitStatus) -> ! {
+    if let Some(sig) = status.signal() {
+        // SAFETY: restore the default action, unblock, and die by it.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+    }
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+/// "exit status: 1", "signal: 9 (SIGKILL)".
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status: {c}"),
+        (None, Some(s)) => match Signal::try_from(s) {
+            Ok(sig) => format!("signal: {s} ({})", sig.as_str()),
+            Err(_) => format!("signal: {s}"),
+        },
+        _ => status.to_string(),
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// One marker line in the log (the keeper's stderr is the app's log).
+fn say(text: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "=== zdd {}: keeper {}: {text}",
+        now(),
+        std::process::id()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_delays_follow_dockers_rule() {
+        let mut d = None;
+        let mut seen = Vec::new();
+        for _ in 0..12 {
+            let next = next_delay(d, false);
+            seen.push(next.as_millis() as u64);
+            d = Some(next);
+        }
+        assert_eq!(
+            seen,
+            [0, 100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
+        );
+        assert_eq!(
+            next_delay(d, true),
+            Duration::ZERO,
+            "10 s up: at once again"
+        );
+    }
+
+    #[test]
+    fn exit_statuses_read_well() {
+        assert_eq!(describe(ExitStatus::from_raw(1 << 8)), "exit status: 1");
+        assert_eq!(describe(ExitStatus::from_raw(9)), "signal: 9 (SIGKILL)");
+    }
+}

@@ -1,0 +1,291 @@
+//! Between deploys, the keeper keeps the live app up: it starts it again
+//! when it dies, never undoes a deliberate stop, goes down with its app when
+//! it is killed itself, rolls back a release that crash-loops after its
+//! swap; and `zdd up` brings everything back after a reboot.
+
+use crate::support::*;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A project with v1 live in slot a behind nginx.
+fn live_v1(extra: &str) -> Project {
+    let mut p = Project::new(extra);
+    p.start_nginx();
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "v1");
+    p
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// The app pid the keeper of `name` runs now.
+fn app_of(p: &Project, name: &str) -> Option<i64> {
+    p.keeper_status(name)?.get("app_pid")?.as_integer()
+}
+
+fn kill9(pid: i64) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_killed_live_app_is_served_again_at_once_and_only_that_window_fails() {
+    let _heavy = heavy();
+    let p = live_v1("");
+    let samples = p.path().join("samples.csv");
+    let load = Load::start_sampled(&p, &["v1"], &samples);
+    let app = app_of(&p, "a").expect("slot a runs under its keeper");
+    let killed_at = now_us();
+    let t = Instant::now();
+    kill9(app);
+    assert!(
+        wait_until(Duration::from_secs(10), || p.served() == "v1"),
+        "served again"
+    );
+    let back_after = t.elapsed();
+    let back_at = now_us();
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.finish();
+    eprintln!(
+        "killed app served again after {back_after:?}: {}",
+        summary(&report)
+    );
+    // Every failure started inside the window between the kill and the
+    // first good answer afterwards.
+    let csv = std::fs::read_to_string(&samples).unwrap();
+    let mut failed = 0;
+    for line in csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f[3] != "200" {
+            failed += 1;
+            let start: u64 = f[0].parse().unwrap();
+            assert!(
+                start + 50_000 >= killed_at && start <= back_at,
+                "a request failed outside the restart window: {line} (kill at {killed_at}, back at {back_at})"
+            );
+        }
+    }
+    assert_eq!(report["failed"].as_u64().unwrap(), failed);
+    let k = p.keeper_status("a").unwrap();
+    assert_eq!(k["restarts"].as_integer(), Some(1), "{k:?}");
+    assert_eq!(
+        k["last_exit"].as_str(),
+        Some("signal: 9 (SIGKILL)"),
+        "{k:?}"
+    );
+    let s = p.status_json();
+    assert_eq!(s["slots"][0]["supervised"], true, "{s}");
+    assert_eq!(s["slots"][0]["restarts"], 1, "{s}");
+    assert_eq!(s["drift"].as_array().unwrap().len(), 0, "{s}");
+    let log = std::fs::read_to_string(p.root().join("logs/a.log")).unwrap();
+    assert!(
+        log.contains("the app exited on its own (signal: 9 (SIGKILL))")
+            && log.contains("starting it again at once"),
+        "{log}"
+    );
+    // The next zdd run records the restart, once.
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let h = p.zdd(&["history"]).stdout;
+    assert_eq!(h.matches("restart ").count(), 1, "{h}");
+    assert!(h.contains("its keeper started it again 1 time"), "{h}");
+}
+
+#[test]
+fn a_release_that_keeps_crashing_after_its_swap_is_rolled_back_once() {
+    let _heavy = heavy();
+    let p = live_v1("");
+    // Healthy at first, then exits (status 3) 1.5 s after every start.
+    let v2 = p.commit("v2", "export APP_EXIT_AFTER_MS=1500");
+    let r = p.zdd(&["deploy", &v2]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let last_action = || {
+        let h = p.zdd(&["history", "--json"]);
+        let h: serde_json::Value = serde_json::from_str(&h.stdout).unwrap();
+        h["history"].as_array().unwrap().last().unwrap()["action"].clone()
+    };
+    assert!(
+        wait_until(Duration::from_secs(40), || last_action() == "rollback"),
+        "rolled back: {:?}\n{}",
+        p.state(),
+        std::fs::read_to_string(p.root().join("logs/b.log")).unwrap_or_default()
+    );
+    assert!(wait_until(Duration::from_secs(20), || p.listening_slots() == ["a"]));
+    let h = p.zdd(&["history", "--json"]);
+    let h: serde_json::Value = serde_json::from_str(&h.stdout).unwrap();
+    let last = h["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "rollback", "{h}");
+    assert_eq!(last["outcome"], "ok", "{h}");
+    let why = last["reason"].as_str().unwrap();
+    assert!(
+        why.starts_with(&format!("{} exited 3 times in ", &v2[..12]))
+            && why.contains("after its swap; last: exit status: 3"),
+        "{why}"
+    );
+    // Cron leaves that commit alone until the branch moves.
+    let r = p.zdd(&["deploy"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{r:?}");
+    assert_eq!(p.served(), "v1");
+    // And it happened once: slot a's keeper may not roll back.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(p.state()["active"].as_str(), Some("a"));
+}
+
+#[test]
+fn deploys_rollbacks_and_stops_are_never_undone() {
+    let _heavy = heavy();
+    let p = live_v1("");
+    let v2 = p.commit("v2", "");
+    for args in [vec!["deploy", v2.as_str()], vec!["rollback"]] {
+        let r = p.zdd(&args);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    let appdir = p.path().join("named");
+    std::fs::create_dir_all(&appdir).unwrap();
+    std::fs::write(appdir.join("VERSION"), "named1\n").unwrap();
+    let port = free_port();
+    let app = example("app");
+    let port_arg = port.to_string();
+    let r = p.zdd(&[
+        "start",
+        "web",
+        appdir.to_str().unwrap(),
+        &port_arg,
+        "--",
+        app.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = p.zdd(&["stop", "web"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // Give a keeper that would restart something the time to do it.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(p.listening_slots(), ["a"]);
+    assert!(!listening(port), "web stays stopped");
+    assert_eq!(p.keeper_pids().len(), 1, "slot a's keeper only");
+    for log in ["a.log", "b.log", "web.log"] {
+        let text = std::fs::read_to_string(p.root().join("logs").join(log)).unwrap();
+        assert!(!text.contains("exited on its own"), "{log}: {text}");
+    }
+}
+
+#[test]
+fn a_killed_keeper_takes_its_app_down_and_zdd_up_brings_it_back() {
+    let _heavy = heavy();
+    let p = live_v1("");
+    let keepers = p.keeper_pids();
+    assert_eq!(keepers.len(), 1);
+    kill9(keepers[0] as i64);
+    // Its app got its stop signal: it finishes what it does and exits.
+    assert!(wait_until(Duration::from_secs(15), || p
+        .app_pids()
+        .is_empty()));
+    assert!(p.served().contains("502"), "{}", p.served());
+    let s = p.status_json();
+    assert!(
+        s["drift"]
+            .to_string()
+            .contains("slot a is live but not running"),
+        "{s}"
+    );
+    let r = p.zdd(&["up"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("started "), "{r:?}");
+    assert_eq!(p.served(), "v1");
+    assert_eq!(p.keeper_pids().len(), 1);
+    assert_eq!(p.status_json()["slots"][0]["supervised"], true);
+}
+
+#[test]
+fn zdd_up_after_a_reboot_restores_the_live_slot_and_named_processes() {
+    let _heavy = heavy();
+    let p = live_v1("");
+    let appdir = p.path().join("named");
+    std::fs::create_dir_all(&appdir).unwrap();
+    std::fs::write(appdir.join("VERSION"), "named1\n").unwrap();
+    let port = free_port();
+    let port_arg = port.to_string();
+    let app = example("app");
+    let r = p.zdd(&[
+        "start",
+        "web",
+        appdir.to_str().unwrap(),
+        &port_arg,
+        "--",
+        app.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // A reboot: everything dies at once.
+    for pid in p.keeper_pids().into_iter().chain(p.app_pids()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(wait_until(Duration::from_secs(10), || p
+        .zdd_pids()
+        .is_empty()));
+    let state = p.state_bytes();
+    let r = p.zdd(&["up"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "v1");
+    assert_eq!(served(port), "named1");
+    assert_eq!(p.keeper_pids().len(), 2, "both under keepers");
+    assert_ne!(p.state_bytes(), state);
+    // Again: nothing to do.
+    let r = p.zdd(&["up"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("runs already"), "{r:?}");
+    assert_eq!(p.keeper_pids().len(), 2);
+}
+
+#[test]
+fn an_app_that_cannot_start_backs_off_under_its_keeper_and_status_says_why() {
+    let _heavy = heavy();
+    let p = live_v1("");
+    p.edit_config(|c| c.replace("timeout = \"15s\"", "timeout = \"1s\""));
+    for pid in p.keeper_pids().into_iter().chain(p.app_pids()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(wait_until(Duration::from_secs(10), || p
+        .zdd_pids()
+        .is_empty()));
+    // What is on disk no longer starts (its database is not up, say).
+    std::fs::write(
+        p.root().join("slots/a/run.sh"),
+        "#!/bin/sh\necho no database >&2\nexit 1\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let r = p.zdd(&["up"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("stays under its keeper"), "{r:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let k = p.keeper_status("a").expect("a keeper runs");
+    let restarts = k["restarts"].as_integer().unwrap();
+    // Backing off: 0, 100, 200, 400, 800, 1600 ms... never spinning.
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        restarts >= 2 && (restarts as f64) < 4.0 + secs * 2.0,
+        "{restarts} restarts in {secs}s: {k:?}"
+    );
+    let s = p.zdd(&["status"]);
+    let line = s
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("  slot a"))
+        .unwrap();
+    assert!(line.contains("last exit: exit status: 1"), "{s:?}");
+    let log = std::fs::read_to_string(p.root().join("logs/a.log")).unwrap();
+    assert!(log.contains("no database"), "{log}");
+}
