@@ -110,9 +110,6 @@ pub enum Command {
     },
     /// Print the man page (roff; e.g. `zdd man > /usr/local/share/man/man1/zdd.1`)
     Man,
-    /// The keeper of one app (zdd starts it; not for people)
-    #[command(hide = true)]
-    Keep(crate::keeper::KeepArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]

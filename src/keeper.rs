@@ -32,38 +32,118 @@ use crate::fsutil;
 use crate::process::Spec;
 use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, State};
 
-/// How the keeper is started (the hidden `zdd keep` command line).
-#[derive(Debug, Clone, clap::Args)]
+/// How the keeper is started: the hidden `zdd keep` command line, written
+/// by zdd ([`KeepArgs::to_args`]) and read back by the keeper without clap
+/// ([`KeepArgs::from_args`]), which keeps the keeper's memory small.
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeepArgs {
-    /// The slot or named process this keeper keeps
-    #[arg(long)]
+    /// The slot or named process this keeper keeps.
     pub name: String,
-    /// zdd's root (for the status file)
-    #[arg(long)]
+    /// zdd's root (for the status file).
     pub root: PathBuf,
-    /// The app's log (the keeper's marker lines go there too)
-    #[arg(long)]
+    /// The app's log (the keeper's marker lines go there too).
     pub log: PathBuf,
-    /// The app's stop signal
-    #[arg(long, value_parser = crate::config::parse_signal)]
+    /// The app's stop signal.
     pub stop_signal: Signal,
-    /// Supervise from the start (else after zdd arms it)
-    #[arg(long)]
+    /// Supervise from the start (else once zdd arms it).
     pub armed: bool,
-    /// Run the app as this user
-    #[arg(long)]
+    /// Run the app as this user.
     pub run_as: Option<String>,
-    /// Roll back after this many exits within `rollback_within` of arming
-    #[arg(long, requires = "rollback_config")]
-    pub rollback_after: Option<u32>,
-    #[arg(long, value_parser = crate::config::parse_duration, default_value = "5m")]
-    pub rollback_within: Duration,
-    /// The config file `zdd rollback` is run with
-    #[arg(long)]
-    pub rollback_config: Option<PathBuf>,
-    /// The app's `sh -c` script
-    #[arg(last = true)]
+    /// Roll back after this many exits within `.1` of arming, running
+    /// `zdd rollback` with the config file `.2`.
+    pub rollback: Option<(u32, Duration, PathBuf)>,
+    /// The app's `sh -c` script.
     pub script: String,
+}
+
+impl KeepArgs {
+    /// The arguments after `zdd keep`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec![
+            "--name".into(),
+            self.name.clone().into(),
+            "--root".into(),
+            self.root.clone().into(),
+            "--log".into(),
+            self.log.clone().into(),
+            "--stop-signal".into(),
+            self.stop_signal.as_str().into(),
+        ];
+        if self.armed {
+            a.push("--armed".into());
+        }
+        if let Some(user) = &self.run_as {
+            a.extend(["--run-as".into(), user.into()]);
+        }
+        if let Some((after, within, config)) = &self.rollback {
+            a.extend([
+                "--rollback-after".into(),
+                after.to_string().into(),
+                "--rollback-within-ms".into(),
+                within.as_millis().to_string().into(),
+                "--rollback-config".into(),
+                config.clone().into(),
+            ]);
+        }
+        a.extend(["--".into(), self.script.clone().into()]);
+        a
+    }
+
+    /// Read what [`KeepArgs::to_args`] wrote.
+    pub fn from_args(args: &[OsString]) -> Result<KeepArgs, String> {
+        let mut it = args.iter();
+        let (mut name, mut root, mut log, mut stop) = (None, None, None, None);
+        let (mut armed, mut run_as, mut after, mut within, mut config) =
+            (false, None, None, None, None);
+        let mut script = None;
+        while let Some(arg) = it.next() {
+            let arg = arg.to_str().ok_or("arguments must be UTF-8")?;
+            if arg == "--" {
+                script = it.next().and_then(|s| s.to_str()).map(str::to_string);
+                break;
+            }
+            if arg == "--armed" {
+                armed = true;
+                continue;
+            }
+            let value = it.next().ok_or(format!("{arg} needs a value"))?;
+            let text = || {
+                value
+                    .to_str()
+                    .map(str::to_string)
+                    .ok_or("arguments must be UTF-8")
+            };
+            match arg {
+                "--name" => name = Some(text()?),
+                "--root" => root = Some(PathBuf::from(value)),
+                "--log" => log = Some(PathBuf::from(value)),
+                "--stop-signal" => stop = Some(crate::config::parse_signal(&text()?)?),
+                "--run-as" => run_as = Some(text()?),
+                "--rollback-after" => after = Some(text()?.parse().map_err(|_| "bad count")?),
+                "--rollback-within-ms" => {
+                    within = Some(Duration::from_millis(
+                        text()?.parse().map_err(|_| "bad duration")?,
+                    ))
+                }
+                "--rollback-config" => config = Some(PathBuf::from(value)),
+                other => return Err(format!("unknown argument {other}")),
+            }
+        }
+        let missing = |what: &str| format!("{what} is missing");
+        Ok(KeepArgs {
+            name: name.ok_or_else(|| missing("--name"))?,
+            root: root.ok_or_else(|| missing("--root"))?,
+            log: log.ok_or_else(|| missing("--log"))?,
+            stop_signal: stop.ok_or_else(|| missing("--stop-signal"))?,
+            armed,
+            run_as,
+            rollback: match (after, within, config) {
+                (Some(a), Some(w), Some(c)) => Some((a, w, c)),
+                _ => None,
+            },
+            script: script.ok_or_else(|| missing("the script after --"))?,
+        })
+    }
 }
 
 /// What the keeper says about itself, for `status` (`ROOT/run/NAME.keeper`).
@@ -166,8 +246,15 @@ pub fn next_delay(previous: Option<Duration>, reset: bool) -> Duration {
 /// How long an app must run for the delay to start over.
 const RESET_AFTER: Duration = Duration::from_secs(10);
 
-/// `zdd keep ...`: keep the app running; returns the exit code.
-pub fn run(args: KeepArgs) -> i32 {
+/// `zdd keep ARGS...`: keep the app running; returns the exit code.
+pub fn run(args: &[OsString]) -> i32 {
+    let args = match KeepArgs::from_args(args) {
+        Ok(a) => a,
+        Err(e) => {
+            say(&format!("zdd keep: {e} (zdd starts keepers itself)"));
+            return 2;
+        }
+    };
     let run_as = match args.run_as.as_deref().map(crate::config::resolve_user) {
         None => None,
         Some(Ok(u)) => Some(u),
@@ -358,12 +445,11 @@ impl Keeper {
         ));
         let now = Instant::now();
         self.exits.push(now);
-        if let (Some(after), Some(armed), None) = (
-            self.args.rollback_after,
+        if let (Some((after, within, _)), Some(armed), None) = (
+            self.args.rollback.clone(),
             self.armed_at,
             &self.status.rollback,
         ) {
-            let within = self.args.rollback_within;
             let recent = self
                 .exits
                 .iter()
@@ -386,7 +472,7 @@ impl Keeper {
     /// (it stops this keeper's group), output to the log.
     fn roll_back(&mut self, reason: &str) {
         self.status.rollback = Some(reason.to_string());
-        let Some(config) = &self.args.rollback_config else {
+        let Some((_, _, config)) = &self.args.rollback else {
             return;
         };
         say(&format!("rolling back: the release {reason}"));
@@ -556,6 +642,29 @@ mod tests {
             Duration::ZERO,
             "10 s up: at once again"
         );
+    }
+
+    #[test]
+    fn what_zdd_writes_the_keeper_reads() {
+        let args = KeepArgs {
+            name: "a".into(),
+            root: "/srv/zdd root".into(),
+            log: "/srv/zdd root/logs/a.log".into(),
+            stop_signal: Signal::SIGQUIT,
+            armed: true,
+            run_as: Some("www-data".into()),
+            rollback: Some((3, Duration::from_secs(300), "/etc/zdd/zdd.toml".into())),
+            script: "exec node server.js --port \"$PORT\"".into(),
+        };
+        assert_eq!(KeepArgs::from_args(&args.to_args()).unwrap(), args);
+        let plain = KeepArgs {
+            armed: false,
+            run_as: None,
+            rollback: None,
+            ..args
+        };
+        assert_eq!(KeepArgs::from_args(&plain.to_args()).unwrap(), plain);
+        assert!(KeepArgs::from_args(&["--name".into()]).is_err());
     }
 
     #[test]

@@ -42,11 +42,13 @@ use crate::error::{Error, Result};
 /// Parse the command line, run the command, print any error once, and
 /// return the exit code.
 pub fn run() -> i32 {
-    let cli = Cli::parse();
-    if let Command::Keep(args) = cli.command {
-        // The keeper has no log of its own: its stderr is the app's log.
-        return keeper::run(args);
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "keep") {
+        // The keeper (zdd starts it): its own small loop, no clap, no log
+        // of its own (its stderr is the app's log).
+        return keeper::run(&args[2..]);
     }
+    let cli = Cli::parse_from(args);
     init_logging(cli.verbose, cli.quiet);
     // Commands that start or swap processes finish or undo their work on
     // SIGINT/SIGTERM/SIGHUP; the others just end.
@@ -145,7 +147,6 @@ fn dispatch(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut cmd, "zdd", &mut std::io::stdout());
             Ok(())
         }
-        Command::Keep(_) => unreachable!("run() hands the keeper its own loop"),
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(cmd)

@@ -315,32 +315,21 @@ pub struct Keep<'a> {
 pub fn spawn_kept(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
     let exe = std::env::current_exe()?;
     let log = open_log(spec.log)?;
+    let args = crate::keeper::KeepArgs {
+        name: keep.name.to_string(),
+        root: keep.root.to_path_buf(),
+        log: spec.log.to_path_buf(),
+        stop_signal: keep.stop_signal,
+        armed: keep.armed,
+        run_as: spec.run_as.map(|u| u.name.clone()),
+        rollback: keep
+            .rollback
+            .map(|(after, within, config)| (after, within, config.to_path_buf())),
+        script: app_script(spec),
+    };
     let mut cmd = Command::new(exe);
     cmd.arg("keep")
-        .arg("--name")
-        .arg(keep.name)
-        .arg("--root")
-        .arg(keep.root)
-        .arg("--log")
-        .arg(spec.log)
-        .arg("--stop-signal")
-        .arg(keep.stop_signal.as_str());
-    if keep.armed {
-        cmd.arg("--armed");
-    }
-    if let Some(user) = spec.run_as {
-        cmd.arg("--run-as").arg(&user.name);
-    }
-    if let Some((after, within, config)) = keep.rollback {
-        cmd.arg("--rollback-after")
-            .arg(after.to_string())
-            .arg("--rollback-within")
-            .arg(format!("{}ms", within.as_millis()))
-            .arg("--rollback-config")
-            .arg(config);
-    }
-    cmd.arg("--")
-        .arg(app_script(spec))
+        .args(args.to_args())
         .current_dir(spec.dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
