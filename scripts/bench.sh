@@ -12,6 +12,8 @@
 #   N=3 scripts/bench.sh          # quicker
 #   RATE=5000 scripts/bench.sh    # heavier steady load
 #   MODE=round-robin scripts/bench.sh   # nginx.mode: "switch" (default) or "round-robin"
+#   RESTARTS=3 scripts/bench.sh   # fewer kills of the live app (each waits 10 s: the
+#                                 # keeper restarts at once only after 10 s up)
 #   KEEP=1 scripts/bench.sh       # keep the work folder (samples.csv, logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ ensure_nginx
 ensure_git
 N=${N:-10}
 RATE=${RATE:-2000}   # requests/s of steady load; leaves the 2 cores room to measure zdd
+RESTARTS=${RESTARTS:-10}
 MODE=${MODE:-switch}
 
 echo "building release binaries..." >&2
@@ -74,6 +77,28 @@ done
 sleep 2
 touch "$B/stop-load"
 set +e; wait "$LOAD_PID"; set -e; LOAD_PID=
+
+# --- the keeper: kill -9 of the live app, to the first good answer through
+# nginx (each kill after 10 s up, so that the keeper restarts at once); and
+# what the keeper costs while the app runs: its RSS, its CPU over 10 s.
+LIVE_SLOT=$("$ZDD" -c "$CONF" status --json | grep '"active"' | cut -d'"' -f4)
+KEEPER_FILE="$B/state/run/$LIVE_SLOT.keeper"
+SERVING=$(http_get "$NGINX_PORT")
+: > "$B/restart.txt"
+for _ in $(seq 1 "$RESTARTS"); do
+  sleep 10.5
+  APP_PID=$(grep '^app_pid' "$KEEPER_FILE" | awk '{print $3}')
+  s=$(now_us)
+  kill -9 "$APP_PID"
+  while [ "$(http_get "$NGINX_PORT" 2>/dev/null)" != "$SERVING" ]; do :; done
+  e=$(now_us)
+  awk -v us=$((e - s)) 'BEGIN { printf "%.1f\n", us / 1000 }' >> "$B/restart.txt"
+done
+KEEPER_PID=$(grep '^keeper_pid' "$KEEPER_FILE" | awk '{print $3}')
+KEEPER_RSS=$(awk '/^VmRSS:/ {print $2}' "/proc/$KEEPER_PID/status")
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$KEEPER_PID/stat"; }
+T0=$(cpu_ticks); sleep 10; T1=$(cpu_ticks)
+KEEPER_CPU=$(awk -v t=$((T1 - T0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", 100 * t / hz / 10 }')
 
 # --- no-op deploy (commit already live), the git fetch alone, status
 LIVE=$("$ZDD" -c "$CONF" status --json | grep -A6 '"status": "live"' | grep '"commit"' | cut -d'"' -f4)
@@ -168,4 +193,7 @@ Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 | its \`git fetch\` alone, ms | $(median < "$B/fetch.txt") | $(maxof < "$B/fetch.txt") |
 | \`zdd status\`, ms | $(median < "$B/status.txt" | awk '{printf "%.1f", $1/10}') | $(maxof < "$B/status.txt" | awk '{printf "%.1f", $1/10}') |
 | zdd peak RSS, KiB | | ${RSS:-?} |
+| restart of a killed live app, to its first good answer through nginx, ms ($RESTARTS kills) | $(median < "$B/restart.txt") | $(sort -n "$B/restart.txt" | tail -1) |
+| keeper RSS while the app runs, KiB | | ${KEEPER_RSS:-?} |
+| keeper CPU while the app runs (10 s), % | | ${KEEPER_CPU:-?} |
 TABLE

@@ -83,6 +83,7 @@ pub fn init(path: Option<&Path>) -> Result<()> {
     crate::out!(
         "  3. cron, in /etc/cron.d/zdd: */5 * * * * root {zdd} -c {config} deploy --wait=2m"
     );
+    crate::out!("     and at boot: @reboot root {zdd} -c {config} up --wait=5m");
     Ok(())
 }
 
