@@ -120,7 +120,7 @@ done
   /"action":/  { gsub(/[",]/, "", $2); action = $2 }
   /"fetch_ms":/ { f = $2 + 0 } /"build_ms":/ { b = $2 + 0 } /"ready_ms":/ { r = $2 + 0 }
   /"route_ms":/ { n = $2 + 0 } /"settle_ms":/ { st = $2 + 0 } /"drain_ms":/ { d = $2 + 0 }
-  /"total_ms":/ { print action "\t" f "\t" b "\t" r "\t" n "\t" d "\t" $2 + 0 "\t" st }
+  /"total_ms":/ && (action == "deploy" || action == "rollback") { print action "\t" f "\t" b "\t" r "\t" n "\t" d "\t" $2 + 0 "\t" st }
 ' | tail -n $((2 * N)) > "$B/phases.tsv"
 paste "$B/ops.tsv" "$B/phases.tsv" > "$B/joined.tsv"   # op s e | action fetch build ready route drain total settle
 

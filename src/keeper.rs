@@ -411,9 +411,7 @@ impl Keeper {
         // died before it was set.
         unsafe {
             cmd.pre_exec(move || {
-                let mut none: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut none);
-                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                unblock_all();
                 if libc::prctl(libc::PR_SET_PDEATHSIG, death as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -492,6 +490,14 @@ impl Keeper {
         for key in ["PORT", "ZDD_SLOT", "ZDD_COMMIT", "ZDD_ROOT"] {
             cmd.env_remove(key);
         }
+        // SAFETY: only async-signal-safe calls (see `unblock_all`); the
+        // rollback must get its signals.
+        unsafe {
+            cmd.pre_exec(|| {
+                unblock_all();
+                Ok(())
+            });
+        }
         if let Ok(log) = log {
             if let Ok(copy) = log.try_clone() {
                 cmd.stdout(copy);
@@ -540,6 +546,18 @@ fn watched_signals(stop: Signal) -> libc::sigset_t {
         libc::sigaddset(&mut set, stop as libc::c_int);
         libc::sigaddset(&mut set, arm_signal());
         set
+    }
+}
+
+/// In a child between fork and exec: block nothing (std keeps the
+/// parent's mask, and the keeper blocks everything it waits for). Only
+/// async-signal-safe calls.
+fn unblock_all() {
+    // SAFETY: sigemptyset and sigprocmask on a local set.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
 }
 
