@@ -11,9 +11,10 @@
 //!    carries `Content-Type: text/plain`, `Content-Length`, `X-App-Version`
 //!    and `X-App-Pid`. The version is `$APP_VERSION`, else the trimmed
 //!    contents of `./VERSION`, else `dev`.
-//! 3. On SIGTERM (also SIGINT and SIGQUIT), drain: switch the listener to
-//!    non-blocking, accept until `accept()` reports `WouldBlock`, close the
-//!    listener in that same step, let every request in flight finish (a
+//! 3. On SIGTERM (also SIGINT, SIGQUIT and SIGWINCH, Apache's graceful
+//!    stop), drain: switch the listener to non-blocking, accept until
+//!    `accept()` reports `WouldBlock`, close the listener in that same step,
+//!    let every request in flight finish (a
 //!    keep-alive connection gets its current request answered with
 //!    `Connection: close`; idle keep-alive connections are closed), then exit
 //!    0. Closing the listener while connections still sit in the kernel's
@@ -46,7 +47,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM, SIGWINCH};
 use signal_hook::iterator::Signals;
 
 /// How often a connection waiting for the start of a request looks at the
@@ -209,7 +210,7 @@ fn main() {
 
     // Signals are handled from the start, so that a stop during a slow
     // start-up is a clean exit 0 too.
-    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGQUIT]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGWINCH]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("app: cannot install signal handlers: {e}");

@@ -47,8 +47,8 @@ pub enum Command {
         /// Why, for the history (a keeper's automatic rollback says so)
         #[arg(long, hide = true, value_name = "REASON")]
         because: Option<String>,
-        /// Only if this commit is still the live one (a keeper's rollback)
-        #[arg(long, hide = true, value_name = "COMMIT")]
+        /// Only while this keeper's app is the live one (a keeper's rollback)
+        #[arg(long, hide = true, value_name = "SLOT:KEEPER_PID")]
         if_live: Option<String>,
     },
     /// At boot: start the live slot and the recorded named processes that do not run (no fetch, no build)

@@ -200,6 +200,10 @@ impl Config {
             source,
         })?;
         let mut config = Config::parse(path, &text)?;
+        // Absolute: keepers run `zdd rollback --config PATH` from a slot.
+        if let Ok(absolute) = std::path::absolute(path) {
+            config.path = absolute;
+        }
         // `root` may be a symlink: resolved once, here; below it zdd follows
         // none (see `root`).
         if let Ok(real) = std::fs::canonicalize(&config.root) {

@@ -189,12 +189,18 @@ pub fn rollback(
     if_live: Option<&str>,
 ) -> Result<()> {
     let mut run = Run::begin(config, wait, "zdd rollback")?;
-    if let Some(sha) = if_live {
-        if run.state.live_commit() != Some(sha) {
-            crate::out!(
-                "{} is no longer the live release; nothing to roll back",
-                git::short(sha)
-            );
+    // A keeper's rollback names itself (SLOT:KEEPER_PID): only while the
+    // app it keeps is the live one, not a release deployed since.
+    if let Some(keeper) = if_live {
+        let still = keeper.split_once(':').is_some_and(|(slot, pid)| {
+            let live = run.state.active;
+            Slot::parse(slot).is_some_and(|s| Some(s) == live)
+                && live
+                    .and_then(|s| run.state.slot(s).process.as_ref())
+                    .is_some_and(|id| id.pid.to_string() == pid)
+        });
+        if !still {
+            crate::out!("the release {keeper} kept is no longer live; nothing to roll back");
             return Ok(());
         }
     }
@@ -234,18 +240,17 @@ pub fn rollback(
 /// cannot start yet — its database is not up — is tried again, backing
 /// off), each verified. Nothing else: no fetch, no build, no swap.
 pub fn up(config: Option<&Config>, wait: Option<Option<Duration>>) -> Result<()> {
-    let mut failed = Vec::new();
+    let mut errors = Vec::new();
     if let Some(config) = config {
-        let mut run = Run::begin(config, wait, "zdd up")?;
-        if let Err(e) = run.up_live() {
-            failed.push(e.to_string());
+        // Whatever stops the live slot, the named processes still get their
+        // turn; the exit code is the worst of all.
+        match Run::begin(config, wait, "zdd up") {
+            Ok(mut run) => errors.extend(run.up_live().err()),
+            Err(e) => errors.push(e),
         }
     }
-    failed.extend(crate::named::up(config, wait));
-    match failed.len() {
-        0 => Ok(()),
-        _ => Err(Error::Failed(failed.join("\n"))),
-    }
+    errors.extend(crate::named::up(config, wait));
+    Error::worst_of(errors)
 }
 
 /// One deploy or rollback: which commit goes to which slot.
@@ -465,6 +470,7 @@ impl<'a> Run<'a> {
         if self.mode == NginxMode::Switch {
             self.settle_and_drain(idle);
         }
+        keeper::fold_restarts(&mut self.state, &self.config.root);
         process::stop_group(&id, self.config.stop.signal, self.config.stop.timeout, None);
         let s = self.state.slot_mut(idle);
         s.process = None;
@@ -487,8 +493,7 @@ impl<'a> Run<'a> {
         let sha = s.commit.clone().unwrap_or_default();
         let short = git::short(&sha).to_string();
         if let Some(id) = &s.process {
-            crate::out!("slot {live} runs {short} already (pid {})", id.pid);
-            return Ok(());
+            return self.up_running(live, &short, id.pid);
         }
         if self.checkout(live)?.head().as_deref() != Some(sha.as_str())
             || !self.slot_dir(live).is_dir()
@@ -530,6 +535,7 @@ impl<'a> Run<'a> {
             slot: live,
             previous: None,
             reason: Some(reason.clone()),
+            restarts: None,
             phases: Phases {
                 ready_ms: ms(t.elapsed()),
                 total_ms: ms(self.started.elapsed()),
@@ -548,6 +554,39 @@ impl<'a> Run<'a> {
             _ => Err(Error::Failed(format!(
                 "slot {live} ({short}) is not healthy yet: {reason}; it stays under its keeper, which keeps starting it again (`zdd status` shows its last exit){}",
                 process::tail_note(&self.log_path(live))
+            ))),
+        }
+    }
+
+    /// `zdd up` for a live slot that runs: under an armed keeper, nothing to
+    /// do; under a keeper never armed (zdd was killed while it checked it),
+    /// arm it if it is healthy; with no keeper (started by an older zdd),
+    /// say how to put it under one.
+    fn up_running(&self, live: Slot, short: &str, pid: i32) -> Result<()> {
+        let kept =
+            keeper::read_status(&self.config.root, live.name()).filter(|k| k.keeper_pid == pid);
+        match kept {
+            Some(k) if k.armed_at.is_some() => {
+                crate::out!("slot {live} runs {short} already (pid {pid})");
+                Ok(())
+            }
+            Some(_) => {
+                let port = self.config.port(live);
+                Checker::new(&self.config.health, port)
+                    .check()
+                    .map_err(|why| {
+                        Error::Failed(format!(
+                            "slot {live} runs {short} under a keeper zdd never armed, and it is not healthy ({why}): `zdd stop {live}`, then `zdd up`"
+                        ))
+                    })?;
+                keeper::arm(pid).map_err(|e| {
+                    Error::Failed(format!("cannot arm slot {live}'s keeper (pid {pid}): {e}"))
+                })?;
+                crate::out!("slot {live} runs {short} (pid {pid}); its keeper now restarts it if it exits");
+                Ok(())
+            }
+            None => Err(Error::Failed(format!(
+                "slot {live} runs {short} (pid {pid}) without a keeper (an older zdd started it), so nothing restarts it if it dies: `zdd stop {live}`, then `zdd up`"
             ))),
         }
     }
@@ -656,6 +695,7 @@ impl<'a> Run<'a> {
             {
                 self.settle_and_drain(slot);
             }
+            keeper::fold_restarts(&mut self.state, &self.config.root);
             process::stop_group(&id, self.config.stop.signal, self.config.stop.timeout, None);
             let s = self.state.slot_mut(slot);
             s.process = None;
@@ -869,6 +909,7 @@ impl<'a> Run<'a> {
 
         self.lock.at_step("recording the swap");
         // Step 9: record.
+        keeper::fold_restarts(&mut self.state, &config.root);
         {
             let o = self.state.slot_mut(old);
             o.process = None;
@@ -886,6 +927,7 @@ impl<'a> Run<'a> {
             slot: target,
             previous: attempt.previous.clone(),
             reason: attempt.because.clone(),
+            restarts: None,
             phases,
         });
         self.save()?;
@@ -1103,6 +1145,7 @@ impl<'a> Run<'a> {
                 name: target.name(),
                 root: &config.root,
                 stop_signal: config.stop.signal,
+                stop_timeout: config.stop.timeout,
                 armed,
                 rollback,
             };
@@ -1166,19 +1209,20 @@ impl<'a> Run<'a> {
             other => other,
         };
         let why = match verified {
-            Verified::Healthy => {
-                if label != "rehearsal" {
-                    // Verified: from now on its keeper starts it again if it
-                    // exits on its own.
-                    if let Err(e) = keeper::arm(started.id.pid) {
-                        log::warn!(
-                            "slot {target}: cannot arm the keeper (pid {}): {e}",
-                            started.id.pid
-                        );
-                    }
+            Verified::Healthy if label == "rehearsal" => return Ok(started),
+            // Verified: from now on its keeper starts it again if it exits
+            // on its own. An app that exited just before is still a failed
+            // start (its keeper, not armed yet, ended with it).
+            Verified::Healthy => match keeper::arm(started.id.pid).map(|()| started.exited()) {
+                Ok(None) => return Ok(started),
+                Ok(Some(status)) => {
+                    StepError::Failed(format!("the app exited during start-up ({status})"))
                 }
-                return Ok(started);
-            }
+                Err(e) => StepError::Environment(format!(
+                    "cannot arm the keeper of slot {target} (pid {}): {e}",
+                    started.id.pid
+                )),
+            },
             Verified::Failed(reason) if label == "rehearsal" => StepError::Failed(format!(
                 "{reason} (in the rehearsal on private port {port})"
             )),
@@ -1242,6 +1286,7 @@ impl<'a> Run<'a> {
             slot,
             previous: attempt.previous.clone(),
             reason: Some(reason.clone()),
+            restarts: None,
             phases: self.phases,
         });
         let saved = self.save();

@@ -67,6 +67,10 @@ pub enum Error {
         number: i32,
         what: String,
     },
+
+    /// Several things failed (`zdd up`); the exit code is the worst one's.
+    #[error("{message}")]
+    Several { code: i32, message: String },
 }
 
 impl Error {
@@ -80,6 +84,36 @@ impl Error {
             }
             Error::Failed(_) => exit::FAILED,
             Error::Interrupted { number, .. } => 128 + number,
+            Error::Several { code, .. } => *code,
+        }
+    }
+
+    /// All of `errors` as one, with the exit code of the worst: a signal,
+    /// then state that needs attention, a held lock, bad input, a failure.
+    pub fn worst_of(errors: Vec<Error>) -> Result<()> {
+        let rank = |code: i32| match code {
+            c if c > 128 => 5,
+            exit::NEEDS_ATTENTION => 4,
+            exit::LOCKED => 3,
+            exit::USAGE => 2,
+            _ => 1,
+        };
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.into_iter().next().expect("one")),
+            _ => {
+                let code = errors
+                    .iter()
+                    .map(Error::code)
+                    .max_by_key(|&c| rank(c))
+                    .expect("some");
+                let message = errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\nzdd: ");
+                Err(Error::Several { code, message })
+            }
         }
     }
 

@@ -45,6 +45,9 @@ pub struct KeepArgs {
     pub log: PathBuf,
     /// The app's stop signal.
     pub stop_signal: Signal,
+    /// How long the app has to stop (a stop sent to the keeper alone is
+    /// passed on to the app after it).
+    pub stop_timeout: Duration,
     /// Supervise from the start (else once zdd arms it).
     pub armed: bool,
     /// Run the app as this user.
@@ -68,6 +71,8 @@ impl KeepArgs {
             self.log.clone().into(),
             "--stop-signal".into(),
             self.stop_signal.as_str().into(),
+            "--stop-timeout-ms".into(),
+            self.stop_timeout.as_millis().to_string().into(),
         ];
         if self.armed {
             a.push("--armed".into());
@@ -93,6 +98,7 @@ impl KeepArgs {
     pub fn from_args(args: &[OsString]) -> Result<KeepArgs, String> {
         let mut it = args.iter();
         let (mut name, mut root, mut log, mut stop) = (None, None, None, None);
+        let mut stop_timeout = None;
         let (mut armed, mut run_as, mut after, mut within, mut config) =
             (false, None, None, None, None);
         let mut script = None;
@@ -118,6 +124,11 @@ impl KeepArgs {
                 "--root" => root = Some(PathBuf::from(value)),
                 "--log" => log = Some(PathBuf::from(value)),
                 "--stop-signal" => stop = Some(crate::config::parse_signal(&text()?)?),
+                "--stop-timeout-ms" => {
+                    stop_timeout = Some(Duration::from_millis(
+                        text()?.parse().map_err(|_| "bad duration")?,
+                    ))
+                }
                 "--run-as" => run_as = Some(text()?),
                 "--rollback-after" => after = Some(text()?.parse().map_err(|_| "bad count")?),
                 "--rollback-within-ms" => {
@@ -135,6 +146,7 @@ impl KeepArgs {
             root: root.ok_or_else(|| missing("--root"))?,
             log: log.ok_or_else(|| missing("--log"))?,
             stop_signal: stop.ok_or_else(|| missing("--stop-signal"))?,
+            stop_timeout: stop_timeout.ok_or_else(|| missing("--stop-timeout-ms"))?,
             armed,
             run_as,
             rollback: match (after, within, config) {
@@ -150,8 +162,12 @@ impl KeepArgs {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeeperStatus {
     pub keeper_pid: i32,
-    /// The app running now, if one is.
+    /// The app running now, if one is, and since when.
     pub app_pid: Option<i32>,
+    pub app_started_at: Option<String>,
+    /// Told to stop: it no longer starts the app again.
+    #[serde(default)]
+    pub stopping: bool,
     /// When zdd armed it (restarts counted from then).
     pub armed_at: Option<String>,
     /// Restarts since arming.
@@ -161,8 +177,10 @@ pub struct KeeperStatus {
     pub last_exit_at: Option<String>,
     /// While waiting to start the app again: how long the wait is.
     pub backoff_ms: Option<u64>,
-    /// Why it asked for a rollback, if it did.
+    /// Why it asked for a rollback, if it did, and how that `zdd rollback`
+    /// ended.
     pub rollback: Option<String>,
+    pub rollback_exit: Option<String>,
 }
 
 /// Where the keeper of `name` writes its status.
@@ -194,23 +212,37 @@ pub fn fold_restarts(state: &mut State, root: &Path) -> bool {
             continue;
         }
         let last = k.last_exit.as_deref().unwrap_or("unknown");
-        state.push_history(HistoryEntry {
-            at: k.last_exit_at.clone().unwrap_or_else(now),
-            action: Action::Restart,
-            outcome: Outcome::Ok,
-            commit,
-            slot,
-            previous: None,
-            reason: Some(format!(
-                "its keeper started it again {new} time{} after it exited on its own (last: {last}{})",
-                if new == 1 { "" } else { "s" },
-                k.last_exit_at
-                    .as_deref()
-                    .map(|t| format!(" at {t}"))
-                    .unwrap_or_default()
-            )),
-            phases: Phases::default(),
+        let at = k.last_exit_at.clone().unwrap_or_else(now);
+        // One entry per live period: the same release, again, adds to it.
+        let merged = state.history.last_mut().filter(|h| {
+            h.action == Action::Restart
+                && h.slot == slot
+                && h.commit == commit
+                && h.restarts.is_some()
         });
+        let total = new + merged.as_ref().and_then(|h| h.restarts).unwrap_or(0);
+        let reason = format!(
+            "its keeper started it again {total} time{} after it exited on its own (last: {last} at {at})",
+            if total == 1 { "" } else { "s" },
+        );
+        match merged {
+            Some(h) => {
+                h.at = at;
+                h.restarts = Some(total);
+                h.reason = Some(reason);
+            }
+            None => state.push_history(HistoryEntry {
+                at,
+                action: Action::Restart,
+                outcome: Outcome::Ok,
+                commit,
+                slot,
+                previous: None,
+                reason: Some(reason),
+                restarts: Some(total),
+                phases: Phases::default(),
+            }),
+        }
         state.slot_mut(slot).restarts_recorded = k.restarts;
         changed = true;
     }
@@ -220,6 +252,23 @@ pub fn fold_restarts(state: &mut State, root: &Path) -> bool {
 /// The signal zdd sends the keeper (alone, never the group) to arm it.
 pub fn arm_signal() -> libc::c_int {
     libc::SIGRTMIN()
+}
+
+/// The signal zdd sends the keeper (alone) just before it sends the stop
+/// signal to the group: whatever signal that is, the keeper then knows the
+/// app's exit is no crash.
+pub fn stop_notice_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
+}
+
+/// Tell the keeper `pid` that its group is about to be stopped.
+pub fn notify_stop(pid: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) with a real-time signal number to one process.
+    if unsafe { libc::kill(pid, stop_notice_signal()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Arm the keeper `pid`: from now on it restarts the app.
@@ -304,13 +353,16 @@ impl Keeper {
         let mut app: Option<(Child, Instant)> = None;
         let mut restart_at = Some(Instant::now());
         let mut delay: Option<Duration> = None;
-        let mut stopping = false;
+        // Since when it stops, and whether it passed the stop on itself.
+        let mut stopping: Option<Instant> = None;
+        let mut forwarded = false;
         loop {
-            if restart_at.is_some_and(|at| at <= Instant::now()) {
+            if stopping.is_none() && restart_at.is_some_and(|at| at <= Instant::now()) {
                 restart_at = None;
                 match self.start() {
                     Ok(child) => {
                         self.status.app_pid = Some(child.id() as i32);
+                        self.status.app_started_at = Some(now());
                         self.status.backoff_ms = None;
                         self.save();
                         app = Some((child, Instant::now()));
@@ -335,58 +387,134 @@ impl Keeper {
                     }
                 }
             }
-            let timeout = restart_at.map(|at| at.saturating_duration_since(Instant::now()));
-            let sig = wait(watched, timeout);
-            match sig {
-                None => {}
-                Some(libc::SIGCHLD) => {
-                    // One SIGCHLD may stand for several children.
-                    if let Some(rollback) = self.rollback_child.as_mut() {
-                        if let Ok(Some(_)) = rollback.try_wait() {
-                            self.rollback_child = None;
-                        }
-                    }
-                    let Some((child, started)) = app.as_mut() else {
-                        continue;
-                    };
-                    let Ok(Some(status)) = child.try_wait() else {
-                        continue;
-                    };
-                    let up = started.elapsed();
-                    app = None;
-                    self.status.app_pid = None;
-                    if stopping {
-                        say(&format!("the app stopped ({})", describe(status)));
-                        self.save();
-                        return 0;
-                    }
-                    if self.armed_at.is_none() {
-                        // Probation: zdd is watching; it decides.
-                        self.save();
-                        exit_like(status);
-                    }
-                    let wait = next_delay(delay, up >= RESET_AFTER);
-                    delay = Some(wait);
-                    self.exited(status, up, wait);
-                    restart_at = Some(Instant::now() + wait);
-                }
-                Some(s) if s == arm_signal() && self.armed_at.is_none() => self.arm(),
-                Some(s)
-                    if s == self.args.stop_signal as i32
-                        || s == libc::SIGTERM
-                        || s == libc::SIGINT =>
-                {
-                    // The group got it: the app is stopping; so is the keeper.
-                    stopping = true;
-                    if app.is_none() {
-                        say("stopped while the app was not running");
+            // Wake for a signal, a restart that is due, or a stop to pass on.
+            let forward_at = stopping
+                .filter(|_| !forwarded)
+                .map(|since| since + self.args.stop_timeout);
+            let deadline = match (restart_at.filter(|_| stopping.is_none()), forward_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+            // Every signal that waits, not only the first: sigtimedwait hands
+            // out the lowest number first, and a stop or an arm that came
+            // with a child's exit must win over SIGCHLD (17).
+            let mut signals: Vec<libc::c_int> = wait(watched, timeout).into_iter().collect();
+            while let Some(more) = wait(watched, Some(Duration::ZERO)) {
+                signals.push(more);
+            }
+            let mut child_event = false;
+            for sig in signals {
+                match sig {
+                    libc::SIGCHLD => child_event = true,
+                    s if s == arm_signal() && self.armed_at.is_none() => self.arm(),
+                    s if stopping.is_none()
+                        && (s == stop_notice_signal()
+                            || s == self.args.stop_signal as i32
+                            || s == libc::SIGTERM
+                            || s == libc::SIGINT) =>
+                    {
+                        stopping = Some(Instant::now());
+                        self.status.stopping = true;
                         self.status.backoff_ms = None;
                         self.save();
-                        return 0;
                     }
+                    _ => {} // meant for the app, which has it too
                 }
-                Some(_) => {} // meant for the app, which has it too
             }
+            if child_event {
+                self.reap_rollback();
+            }
+            let exited = match app.as_mut() {
+                Some((child, started)) if child_event => match child.try_wait() {
+                    Ok(Some(status)) => Some((status, started.elapsed())),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some((status, up)) = exited {
+                app = None;
+                self.status.app_pid = None;
+                if stopping.is_some() {
+                    say(&format!("the app stopped ({})", describe(status)));
+                    self.save();
+                    return 0;
+                }
+                if self.armed_at.is_none() {
+                    // Probation: zdd is watching; it decides.
+                    self.save();
+                    exit_like(status);
+                }
+                self.clear_remnants();
+                let wait = next_delay(delay, up >= RESET_AFTER);
+                delay = Some(wait);
+                self.exited(status, up, wait);
+                restart_at = Some(Instant::now() + wait);
+            }
+            if let Some(since) = stopping {
+                if app.is_none() {
+                    say("stopped while the app was not running");
+                    self.save();
+                    return 0;
+                }
+                // A stop that came to the keeper alone (not to the group)
+                // never reached the app: pass it on, once, after the time
+                // the app would have had to finish. Sooner would stop an
+                // app that got it from the group twice.
+                if !forwarded && since.elapsed() >= self.args.stop_timeout {
+                    forwarded = true;
+                    say(&format!(
+                        "the app still runs {} after the stop: sending it {}",
+                        humantime::format_duration(self.args.stop_timeout),
+                        self.args.stop_signal
+                    ));
+                    let _ = nix::sys::signal::killpg(nix::unistd::getpgrp(), self.args.stop_signal);
+                }
+            }
+        }
+    }
+
+    /// The app's main process is gone; anything it left in the group (a
+    /// worker holding its port) would make the next start fail: kill it.
+    fn clear_remnants(&self) {
+        let me = std::process::id() as i32;
+        let pgid = nix::unistd::getpgrp().as_raw();
+        let left: Vec<i32> = crate::process::group_members(pgid)
+            .filter(|&pid| pid != me)
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        say(&format!(
+            "the app left {} process(es) in its group ({left:?}); killing them before it starts again",
+            left.len()
+        ));
+        for pid in &left {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        let t = Instant::now();
+        while crate::process::group_members(pgid).any(|pid| pid != me)
+            && t.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The `zdd rollback` it started, if it ended: say how.
+    fn reap_rollback(&mut self) {
+        let Some(child) = self.rollback_child.as_mut() else {
+            return;
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            self.rollback_child = None;
+            let what = describe(status);
+            if !status.success() {
+                say(&format!(
+                    "zdd rollback ended with {what}; see the lines above"
+                ));
+            }
+            self.status.rollback_exit = Some(what);
+            self.save();
         }
     }
 
@@ -442,7 +570,14 @@ impl Keeper {
             }
         ));
         let now = Instant::now();
-        self.exits.push(now);
+        // Only exits inside the window count, and only until it asked once.
+        if let (Some((_, within, _)), Some(armed), None) =
+            (&self.args.rollback, self.armed_at, &self.status.rollback)
+        {
+            if now.duration_since(armed) <= *within {
+                self.exits.push(now);
+            }
+        }
         if let (Some((after, within, _)), Some(armed), None) = (
             self.args.rollback.clone(),
             self.armed_at,
@@ -474,22 +609,27 @@ impl Keeper {
             return;
         };
         say(&format!("rolling back: the release {reason}"));
-        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("zdd"));
+        let exe = zdd_exe();
         let log = crate::process::open_log(&self.args.log);
         let mut cmd = Command::new(exe);
         cmd.arg("--config")
             .arg(config)
-            .args(["rollback", "--wait"])
-            .arg(OsString::from(format!("--because={reason}")));
-        // Only the release that crash-looped: a deploy may have replaced it
-        // while the rollback waited for the lock.
-        if let Ok(commit) = std::env::var("ZDD_COMMIT") {
-            cmd.arg(format!("--if-live={commit}"));
-        }
+            .arg("rollback")
+            // Bounded: past the window the crash loop is old news.
+            .arg(format!("--wait={}ms", within_ms(&self.args)))
+            .arg(OsString::from(format!("--because={reason}")))
+            // Only while this keeper's app is the live one: a deploy may
+            // have replaced it while the rollback waited for the lock.
+            .arg(format!(
+                "--if-live={}:{}",
+                self.args.name, self.status.keeper_pid
+            ));
         cmd.stdin(Stdio::null()).process_group(0);
         for key in ["PORT", "ZDD_SLOT", "ZDD_COMMIT", "ZDD_ROOT"] {
             cmd.env_remove(key);
         }
+        // Not one of the slot's processes, but zdd's all the same.
+        cmd.env("ZDD_ROLLBACK_OF", &self.args.root);
         // SAFETY: only async-signal-safe calls (see `unblock_all`); the
         // rollback must get its signals.
         unsafe {
@@ -516,6 +656,20 @@ impl Keeper {
         let path = status_path(&self.args.root, &self.args.name);
         let _ = fsutil::write_atomic(&path, text.as_bytes(), 0o600);
     }
+}
+
+/// The zdd binary to run for a rollback: this one, or, if it was replaced
+/// since (an upgrade), the one now at its path.
+fn zdd_exe() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("zdd"));
+    match exe.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    }
+}
+
+fn within_ms(args: &KeepArgs) -> u128 {
+    args.rollback.as_ref().map_or(0, |(_, w, _)| w.as_millis())
 }
 
 /// Every signal the keeper handles itself, synchronously: all but those
@@ -545,6 +699,7 @@ fn watched_signals(stop: Signal) -> libc::sigset_t {
         }
         libc::sigaddset(&mut set, stop as libc::c_int);
         libc::sigaddset(&mut set, arm_signal());
+        libc::sigaddset(&mut set, stop_notice_signal());
         set
     }
 }
@@ -669,6 +824,7 @@ mod tests {
             root: "/srv/zdd root".into(),
             log: "/srv/zdd root/logs/a.log".into(),
             stop_signal: Signal::SIGQUIT,
+            stop_timeout: Duration::from_secs(30),
             armed: true,
             run_as: Some("www-data".into()),
             rollback: Some((3, Duration::from_secs(300), "/etc/zdd/zdd.toml".into())),

@@ -155,20 +155,22 @@ pub fn start(
 
     let mut started = launch(config, &root, name, &dir, port, &command, false)?;
     let t = Instant::now();
-    match verify(config, port, &mut started) {
+    // Verified, its keeper is armed: from now on it starts the app again if
+    // it exits on its own (an app that exited just before still failed).
+    let verified = verify(config, port, &mut started).and_then(|()| {
+        match keeper::arm(started.id.pid).map(|()| started.exited()) {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!("the app exited during start-up ({status})")),
+            Err(e) => Err(format!("cannot arm its keeper: {e}")),
+        }
+    });
+    match verified {
         Ok(()) => {
             log::info!(
                 "{name}: pid {} healthy on port {port} after {}",
                 started.id.pid,
                 crate::deploy::fmt_ms(t.elapsed().as_millis() as u64)
             );
-            // Verified: from now on its keeper starts it again if it exits.
-            if let Err(e) = keeper::arm(started.id.pid) {
-                log::warn!(
-                    "{name}: cannot arm the keeper (pid {}): {e}",
-                    started.id.pid
-                );
-            }
             crate::out!("started {name} (pid {}) on port {port}", started.id.pid);
             Ok(())
         }
@@ -229,6 +231,7 @@ fn launch(
         name,
         root,
         stop_signal: stop.signal,
+        stop_timeout: stop.timeout,
         armed,
         rollback: None,
     };
@@ -274,14 +277,14 @@ fn verify(
 
 /// `zdd up` for named processes: each one recorded under root that does not
 /// run is started again as recorded, under a keeper that supervises it at
-/// once, and verified. Returns what failed, one sentence each.
-pub fn up(config: Option<&Config>, wait: Option<Option<std::time::Duration>>) -> Vec<String> {
+/// once, and verified. Returns what failed.
+pub fn up(config: Option<&Config>, wait: Option<Option<std::time::Duration>>) -> Vec<Error> {
     let root = match config
         .map(|c| Ok(c.root.clone()))
         .unwrap_or_else(default_root)
     {
         Ok(r) => r,
-        Err(e) => return vec![e.to_string()],
+        Err(e) => return vec![e],
     };
     let run_dir = root.join("run");
     let Ok(entries) = std::fs::read_dir(&run_dir) else {
@@ -302,15 +305,12 @@ pub fn up(config: Option<&Config>, wait: Option<Option<std::time::Duration>>) ->
         .and_then(|()| Lock::acquire(&root, wait, "zdd up"))
     {
         Ok(l) => l,
-        Err(e) => return vec![e.to_string()],
+        Err(e) => return vec![e],
     };
-    let mut failed = Vec::new();
-    for name in names {
-        if let Err(e) = up_one(config, &root, &name) {
-            failed.push(e.to_string());
-        }
-    }
-    failed
+    names
+        .iter()
+        .filter_map(|name| up_one(config, &root, name).err())
+        .collect()
 }
 
 fn up_one(config: Option<&Config>, root: &Path, name: &str) -> Result<()> {
@@ -406,14 +406,16 @@ fn stop_slot(config: &Config, slot: Slot, wait: Option<Option<std::time::Duratio
     let _lock = Lock::acquire(&config.root, wait, &format!("zdd stop {slot}"))?;
     let state_path = config.state_path();
     let mut state = State::load(&state_path, config.ports)?;
+    let before = state.clone();
+    keeper::fold_restarts(&mut state, &config.root);
     match state.slot(slot).process.clone() {
         Some(id) => report_stop(&format!("slot {slot}"), &id, &config.stop),
         None => crate::out!("slot {slot} was not running"),
     }
     let s = state.slot_mut(slot);
-    if s.process.is_some() {
-        s.process = None;
-        s.started_at = None;
+    s.process = None;
+    s.started_at = None;
+    if state != before {
         state.save(&state_path)?;
     }
     Ok(())

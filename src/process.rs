@@ -135,6 +135,12 @@ pub fn group_members(pgid: i32) -> impl Iterator<Item = i32> {
         .filter(move |&pid| read_stat(pid).is_some_and(|st| st.pgrp == pgid && st.state != 'Z'))
 }
 
+/// Is `pid` a keeper (`zdd keep ...`)?
+pub fn is_keeper(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"keep".as_slice()))
+}
+
 /// The environment of `pid` as `KEY=VALUE` byte strings.
 fn environ(pid: i32) -> Option<Vec<Vec<u8>>> {
     let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
@@ -302,6 +308,7 @@ pub struct Keep<'a> {
     pub name: &'a str,
     pub root: &'a Path,
     pub stop_signal: Signal,
+    pub stop_timeout: Duration,
     /// Supervise from the start (`zdd up`), not only once armed.
     pub armed: bool,
     /// Roll back after this many exits within this long of arming, with
@@ -320,6 +327,7 @@ pub fn spawn_kept(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
         root: keep.root.to_path_buf(),
         log: spec.log.to_path_buf(),
         stop_signal: keep.stop_signal,
+        stop_timeout: keep.stop_timeout,
         armed: keep.armed,
         run_as: spec.run_as.map(|u| u.name.clone()),
         rollback: keep
@@ -442,6 +450,12 @@ pub fn stop_group_watched(
     }
     let pgid = Pid::from_raw(id.pid);
     let started = Instant::now();
+    // A keeper leads the group: tell it first, so that it takes the app's
+    // exit for the stop it is, whatever the signal (config may have changed
+    // since it started).
+    if id.leader_alive() && is_keeper(id.pid) {
+        let _ = crate::keeper::notify_stop(id.pid);
+    }
     if killpg(pgid, signal) == Err(Errno::ESRCH) {
         return Stopped::NotRunning;
     }

@@ -59,6 +59,8 @@ struct SlotReport {
     last_exit_at: Option<String>,
     /// While its keeper waits to start it again: how long.
     backoff_ms: Option<u64>,
+    /// Why its keeper asked for a rollback, and how that went, if it did.
+    auto_rollback: Option<String>,
 }
 
 /// `zdd status [--json]`.
@@ -137,8 +139,12 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
         } else {
             (None, None)
         };
-        let uptime_s = s
-            .started_at
+        // The app's own start: its keeper may have restarted it since.
+        let app_started = kept
+            .as_ref()
+            .and_then(|k| k.app_started_at.clone())
+            .or_else(|| s.started_at.clone());
+        let uptime_s = app_started
             .as_deref()
             .filter(|_| running)
             .and_then(|t| humantime::parse_rfc3339(t).ok())
@@ -157,11 +163,20 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
             healthy,
             health,
             held_by,
-            supervised: kept.as_ref().is_some_and(|k| k.armed_at.is_some()),
+            supervised: kept
+                .as_ref()
+                .is_some_and(|k| k.armed_at.is_some() && !k.stopping),
             restarts: kept.as_ref().map_or(0, |k| k.restarts),
             last_exit: kept.as_ref().and_then(|k| k.last_exit.clone()),
             last_exit_at: kept.as_ref().and_then(|k| k.last_exit_at.clone()),
             backoff_ms: kept.as_ref().and_then(|k| k.backoff_ms),
+            auto_rollback: kept.as_ref().and_then(|k| {
+                let why = k.rollback.as_ref()?;
+                Some(match &k.rollback_exit {
+                    Some(exit) => format!("it {why}; zdd rollback ended with {exit}"),
+                    None => format!("it {why}; zdd rollback runs or waits for the lock"),
+                })
+            }),
         });
     }
     if let (Some(points), Some(live)) = (switch, state.active) {
@@ -252,6 +267,9 @@ fn status_text(r: &StatusReport) -> String {
                 "  down, its keeper starts it again in {}",
                 fmt_ms(ms)
             ));
+        }
+        if let Some(why) = &s.auto_rollback {
+            line.push_str(&format!("  rollback asked: {why}"));
         }
         if s.restarts > 0 {
             line.push_str(&format!(

@@ -182,6 +182,10 @@ pub struct HistoryEntry {
     pub previous: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Restarts by its keeper that this entry stands for (one entry per
+    /// live period, however long the crash loop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
     pub phases: Phases,
 }
 
@@ -507,6 +511,7 @@ mod tests {
                 slot: Slot::B,
                 previous: None,
                 reason: None,
+                restarts: None,
                 phases: Phases::default(),
             });
         }

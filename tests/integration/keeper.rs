@@ -52,6 +52,11 @@ fn a_killed_live_app_is_served_again_at_once_and_only_that_window_fails() {
     );
     let back_after = t.elapsed();
     let back_at = now_us();
+    // 1 s plus the app's boot (a few milliseconds for the reference app).
+    assert!(
+        back_after < Duration::from_secs(1),
+        "served again only after {back_after:?}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let report = load.finish();
     eprintln!(
@@ -105,26 +110,35 @@ fn a_release_that_keeps_crashing_after_its_swap_is_rolled_back_once() {
     let p = live_v1("");
     // Healthy at first, then exits (status 3) 1.5 s after every start.
     let v2 = p.commit("v2", "export APP_EXIT_AFTER_MS=1500");
-    let r = p.zdd(&["deploy", &v2]);
+    // As cron and the README run it: from the config's folder, by a
+    // relative path (the keeper runs `zdd rollback` from the slot).
+    let mut cmd = std::process::Command::new(zdd_bin());
+    cmd.args(["--config", "zdd.toml", "deploy", &v2])
+        .current_dir(p.path());
+    let r = run_bounded(cmd, Duration::from_secs(60));
     assert_eq!(r.code, 0, "{r:?}");
-    let last_action = || {
+    let history = || {
         let h = p.zdd(&["history", "--json"]);
         let h: serde_json::Value = serde_json::from_str(&h.stdout).unwrap();
-        h["history"].as_array().unwrap().last().unwrap()["action"].clone()
+        h["history"].as_array().unwrap().clone()
     };
     assert!(
-        wait_until(Duration::from_secs(40), || last_action() == "rollback"),
+        wait_until(Duration::from_secs(40), || history()
+            .iter()
+            .any(|e| e["action"] == "rollback")),
         "rolled back: {:?}\n{}",
         p.state(),
         std::fs::read_to_string(p.root().join("logs/b.log")).unwrap_or_default()
     );
     assert!(wait_until(Duration::from_secs(20), || p.listening_slots() == ["a"]));
-    let h = p.zdd(&["history", "--json"]);
-    let h: serde_json::Value = serde_json::from_str(&h.stdout).unwrap();
-    let last = h["history"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(last["action"], "rollback", "{h}");
-    assert_eq!(last["outcome"], "ok", "{h}");
-    let why = last["reason"].as_str().unwrap();
+    assert_eq!(p.served(), "v1");
+    let rollbacks: Vec<_> = history()
+        .into_iter()
+        .filter(|e| e["action"] == "rollback")
+        .collect();
+    assert_eq!(rollbacks.len(), 1, "{rollbacks:?}");
+    assert_eq!(rollbacks[0]["outcome"], "ok");
+    let why = rollbacks[0]["reason"].as_str().unwrap();
     assert!(
         why.starts_with(&format!("{} exited 3 times in ", &v2[..12]))
             && why.contains("after its swap; last: exit status: 3"),
@@ -134,9 +148,13 @@ fn a_release_that_keeps_crashing_after_its_swap_is_rolled_back_once() {
     let r = p.zdd(&["deploy"]);
     assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{r:?}");
     assert_eq!(p.served(), "v1");
-    // And it happened once: slot a's keeper may not roll back.
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(p.state()["active"].as_str(), Some("a"));
+    // Never back and forth: the release rolled back to is not watched.
+    let keeper = p.keeper_pids()[0];
+    let cmdline = std::fs::read(format!("/proc/{keeper}/cmdline")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains("--rollback-after"),
+        "slot a's keeper may not roll back"
+    );
 }
 
 #[test]
@@ -174,6 +192,76 @@ fn deploys_rollbacks_and_stops_are_never_undone() {
         let text = std::fs::read_to_string(p.root().join("logs").join(log)).unwrap();
         assert!(!text.contains("exited on its own"), "{log}: {text}");
     }
+}
+
+#[test]
+fn a_stop_signal_numbered_above_sigchld_is_never_taken_for_a_crash() {
+    let _heavy = heavy();
+    // SIGWINCH (28, Apache's graceful stop) sorts after SIGCHLD (17).
+    let p = live_v1("");
+    p.edit_config(|c| c.replace("[stop]\n", "[stop]\nsignal = \"SIGWINCH\"\n"));
+    let v2 = p.commit("v2", "");
+    for args in [
+        vec!["deploy", v2.as_str()],
+        vec!["rollback"],
+        vec!["deploy", v2.as_str()],
+    ] {
+        let r = p.zdd(&args);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(!r.stderr.contains("killed its process group"), "{r:?}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(p.listening_slots(), ["b"]);
+    for log in ["a.log", "b.log"] {
+        let text = std::fs::read_to_string(p.root().join("logs").join(log)).unwrap();
+        assert!(!text.contains("exited on its own"), "{log}: {text}");
+    }
+}
+
+#[test]
+fn a_stop_sent_to_the_keeper_alone_reaches_its_app_after_the_stop_timeout() {
+    let _heavy = heavy();
+    let p = live_v1("");
+    p.edit_config(|c| c.replace("[stop]\ntimeout = \"10s\"", "[stop]\ntimeout = \"2s\""));
+    // Started again with the shorter timeout.
+    assert_eq!(p.zdd(&["stop", "a"]).code, 0);
+    assert_eq!(p.zdd(&["up"]).code, 0);
+    let keeper = p.keeper_pids()[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // The keeper no longer restarts it, and says so at once...
+    assert!(wait_until(Duration::from_secs(2), || p.status_json()
+        ["slots"][0]["supervised"]
+        == false));
+    assert_eq!(p.served(), "v1", "the app itself did not get the signal");
+    // ...and passes the stop on once the app had the time to stop.
+    assert!(wait_until(Duration::from_secs(10), || p
+        .zdd_pids()
+        .is_empty()));
+    let log = std::fs::read_to_string(p.root().join("logs/a.log")).unwrap();
+    assert!(log.contains("after the stop: sending it SIGTERM"), "{log}");
+}
+
+#[test]
+fn zdd_up_with_the_live_release_gone_from_disk_exits_4() {
+    let p = live_v1("");
+    for pid in p.keeper_pids().into_iter().chain(p.app_pids()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(wait_until(Duration::from_secs(10), || p
+        .zdd_pids()
+        .is_empty()));
+    std::fs::remove_dir_all(p.root().join("slots/a")).unwrap();
+    let r = p.zdd(&["up"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("should hold"), "{r:?}");
+    assert!(p.app_pids().is_empty(), "nothing started");
 }
 
 #[test]

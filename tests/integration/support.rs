@@ -581,6 +581,8 @@ impl Project {
     /// builds, by their `ZDD_ROOT`.
     pub fn zdd_pids(&self) -> Vec<i32> {
         let want = format!("ZDD_ROOT={}", self.root().display());
+        // A keeper's `zdd rollback` carries this mark instead.
+        let rollback = format!("ZDD_ROLLBACK_OF={}", self.root().display());
         let mut pids = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -598,7 +600,11 @@ impl Project {
                         .starts_with('Z')
                 })
                 .unwrap_or(true);
-            if !zombie && env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+            if !zombie
+                && env
+                    .split(|&b| b == 0)
+                    .any(|v| v == want.as_bytes() || v == rollback.as_bytes())
+            {
                 pids.push(pid);
             }
         }
