@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -11,6 +10,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::{Error, Result};
+use crate::signals::parse_signal;
+use crate::slot::Slot;
+use crate::user::resolve_user;
+pub use crate::user::RunAs;
 
 /// The file name looked up in the current folder when no `--config` is given.
 pub const DEFAULT_FILE: &str = "zdd.toml";
@@ -52,17 +55,6 @@ impl Default for Keeper {
             rollback_within: Duration::from_secs(300),
         }
     }
-}
-
-/// The unprivileged account that builds and runs the app.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunAs {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-    /// Its supplementary groups (from the group database).
-    pub groups: Vec<u32>,
-    pub home: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -173,7 +165,7 @@ pub struct Nginx {
 
 impl Config {
     /// The port of slot `a` (0) or `b` (1).
-    pub fn port(&self, slot: crate::state::Slot) -> u16 {
+    pub fn port(&self, slot: Slot) -> u16 {
         self.ports[slot.index()]
     }
 
@@ -586,43 +578,6 @@ fn probe_authority(listen: &str) -> String {
             format!("{host}:{port}")
         }
         None => format!("{addr}:80"),
-    }
-}
-
-/// Parse `SIGTERM`, `TERM` or `sigterm`.
-pub fn parse_signal(name: &str) -> std::result::Result<Signal, String> {
-    let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    Signal::from_str(&full)
-        .map_err(|_| format!("unknown signal {name:?}; expected a name like SIGTERM or SIGQUIT"))
-}
-
-pub fn resolve_user(name: &str) -> std::result::Result<RunAs, String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(format!(
-            "`user = {name:?}` needs zdd to run as root (it switches to that user for build and app); remove `user` or run zdd as root"
-        ));
-    }
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => {
-            let cname =
-                std::ffi::CString::new(name).map_err(|_| format!("invalid user name {name:?}"))?;
-            let groups = nix::unistd::getgrouplist(&cname, u.gid)
-                .map_err(|e| format!("cannot list the groups of {name:?}: {e}"))?;
-            Ok(RunAs {
-                name: name.to_string(),
-                uid: u.uid.as_raw(),
-                gid: u.gid.as_raw(),
-                groups: groups.iter().map(|g| g.as_raw()).collect(),
-                home: u.dir,
-            })
-        }
-        Ok(None) => Err(format!("no such user {name:?}")),
-        Err(e) => Err(format!("cannot look up user {name:?}: {e}")),
     }
 }
 

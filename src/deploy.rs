@@ -13,6 +13,7 @@ use crate::health::{self, Checker, Verified};
 use crate::process::{self, Spec, Started, StepEnd, Stopped};
 use crate::state::{Action, HistoryEntry, Lock, Outcome, Phases, Slot, SlotStatus, State};
 use crate::steer::{self, Routed};
+use crate::text::{fmt, fmt_ms, out};
 use crate::{fsutil, git, keeper, nginx, root, signals, switch};
 
 /// `zdd deploy [COMMIT]`.
@@ -61,7 +62,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
         let slot = run.state.active.expect("a live commit has a slot");
         match (&live_health, commit) {
             (Some(Ok(())), Some(_)) => {
-                crate::out!("{short} is already live in slot {slot}; nothing to do");
+                out!("{short} is already live in slot {slot}; nothing to do");
                 return Ok(());
             }
             (Some(Ok(())), None) => {
@@ -200,7 +201,7 @@ pub fn rollback(
                     .is_some_and(|id| id.pid.to_string() == pid)
         });
         if !still {
-            crate::out!("the release {keeper} kept is no longer live; nothing to roll back");
+            out!("the release {keeper} kept is no longer live; nothing to roll back");
             return Ok(());
         }
     }
@@ -486,7 +487,7 @@ impl<'a> Run<'a> {
     /// an armed keeper, if it does not run.
     fn up_live(&mut self) -> Result<()> {
         let Some(live) = self.state.active else {
-            crate::out!("nothing deployed yet; nothing to start");
+            out!("nothing deployed yet; nothing to start");
             return Ok(());
         };
         let s = self.state.slot(live).clone();
@@ -545,7 +546,7 @@ impl<'a> Run<'a> {
         self.save()?;
         match verdict {
             Verified::Healthy => {
-                crate::out!(
+                out!(
                     "started {short} in slot {live} (port {port}), healthy after {}",
                     fmt(t.elapsed())
                 );
@@ -567,7 +568,7 @@ impl<'a> Run<'a> {
             keeper::read_status(&self.config.root, live.name()).filter(|k| k.keeper_pid == pid);
         match kept {
             Some(k) if k.armed_at.is_some() => {
-                crate::out!("slot {live} runs {short} already (pid {pid})");
+                out!("slot {live} runs {short} already (pid {pid})");
                 Ok(())
             }
             Some(_) => {
@@ -582,7 +583,7 @@ impl<'a> Run<'a> {
                 keeper::arm(pid).map_err(|e| {
                     Error::Failed(format!("cannot arm slot {live}'s keeper (pid {pid}): {e}"))
                 })?;
-                crate::out!("slot {live} runs {short} (pid {pid}); its keeper now restarts it if it exits");
+                out!("slot {live} runs {short} (pid {pid}); its keeper now restarts it if it exits");
                 Ok(())
             }
             None => Err(Error::Failed(format!(
@@ -950,7 +951,7 @@ impl<'a> Run<'a> {
             Action::Rollback => "rolled back to",
             Action::Restart => "restarted",
         };
-        crate::out!(
+        out!(
             "{verb} {short}{} in slot {target} (port {port}): fetch+checkout {}, build {}, ready {}, nginx {}, settle {}, drain {}, total {}",
             subject.map(|s| format!(" {s:?}")).unwrap_or_default(),
             fmt_ms(phases.fetch_ms),
@@ -962,7 +963,7 @@ impl<'a> Run<'a> {
             fmt_ms(phases.total_ms),
         );
         if let Some(why) = &attempt.because {
-            crate::out!("because {why}");
+            out!("because {why}");
         }
         if let Some(sig) = signals::pending() {
             log::warn!("got {} during the swap; finished it first", sig.as_str());
@@ -1141,7 +1142,7 @@ impl<'a> Run<'a> {
         let started = if label == "rehearsal" {
             process::spawn_app(&spec)?
         } else {
-            let keep = process::Keep {
+            let keep = keeper::Keep {
                 name: target.name(),
                 root: &config.root,
                 stop_signal: config.stop.signal,
@@ -1149,7 +1150,7 @@ impl<'a> Run<'a> {
                 armed,
                 rollback,
             };
-            process::spawn_kept(&spec, &keep)?
+            keeper::spawn(&spec, &keep)?
         };
         let s = self.state.slot_mut(target);
         s.status = SlotStatus::Starting;
@@ -1388,17 +1389,4 @@ fn now() -> String {
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
-}
-
-/// `850ms`, `12.3s`.
-pub fn fmt_ms(ms: u64) -> String {
-    if ms < 10_000 {
-        format!("{ms}ms")
-    } else {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    }
-}
-
-fn fmt(d: Duration) -> String {
-    fmt_ms(ms(d))
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::config::DEFAULT_FILE;
 use crate::error::{Error, Result};
+use crate::text::out;
 
 /// The starter config; every key is documented in the README.
 pub const STARTER: &str = r#"# zdd.toml: how zdd deploys this app. Relative paths are relative to this file.
@@ -77,13 +78,11 @@ pub fn init(path: Option<&Path>) -> Result<()> {
     let config = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let zdd = std::env::current_exe().unwrap_or_else(|_| "zdd".into());
     let (zdd, config) = (zdd.display(), config.display());
-    crate::out!("wrote {config}; edit it (name, repo, start, ports), then:");
-    crate::out!("  1. nginx: `{zdd} -c {config} nginx --write --reload` (or include the output of `zdd nginx` in your site)");
-    crate::out!("  2. first deploy: `{zdd} -c {config} deploy`, then `zdd status`");
-    crate::out!(
-        "  3. cron, in /etc/cron.d/zdd: */5 * * * * root {zdd} -c {config} deploy --wait=2m"
-    );
-    crate::out!("     and at boot: @reboot root {zdd} -c {config} up --wait=5m");
+    out!("wrote {config}; edit it (name, repo, start, ports), then:");
+    out!("  1. nginx: `{zdd} -c {config} nginx --write --reload` (or include the output of `zdd nginx` in your site)");
+    out!("  2. first deploy: `{zdd} -c {config} deploy`, then `zdd status`");
+    out!("  3. cron, in /etc/cron.d/zdd: */5 * * * * root {zdd} -c {config} deploy --wait=2m");
+    out!("     and at boot: @reboot root {zdd} -c {config} up --wait=5m");
     Ok(())
 }
 

@@ -27,10 +27,11 @@ use nix::libc;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunAs;
 use crate::fsutil;
-use crate::process::Spec;
+use crate::process::{Spec, Started};
 use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, State};
+use crate::text::fmt_ms;
+use crate::user::RunAs;
 
 /// How the keeper is started: the hidden `zdd keep` command line, written
 /// by zdd ([`KeepArgs::to_args`]) and read back by the keeper without clap
@@ -123,7 +124,7 @@ impl KeepArgs {
                 "--name" => name = Some(text()?),
                 "--root" => root = Some(PathBuf::from(value)),
                 "--log" => log = Some(PathBuf::from(value)),
-                "--stop-signal" => stop = Some(crate::config::parse_signal(&text()?)?),
+                "--stop-signal" => stop = Some(crate::signals::parse_signal(&text()?)?),
                 "--stop-timeout-ms" => {
                     stop_timeout = Some(Duration::from_millis(
                         text()?.parse().map_err(|_| "bad duration")?,
@@ -156,6 +157,53 @@ impl KeepArgs {
             script: script.ok_or_else(|| missing("the script after --"))?,
         })
     }
+}
+
+/// How a keeper keeps the app it starts (see `keeper`).
+pub struct Keep<'a> {
+    /// The slot or named process.
+    pub name: &'a str,
+    pub root: &'a Path,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    /// Supervise from the start (`zdd up`), not only once armed.
+    pub armed: bool,
+    /// Roll back after this many exits within this long of arming, with
+    /// this config file.
+    pub rollback: Option<(u32, Duration, &'a Path)>,
+}
+
+/// Start the app under its keeper (`zdd keep`, zdd itself): the keeper
+/// leads a new process group and starts the app in it, with the same
+/// folder, environment and log. The id is the keeper's, the group's.
+pub fn spawn(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
+    let exe = std::env::current_exe()?;
+    let log = crate::process::open_log(spec.log)?;
+    let args = KeepArgs {
+        name: keep.name.to_string(),
+        root: keep.root.to_path_buf(),
+        log: spec.log.to_path_buf(),
+        stop_signal: keep.stop_signal,
+        stop_timeout: keep.stop_timeout,
+        armed: keep.armed,
+        run_as: spec.run_as.map(|u| u.name.clone()),
+        rollback: keep
+            .rollback
+            .map(|(after, within, config)| (after, within, config.to_path_buf())),
+        script: crate::process::app_script(spec),
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg("keep")
+        .args(args.to_args())
+        .current_dir(spec.dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    for (k, v) in spec.env {
+        cmd.env(k, v);
+    }
+    crate::process::identify(spec, cmd.spawn()?)
 }
 
 /// What the keeper says about itself, for `status` (`ROOT/run/NAME.keeper`).
@@ -254,23 +302,6 @@ pub fn arm_signal() -> libc::c_int {
     libc::SIGRTMIN()
 }
 
-/// The signal zdd sends the keeper (alone) just before it sends the stop
-/// signal to the group: whatever signal that is, the keeper then knows the
-/// app's exit is no crash.
-pub fn stop_notice_signal() -> libc::c_int {
-    libc::SIGRTMIN() + 1
-}
-
-/// Tell the keeper `pid` that its group is about to be stopped.
-pub fn notify_stop(pid: i32) -> std::io::Result<()> {
-    // SAFETY: kill(2) with a real-time signal number to one process.
-    if unsafe { libc::kill(pid, stop_notice_signal()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Arm the keeper `pid`: from now on it restarts the app.
 pub fn arm(pid: i32) -> std::io::Result<()> {
     // SAFETY: kill(2) with a real-time signal number to one process.
@@ -304,7 +335,7 @@ pub fn run(args: &[OsString]) -> i32 {
             return 2;
         }
     };
-    let run_as = match args.run_as.as_deref().map(crate::config::resolve_user) {
+    let run_as = match args.run_as.as_deref().map(crate::user::resolve_user) {
         None => None,
         Some(Ok(u)) => Some(u),
         Some(Err(e)) => {
@@ -377,7 +408,7 @@ impl Keeper {
                         delay = Some(wait);
                         say(&format!(
                             "cannot start the app: {e}; trying again in {}",
-                            crate::deploy::fmt_ms(wait.as_millis() as u64)
+                            fmt_ms(wait.as_millis() as u64)
                         ));
                         self.status.last_exit = Some(format!("cannot start: {e}"));
                         self.status.last_exit_at = Some(now());
@@ -409,7 +440,7 @@ impl Keeper {
                     libc::SIGCHLD => child_event = true,
                     s if s == arm_signal() && self.armed_at.is_none() => self.arm(),
                     s if stopping.is_none()
-                        && (s == stop_notice_signal()
+                        && (s == crate::process::stop_notice_signal()
                             || s == self.args.stop_signal as i32
                             || s == libc::SIGTERM
                             || s == libc::SIGINT) =>
@@ -562,11 +593,11 @@ impl Keeper {
         self.status.backoff_ms = Some(wait.as_millis() as u64);
         say(&format!(
             "the app exited on its own ({what}) after {} up; starting it again {}",
-            crate::deploy::fmt_ms(up.as_millis() as u64),
+            fmt_ms(up.as_millis() as u64),
             if wait.is_zero() {
                 "at once".to_string()
             } else {
-                format!("in {}", crate::deploy::fmt_ms(wait.as_millis() as u64))
+                format!("in {}", fmt_ms(wait.as_millis() as u64))
             }
         ));
         let now = Instant::now();
@@ -699,7 +730,7 @@ fn watched_signals(stop: Signal) -> libc::sigset_t {
         }
         libc::sigaddset(&mut set, stop as libc::c_int);
         libc::sigaddset(&mut set, arm_signal());
-        libc::sigaddset(&mut set, stop_notice_signal());
+        libc::sigaddset(&mut set, crate::process::stop_notice_signal());
         set
     }
 }

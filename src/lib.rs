@@ -1,15 +1,18 @@
 //! zdd: zero-downtime deploys of a web app on one Linux host, two slots
 //! behind nginx, steered by a switch file. The binary's `main` calls [`run`].
-
-/// A result line on stdout. A closed stdout (`zdd status | head -1`) is
-/// not an error worth a panic: the work is done either way.
-#[macro_export]
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
+//!
+//! The modules, from the command line down:
+//! - the program: `run` (dispatch, logging, exit codes), `cli`, `init`;
+//! - the commands: `deploy` (deploy, rollback, `zdd up`), `named` (`zdd
+//!   start`/`stop`), `report` (`status`, `history`), `nginx` (render, write,
+//!   reload);
+//! - a swap's parts: `steer` (confirm through nginx, drain), `switch` (the
+//!   file nginx tests), `keeper` (the process that keeps an app up),
+//!   `process` (spawn, prove, stop a group), `health`, `git`, `ports`;
+//! - what zdd keeps: `state` (state file, lock), `root` (ownership and
+//!   symlink rules), `fsutil` (atomic writes);
+//! - plain data and leaves: `config`, `slot`, `user`, `signals`, `error`,
+//!   `text`.
 
 pub mod cli;
 pub mod config;
@@ -26,158 +29,13 @@ pub mod ports;
 pub mod process;
 pub mod report;
 pub mod root;
+mod run;
 pub mod signals;
+pub mod slot;
 pub mod state;
 pub mod steer;
 pub mod switch;
+pub mod text;
+pub mod user;
 
-use std::io::Write;
-
-use clap::Parser;
-
-use crate::cli::{Cli, Command};
-use crate::config::Config;
-use crate::error::{Error, Result};
-
-/// Parse the command line, run the command, print any error once, and
-/// return the exit code.
-pub fn run() -> i32 {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == "keep") {
-        // The keeper (zdd starts it): its own small loop, no clap, no log
-        // of its own (its stderr is the app's log).
-        return keeper::run(&args[2..]);
-    }
-    let cli = Cli::parse_from(args);
-    init_logging(cli.verbose, cli.quiet);
-    // Commands that start or swap processes finish or undo their work on
-    // SIGINT/SIGTERM/SIGHUP; the others just end.
-    let handles_signals = matches!(
-        cli.command,
-        Command::Deploy { .. }
-            | Command::Rollback { .. }
-            | Command::Start { .. }
-            | Command::Up { .. }
-    );
-    if handles_signals {
-        if let Err(e) = signals::install() {
-            eprintln!("zdd: cannot install signal handlers: {e}");
-            return error::exit::NEEDS_ATTENTION;
-        }
-    }
-    let code = match dispatch(cli) {
-        Ok(()) => error::exit::OK,
-        Err(e) => {
-            eprintln!("zdd: {e}");
-            e.code()
-        }
-    };
-    if log::log_enabled!(log::Level::Debug) {
-        log::debug!("peak RSS {} KiB", peak_rss_kib().unwrap_or(0));
-    }
-    code
-}
-
-/// `VmHWM` of this process: its peak resident set size.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn dispatch(cli: Cli) -> Result<()> {
-    let explicit = cli.config.as_deref();
-    let load = || -> Result<Config> {
-        let path = Config::locate(explicit).ok_or_else(|| {
-            Error::Usage(format!(
-                "no {} in this folder; pass --config PATH, set ZDD_CONFIG, or create one with `zdd init`",
-                config::DEFAULT_FILE
-            ))
-        })?;
-        Config::load(&path)
-    };
-    match cli.command {
-        Command::Deploy { commit, wait } => {
-            deploy::deploy(&load()?, commit.as_deref(), wait.lock_wait())
-        }
-        Command::Rollback {
-            wait,
-            because,
-            if_live,
-        } => deploy::rollback(
-            &load()?,
-            wait.lock_wait(),
-            because.as_deref(),
-            if_live.as_deref(),
-        ),
-        Command::Up { wait } => {
-            let config = Config::locate(explicit)
-                .map(|p| Config::load(&p))
-                .transpose()?;
-            deploy::up(config.as_ref(), wait.lock_wait())
-        }
-        Command::Start {
-            name,
-            dir,
-            port,
-            cmd,
-            wait,
-        } => {
-            let config = Config::locate(explicit)
-                .map(|p| Config::load(&p))
-                .transpose()?;
-            named::start(config.as_ref(), &name, &dir, port, &cmd, wait.lock_wait())
-        }
-        Command::Stop { name, wait } => {
-            let config = Config::locate(explicit)
-                .map(|p| Config::load(&p))
-                .transpose()?;
-            named::stop(config.as_ref(), &name, wait.lock_wait())
-        }
-        Command::Status { json } => report::status(&load()?, json),
-        Command::History { json } => report::history(&load()?, json),
-        Command::Nginx {
-            part,
-            write,
-            reload,
-        } => nginx::run(&load()?, part, write, reload),
-        Command::Init => init::init(explicit),
-        Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "zdd", &mut std::io::stdout());
-            Ok(())
-        }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
-                .map_err(Error::io("cannot write the man page to", "stdout"))
-        }
-    }
-}
-
-/// Progress goes to stderr as plain lines; `RUST_LOG` overrides the level.
-fn init_logging(verbose: u8, quiet: bool) {
-    let level = match (quiet, verbose) {
-        (true, _) => "warn",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        _ => "trace",
-    };
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(format!("warn,zdd={level}")),
-    )
-    .format(|buf, record| match record.level() {
-        log::Level::Info => writeln!(buf, "zdd: {}", record.args()),
-        log::Level::Warn => writeln!(buf, "zdd: warning: {}", record.args()),
-        log::Level::Error => writeln!(buf, "zdd: error: {}", record.args()),
-        level => writeln!(
-            buf,
-            "zdd: {}: {}",
-            level.as_str().to_lowercase(),
-            record.args()
-        ),
-    })
-    .target(env_logger::Target::Stderr)
-    .init();
-}
+pub use run::run;

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::health::{self, Checker, Verified};
 use crate::process::{self, ProcessId, Spec, Stopped};
 use crate::state::{Lock, Slot, State};
+use crate::text::{fmt_ms, out};
 use crate::{fsutil, keeper, root};
 use nix::sys::signal::Signal;
 
@@ -169,9 +170,9 @@ pub fn start(
             log::info!(
                 "{name}: pid {} healthy on port {port} after {}",
                 started.id.pid,
-                crate::deploy::fmt_ms(t.elapsed().as_millis() as u64)
+                fmt_ms(t.elapsed().as_millis() as u64)
             );
-            crate::out!("started {name} (pid {}) on port {port}", started.id.pid);
+            out!("started {name} (pid {}) on port {port}", started.id.pid);
             Ok(())
         }
         Err(failure) => {
@@ -227,7 +228,7 @@ fn launch(
         run_as: config.and_then(|c| c.user.as_ref()),
     };
     let stop = config.map(|c| c.stop.clone()).unwrap_or_default();
-    let keep = process::Keep {
+    let keep = keeper::Keep {
         name,
         root,
         stop_signal: stop.signal,
@@ -235,7 +236,7 @@ fn launch(
         armed,
         rollback: None,
     };
-    let mut started = process::spawn_kept(&spec, &keep)
+    let mut started = keeper::spawn(&spec, &keep)
         .map_err(|e| Error::Failed(format!("cannot start `{command}`: {e}")))?;
     let record = Record {
         name: name.to_string(),
@@ -318,7 +319,7 @@ fn up_one(config: Option<&Config>, root: &Path, name: &str) -> Result<()> {
         return Ok(());
     };
     if record.process.group_is_ours() {
-        crate::out!("{name} runs already (pid {})", record.process.pid);
+        out!("{name} runs already (pid {})", record.process.pid);
         return Ok(());
     }
     if !record.dir.is_dir() {
@@ -344,7 +345,7 @@ fn up_one(config: Option<&Config>, root: &Path, name: &str) -> Result<()> {
     )?;
     match verify(config, record.port, &mut started) {
         Ok(()) => {
-            crate::out!(
+            out!(
                 "started {name} (pid {}) on port {}",
                 started.id.pid,
                 record.port
@@ -399,7 +400,7 @@ pub fn stop(
 
 fn stop_slot(config: &Config, slot: Slot, wait: Option<Option<std::time::Duration>>) -> Result<()> {
     if !config.root.exists() {
-        crate::out!("slot {slot} was not running");
+        out!("slot {slot} was not running");
         return Ok(());
     }
     root::prepare(&config.root, &[])?;
@@ -410,7 +411,7 @@ fn stop_slot(config: &Config, slot: Slot, wait: Option<Option<std::time::Duratio
     keeper::fold_restarts(&mut state, &config.root);
     match state.slot(slot).process.clone() {
         Some(id) => report_stop(&format!("slot {slot}"), &id, &config.stop),
-        None => crate::out!("slot {slot} was not running"),
+        None => out!("slot {slot} was not running"),
     }
     let s = state.slot_mut(slot);
     s.process = None;
@@ -423,14 +424,14 @@ fn stop_slot(config: &Config, slot: Slot, wait: Option<Option<std::time::Duratio
 
 fn report_stop(what: &str, id: &ProcessId, stop: &Stop) {
     match process::stop_group(id, stop.signal, stop.timeout, None) {
-        Stopped::NotRunning => crate::out!("{what} was not running"),
-        Stopped::Exited(d) => crate::out!("stopped {what} (pid {}) after {}", id.pid, crate::deploy::fmt_ms(d.as_millis() as u64)),
-        Stopped::Killed(d) => crate::out!(
+        Stopped::NotRunning => out!("{what} was not running"),
+        Stopped::Exited(d) => out!("stopped {what} (pid {}) after {}", id.pid, fmt_ms(d.as_millis() as u64)),
+        Stopped::Killed(d) => out!(
             "killed {what} (pid {}): it did not exit within {} of {}, so its process group got SIGKILL ({} in all)",
             id.pid,
             humantime::format_duration(stop.timeout),
             stop.signal,
-            crate::deploy::fmt_ms(d.as_millis() as u64)
+            fmt_ms(d.as_millis() as u64)
         ),
     }
 }

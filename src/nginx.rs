@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::config::{Config, NginxMode};
 use crate::error::{Error, Result};
 use crate::state::{Lock, State};
+use crate::text::out;
 use crate::{fsutil, switch};
 
 /// The built-in site template (`nginx/zdd.conf.j2`).
@@ -192,7 +193,7 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
             test_config(config)
                 .map_err(|m| Error::Usage(format!("nginx rejected its config\n{m}")))?;
             signal_master(config)?;
-            crate::out!("nginx reloaded");
+            out!("nginx reloaded");
         }
         return Ok(());
     }
@@ -273,10 +274,10 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
             )));
         }
         signal_master(config)?;
-        crate::out!("nginx reloaded");
+        out!("nginx reloaded");
     } else {
         for (output, _) in &written {
-            crate::out!("{}", output.display());
+            out!("{}", output.display());
         }
     }
     Ok(())

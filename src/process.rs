@@ -14,7 +14,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunAs;
+use crate::user::RunAs;
 
 /// A process as zdd recorded it: pid plus what makes it unique over time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +133,23 @@ pub fn group_members(pgid: i32) -> impl Iterator<Item = i32> {
         .flatten()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(move |&pid| read_stat(pid).is_some_and(|st| st.pgrp == pgid && st.state != 'Z'))
+}
+
+/// The signal zdd sends a keeper (alone) just before it sends the stop
+/// signal to its group: whatever signal that is, the keeper then knows its
+/// app's exit is no crash (see `keeper`).
+pub fn stop_notice_signal() -> nix::libc::c_int {
+    nix::libc::SIGRTMIN() + 1
+}
+
+/// Tell the keeper `pid` that its group is about to be stopped.
+fn notify_stop(pid: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) with a real-time signal number to one process.
+    if unsafe { nix::libc::kill(pid, stop_notice_signal()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Is `pid` a keeper (`zdd keep ...`)?
@@ -287,7 +304,7 @@ impl Started {
 
 /// The app's `sh -c` script: `exec` is prefixed so that the app replaces
 /// the shell and gets signals directly; the group covers its children.
-fn app_script(spec: &Spec) -> String {
+pub(crate) fn app_script(spec: &Spec) -> String {
     let command = spec.command.trim();
     if command.starts_with("exec ") {
         command.to_string()
@@ -302,60 +319,13 @@ pub fn spawn_app(spec: &Spec) -> std::io::Result<Started> {
     spawn(spec, &app_script(spec))
 }
 
-/// How a keeper keeps the app it starts (see `keeper`).
-pub struct Keep<'a> {
-    /// The slot or named process.
-    pub name: &'a str,
-    pub root: &'a Path,
-    pub stop_signal: Signal,
-    pub stop_timeout: Duration,
-    /// Supervise from the start (`zdd up`), not only once armed.
-    pub armed: bool,
-    /// Roll back after this many exits within this long of arming, with
-    /// this config file.
-    pub rollback: Option<(u32, Duration, &'a Path)>,
-}
-
-/// Start the app under its keeper (`zdd keep`, zdd itself): the keeper
-/// leads a new process group and starts the app in it, with the same
-/// folder, environment and log. The id is the keeper's, the group's.
-pub fn spawn_kept(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
-    let exe = std::env::current_exe()?;
-    let log = open_log(spec.log)?;
-    let args = crate::keeper::KeepArgs {
-        name: keep.name.to_string(),
-        root: keep.root.to_path_buf(),
-        log: spec.log.to_path_buf(),
-        stop_signal: keep.stop_signal,
-        stop_timeout: keep.stop_timeout,
-        armed: keep.armed,
-        run_as: spec.run_as.map(|u| u.name.clone()),
-        rollback: keep
-            .rollback
-            .map(|(after, within, config)| (after, within, config.to_path_buf())),
-        script: app_script(spec),
-    };
-    let mut cmd = Command::new(exe);
-    cmd.arg("keep")
-        .args(args.to_args())
-        .current_dir(spec.dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0);
-    for (k, v) in spec.env {
-        cmd.env(k, v);
-    }
-    identify(spec, cmd.spawn()?)
-}
-
 /// Spawn `sh -c script` for `spec` and identify it at once.
 fn spawn(spec: &Spec, script: &str) -> std::io::Result<Started> {
     identify(spec, spec.command(script)?.spawn()?)
 }
 
 /// The id of a process just spawned for `spec`, with zdd's marks.
-fn identify(spec: &Spec, child: Child) -> std::io::Result<Started> {
+pub(crate) fn identify(spec: &Spec, child: Child) -> std::io::Result<Started> {
     let pid = child.id() as i32;
     let mut id = ProcessId::of(pid).unwrap_or(ProcessId {
         pid,
@@ -454,7 +424,7 @@ pub fn stop_group_watched(
     // exit for the stop it is, whatever the signal (config may have changed
     // since it started).
     if id.leader_alive() && is_keeper(id.pid) {
-        let _ = crate::keeper::notify_stop(id.pid);
+        let _ = notify_stop(id.pid);
     }
     if killpg(pgid, signal) == Err(Errno::ESRCH) {
         return Stopped::NotRunning;

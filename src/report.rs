@@ -6,11 +6,11 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::{Config, NginxMode};
-use crate::deploy::fmt_ms;
 use crate::error::Result;
 use crate::git;
 use crate::health::Checker;
 use crate::state::{HistoryEntry, Holder, Lock, Slot, SlotStatus, State};
+use crate::text::{fmt_ms, out};
 use crate::{keeper, process, switch};
 
 /// The JSON schema version of `status --json` and `history --json`.
@@ -216,7 +216,7 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
         in_progress,
     };
     if json {
-        crate::out!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&report).expect("status serializes")
         );
@@ -366,15 +366,15 @@ pub fn history(config: &Config, json: bool) -> Result<()> {
             name: &config.name,
             history: &state.history,
         };
-        crate::out!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&report).expect("history serializes")
         );
     } else if state.history.is_empty() {
-        crate::out!("no deploys recorded yet");
+        out!("no deploys recorded yet");
     } else {
         for h in &state.history {
-            crate::out!("{}", history_line(h));
+            out!("{}", history_line(h));
         }
     }
     Ok(())

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use std::str::FromStr;
+
 use nix::sys::signal::Signal;
 
 static RECEIVED: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
@@ -55,7 +57,7 @@ pub fn fault_point(step: &str) {
         .and_then(|v| v.split_once(':'))
     {
         if at == step {
-            if let Ok(sig) = crate::config::parse_signal(sig) {
+            if let Ok(sig) = parse_signal(sig) {
                 log::debug!("test fault at {step}: {sig}");
                 let _ = nix::sys::signal::raise(sig);
             }
@@ -63,4 +65,16 @@ pub fn fault_point(step: &str) {
     }
     #[cfg(not(debug_assertions))]
     let _ = step;
+}
+
+/// Parse `SIGTERM`, `TERM` or `sigterm`.
+pub fn parse_signal(name: &str) -> std::result::Result<Signal, String> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&full)
+        .map_err(|_| format!("unknown signal {name:?}; expected a name like SIGTERM or SIGQUIT"))
 }

@@ -13,57 +13,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::process::ProcessId;
+pub use crate::slot::Slot;
 
 /// The state file's format version.
 pub const STATE_VERSION: u32 = 1;
 /// How many history entries are kept (newest last).
 pub const HISTORY_LIMIT: usize = 100;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Slot {
-    A,
-    B,
-}
-
-impl Slot {
-    pub const BOTH: [Slot; 2] = [Slot::A, Slot::B];
-
-    pub fn index(self) -> usize {
-        match self {
-            Slot::A => 0,
-            Slot::B => 1,
-        }
-    }
-
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Slot::A => "a",
-            Slot::B => "b",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Slot> {
-        match s {
-            "a" => Some(Slot::A),
-            "b" => Some(Slot::B),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// What a slot holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

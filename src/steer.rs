@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, NginxMode};
 use crate::health::{Route, RouteProbe};
-use crate::state::Slot;
+use crate::slot::Slot;
 use crate::{ports, switch};
 
 /// What the confirmation learned about nginx.

@@ -14,7 +14,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::fsutil;
-use crate::state::Slot;
+use crate::slot::Slot;
 
 /// The switch's folder under `root`.
 pub fn dir(root: &Path) -> PathBuf {
