@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::lock::LockWait;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "zdd",
@@ -133,12 +135,13 @@ pub enum WaitFor {
 }
 
 impl Wait {
-    /// In the form `state::Lock::acquire` takes.
-    pub fn lock_wait(&self) -> Option<Option<Duration>> {
-        self.wait.map(|w| match w {
-            WaitFor::Forever => None,
-            WaitFor::AtMost(d) => Some(d),
-        })
+    /// In the form `Lock::acquire` takes.
+    pub fn lock_wait(&self) -> LockWait {
+        match self.wait {
+            None => LockWait::No,
+            Some(WaitFor::Forever) => LockWait::Forever,
+            Some(WaitFor::AtMost(d)) => LockWait::AtMost(d),
+        }
     }
 }
 
@@ -181,7 +184,7 @@ mod tests {
         let cli = Cli::try_parse_from(["zdd", "rollback", "--wait=2s"]).unwrap();
         match cli.command {
             Command::Rollback { wait, .. } => {
-                assert_eq!(wait.lock_wait(), Some(Some(Duration::from_secs(2))))
+                assert_eq!(wait.lock_wait(), LockWait::AtMost(Duration::from_secs(2)))
             }
             other => panic!("{other:?}"),
         }

@@ -10,24 +10,20 @@ use nix::sys::signal::Signal;
 use crate::config::{Config, NginxMode};
 use crate::error::{Error, Result};
 use crate::health::{self, Checker, Verified};
+use crate::lock::{Lock, LockWait};
 use crate::process::{self, Spec, Started, StepEnd, Stopped};
-use crate::state::{Action, HistoryEntry, Lock, Outcome, Phases, Slot, SlotStatus, State};
+use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, SlotStatus, State};
 use crate::steer::{self, Routed};
 use crate::text::{fmt, fmt_ms, out};
 use crate::{fsutil, git, keeper, nginx, root, signals, switch};
 
 /// `zdd deploy [COMMIT]`.
-pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duration>>) -> Result<()> {
-    if let Some(c) = commit {
-        if c.is_empty()
-            || c.starts_with('-')
-            || c.chars().any(|ch| ch.is_control() || ch.is_whitespace())
-        {
-            return Err(Error::Usage(format!(
-                "{c:?} is not a commit: expected a sha, tag or branch name"
-            )));
-        }
-    }
+pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<()> {
+    let named = commit
+        .map(git::Rev::parse)
+        .transpose()
+        .map_err(Error::Usage)?;
+    let commit = named.as_ref();
     let repo = config.repo.clone().ok_or_else(|| {
         Error::Usage(format!(
             "{}: set `repo` to deploy from it",
@@ -47,11 +43,19 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
     let fetched = checkout.fetch(&repo);
     run.check_signal("nothing was deployed")?;
     fetched.map_err(|e| Error::Failed(format!("cannot fetch {repo}: {e}")))?;
-    let wanted = commit.unwrap_or(&config.branch);
+    let branch = git::Rev::parse(&config.branch)
+        .map_err(|e| Error::Usage(format!("{}: branch: {e}", config.path.display())))?;
+    let wanted = commit.unwrap_or(&branch);
     let git::Commit { sha, subject } = checkout.resolve(wanted).ok_or_else(|| {
         Error::Usage(match commit {
-            Some(c) => format!("unknown commit {c:?}: not a sha, tag or branch in {repo}"),
-            None => format!("branch {wanted:?} not found in {repo}; set `branch` in the config"),
+            Some(c) => format!(
+                "unknown commit {:?}: not a sha, tag or branch in {repo}",
+                c.as_str()
+            ),
+            None => format!(
+                "branch {:?} not found in {repo}; set `branch` in the config",
+                wanted.as_str()
+            ),
         })
     })?;
     let short = git::short(&sha).to_string();
@@ -128,10 +132,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
     );
     // Cron deploys the branch's tip: only a failure of that commit makes
     // cron wait for the branch to move.
-    let is_tip = commit.is_none()
-        || checkout
-            .resolve(&config.branch)
-            .is_some_and(|tip| tip.sha == sha);
+    let is_tip = commit.is_none() || checkout.resolve(&branch).is_some_and(|tip| tip.sha == sha);
     attempt.tip_of = is_tip.then(|| config.branch.clone());
     {
         let s = run.state.slot_mut(target);
@@ -185,7 +186,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: Option<Option<Duratio
 /// the live one.
 pub fn rollback(
     config: &Config,
-    wait: Option<Option<Duration>>,
+    wait: LockWait,
     because: Option<&str>,
     if_live: Option<&str>,
 ) -> Result<()> {
@@ -240,7 +241,7 @@ pub fn rollback(
 /// not; each under a keeper that supervises it from the start (an app that
 /// cannot start yet — its database is not up — is tried again, backing
 /// off), each verified. Nothing else: no fetch, no build, no swap.
-pub fn up(config: Option<&Config>, wait: Option<Option<Duration>>) -> Result<()> {
+pub fn up(config: Option<&Config>, wait: LockWait) -> Result<()> {
     let mut errors = Vec::new();
     if let Some(config) = config {
         // Whatever stops the live slot, the named processes still get their
@@ -310,7 +311,7 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     /// Steps 1 and 2: lock, load, reconcile with reality.
-    fn begin(config: &'a Config, wait: Option<Option<Duration>>, command: &str) -> Result<Run<'a>> {
+    fn begin(config: &'a Config, wait: LockWait, command: &str) -> Result<Run<'a>> {
         let started = Instant::now();
         root::prepare(
             &config.root,

@@ -16,6 +16,36 @@ pub struct Checkout {
     pub work_tree: PathBuf,
 }
 
+/// A COMMIT as a person or the config names it — a sha, tag or branch —
+/// checked once to be safe to hand to git as one argument: not empty, not
+/// an option, no whitespace or control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rev(String);
+
+impl Rev {
+    pub fn parse(name: &str) -> Result<Rev, String> {
+        if name.is_empty()
+            || name.starts_with('-')
+            || name.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(format!(
+                "{name:?} is not a commit: expected a sha, tag or branch name"
+            ));
+        }
+        Ok(Rev(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Rev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A resolved commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commit {
@@ -108,7 +138,8 @@ impl Checkout {
     /// no single commit (ranges, `HEAD` and the like are refused). A name
     /// that looks like a sha (7 to 40 hex digits) is tried as one first;
     /// any other name as a fetched branch first, then as a tag.
-    pub fn resolve(&self, name: &str) -> Option<Commit> {
+    pub fn resolve(&self, rev: &Rev) -> Option<Commit> {
+        let name = rev.as_str();
         let special = name.contains("..")
             || name.contains("@{")
             || name.contains(':')
@@ -159,4 +190,20 @@ impl Checkout {
 /// The short form of a sha for messages.
 pub fn short(sha: &str) -> &str {
     sha.char_indices().nth(12).map_or(sha, |(i, _)| &sha[..i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rev_is_one_safe_argument() {
+        assert_eq!(Rev::parse("v1.2").unwrap().as_str(), "v1.2");
+        for bad in ["", "--upload-pack=x", "a b", "a\nb"] {
+            assert!(
+                Rev::parse(bad).unwrap_err().contains("is not a commit"),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -9,7 +9,7 @@
 //! - a swap's parts: `steer` (confirm through nginx, drain), `switch` (the
 //!   file nginx tests), `keeper` (the process that keeps an app up),
 //!   `process` (spawn, prove, stop a group), `health`, `git`, `ports`;
-//! - what zdd keeps: `state` (state file, lock), `root` (ownership and
+//! - what zdd keeps: `state` (the state file), `lock`, `root` (ownership and
 //!   symlink rules), `fsutil` (atomic writes);
 //! - plain data and leaves: `config`, `slot`, `user`, `signals`, `error`,
 //!   `text`.
@@ -23,6 +23,7 @@ pub mod git;
 pub mod health;
 pub mod init;
 pub mod keeper;
+pub mod lock;
 pub mod named;
 pub mod nginx;
 pub mod ports;

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, Stop};
 use crate::error::{Error, Result};
 use crate::health::{self, Checker, Verified};
+use crate::lock::{Lock, LockWait};
 use crate::process::{self, ProcessId, Spec, Stopped};
-use crate::state::{Lock, Slot, State};
+use crate::state::{Slot, State};
 use crate::text::{fmt_ms, out};
 use crate::{fsutil, keeper, root};
 use nix::sys::signal::Signal;
@@ -95,7 +96,7 @@ pub fn start(
     dir: &Path,
     port: u16,
     cmd: &[String],
-    wait: Option<Option<std::time::Duration>>,
+    wait: LockWait,
 ) -> Result<()> {
     check_name(name)?;
     if Slot::parse(name).is_some() {
@@ -279,7 +280,7 @@ fn verify(
 /// `zdd up` for named processes: each one recorded under root that does not
 /// run is started again as recorded, under a keeper that supervises it at
 /// once, and verified. Returns what failed.
-pub fn up(config: Option<&Config>, wait: Option<Option<std::time::Duration>>) -> Vec<Error> {
+pub fn up(config: Option<&Config>, wait: LockWait) -> Vec<Error> {
     let root = match config
         .map(|c| Ok(c.root.clone()))
         .unwrap_or_else(default_root)
@@ -360,11 +361,7 @@ fn up_one(config: Option<&Config>, root: &Path, name: &str) -> Result<()> {
 }
 
 /// `zdd stop NAME`.
-pub fn stop(
-    config: Option<&Config>,
-    name: &str,
-    wait: Option<Option<std::time::Duration>>,
-) -> Result<()> {
+pub fn stop(config: Option<&Config>, name: &str, wait: LockWait) -> Result<()> {
     check_name(name)?;
     if let Some(slot) = Slot::parse(name) {
         let config = config.ok_or_else(|| {
@@ -398,7 +395,7 @@ pub fn stop(
     Ok(())
 }
 
-fn stop_slot(config: &Config, slot: Slot, wait: Option<Option<std::time::Duration>>) -> Result<()> {
+fn stop_slot(config: &Config, slot: Slot, wait: LockWait) -> Result<()> {
     if !config.root.exists() {
         out!("slot {slot} was not running");
         return Ok(());

@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use crate::config::{Config, NginxMode};
 use crate::error::{Error, Result};
-use crate::state::{Lock, State};
+use crate::lock::{Lock, LockWait};
+use crate::state::State;
 use crate::text::out;
 use crate::{fsutil, switch};
 
@@ -296,7 +297,7 @@ fn align_switch(config: &Config) {
     if switch::read(root).ok() == Some(live) {
         return;
     }
-    match Lock::acquire(root, None, "zdd nginx --write") {
+    match Lock::acquire(root, LockWait::No, "zdd nginx --write") {
         Ok(_lock) => match switch::flip(root, live) {
             Ok(()) => log::info!("pointed the switch at the live slot {live}"),
             Err(e) => log::warn!(

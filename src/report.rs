@@ -9,7 +9,8 @@ use crate::config::{Config, NginxMode};
 use crate::error::Result;
 use crate::git;
 use crate::health::Checker;
-use crate::state::{HistoryEntry, Holder, Lock, Slot, SlotStatus, State};
+use crate::lock::{Holder, Lock};
+use crate::state::{HistoryEntry, Slot, SlotStatus, State};
 use crate::text::{fmt_ms, out};
 use crate::{keeper, process, switch};
 
