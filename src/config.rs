@@ -94,6 +94,16 @@ pub struct Stop {
     pub settle: Duration,
 }
 
+impl Stop {
+    /// How an app's group is stopped (see `process::StopWith`).
+    pub fn with(&self) -> crate::process::StopWith {
+        crate::process::StopWith {
+            signal: self.signal,
+            timeout: self.timeout,
+        }
+    }
+}
+
 impl Default for Stop {
     fn default() -> Self {
         Stop {

@@ -11,7 +11,7 @@ use crate::config::{Config, NginxMode};
 use crate::error::{Error, Result};
 use crate::health::{self, Checker, Verified};
 use crate::lock::{Lock, LockWait};
-use crate::process::{self, Spec, Started, StepEnd, Stopped};
+use crate::process::{self, Spec, Started, StepEnd, StopWith, Stopped};
 use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, SlotStatus, State};
 use crate::steer::{self, Routed};
 use crate::text::{fmt, fmt_ms, out};
@@ -473,7 +473,7 @@ impl<'a> Run<'a> {
             self.settle_and_drain(idle);
         }
         keeper::fold_restarts(&mut self.state, &self.config.root);
-        process::stop_group(&id, self.config.stop.signal, self.config.stop.timeout, None);
+        process::stop_group(&id, self.config.stop.with(), None);
         let s = self.state.slot_mut(idle);
         s.process = None;
         s.started_at = None;
@@ -611,8 +611,7 @@ impl<'a> Run<'a> {
         self.save().inspect_err(|_| {
             process::stop_group(
                 &started.id,
-                self.config.stop.signal,
-                self.config.stop.timeout,
+                self.config.stop.with(),
                 Some(&mut started.child),
             );
         })
@@ -698,7 +697,7 @@ impl<'a> Run<'a> {
                 self.settle_and_drain(slot);
             }
             keeper::fold_restarts(&mut self.state, &self.config.root);
-            process::stop_group(&id, self.config.stop.signal, self.config.stop.timeout, None);
+            process::stop_group(&id, self.config.stop.with(), None);
             let s = self.state.slot_mut(slot);
             s.process = None;
             s.started_at = None;
@@ -710,7 +709,7 @@ impl<'a> Run<'a> {
                 .and_then(|pid| process::leftover_group(pid, &self.config.root, slot.name()));
             if let Some(id) = leftover {
                 log::warn!("slot {slot}: {listener} on port {port} was started by an earlier zdd; stopping it");
-                process::stop_group(&id, self.config.stop.signal, self.config.stop.timeout, None);
+                process::stop_group(&id, self.config.stop.with(), None);
             }
         }
         // Whatever still listens is not zdd's to stop.
@@ -771,7 +770,7 @@ impl<'a> Run<'a> {
         if records_step {
             self.state.slot_mut(slot).process = Some(step.id.clone());
             if let Err(e) = self.save() {
-                let _ = killpg_now(&step);
+                process::stop_group(&step.id, StopWith::KILL, Some(&mut step.child));
                 return Err(StepError::Failed(e.to_string()));
             }
         }
@@ -829,8 +828,7 @@ impl<'a> Run<'a> {
             let mut rehearsal = self.start_verified(&attempt, private, "rehearsal", true)?;
             process::stop_group(
                 &rehearsal.id,
-                config.stop.signal,
-                config.stop.timeout,
+                config.stop.with(),
                 Some(&mut rehearsal.child),
             );
             log::info!(
@@ -889,7 +887,7 @@ impl<'a> Run<'a> {
                 signals::fault_point("stopping");
             };
             let stopped =
-                process::stop_group_watched(&old_id, signal, config.stop.timeout, None, &mut watch);
+                process::stop_group_watched(&old_id, config.stop.with(), None, &mut watch);
             if late > 0 && self.mode == NginxMode::Switch {
                 log::warn!(
                     "slot {old}: {late} connection(s) reached port {old_port} after its stop signal: requests nginx routed there before the flip that took longer than stop.settle ({}) to arrive; if the server had stopped accepting, nginx answered them 502 (raise stop.settle above your longest upload)",
@@ -1253,8 +1251,7 @@ impl<'a> Run<'a> {
         if let Some(started) = new {
             let r = process::stop_group(
                 &started.id,
-                self.config.stop.signal,
-                self.config.stop.timeout,
+                self.config.stop.with(),
                 Some(&mut started.child),
             );
             if r != Stopped::NotRunning {
@@ -1349,11 +1346,6 @@ fn interrupted(sig: Signal, what: String) -> Error {
         number: sig as i32,
         what,
     }
-}
-
-/// SIGKILL a step's group at once (it could not be recorded).
-fn killpg_now(step: &Started) -> nix::Result<()> {
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(step.id.pid), Signal::SIGKILL)
 }
 
 /// Does the listener on `port` belong to the process group just started?

@@ -15,7 +15,6 @@ use crate::process::{self, ProcessId, Spec, Stopped};
 use crate::state::{Slot, State};
 use crate::text::{fmt_ms, out};
 use crate::{fsutil, keeper, root};
-use nix::sys::signal::Signal;
 
 /// What `run/NAME.toml` holds.
 #[derive(Debug, Serialize, Deserialize)]
@@ -178,12 +177,7 @@ pub fn start(
         }
         Err(failure) => {
             let stop = config.map(|c| c.stop.clone()).unwrap_or_default();
-            process::stop_group(
-                &started.id,
-                stop.signal,
-                stop.timeout,
-                Some(&mut started.child),
-            );
+            process::stop_group(&started.id, stop.with(), Some(&mut started.child));
             let _ = std::fs::remove_file(&path);
             Err(Error::Failed(format!(
                 "{name} failed to start: {failure}; it was stopped{}",
@@ -253,8 +247,7 @@ fn launch(
         // A process without a record must not outlive zdd.
         process::stop_group(
             &started.id,
-            Signal::SIGKILL,
-            std::time::Duration::from_secs(5),
+            process::StopWith::KILL,
             Some(&mut started.child),
         );
         return Err(Error::io("cannot write", &path)(e));
@@ -420,7 +413,7 @@ fn stop_slot(config: &Config, slot: Slot, wait: LockWait) -> Result<()> {
 }
 
 fn report_stop(what: &str, id: &ProcessId, stop: &Stop) {
-    match process::stop_group(id, stop.signal, stop.timeout, None) {
+    match process::stop_group(id, stop.with(), None) {
         Stopped::NotRunning => out!("{what} was not running"),
         Stopped::Exited(d) => out!("stopped {what} (pid {}) after {}", id.pid, fmt_ms(d.as_millis() as u64)),
         Stopped::Killed(d) => out!(

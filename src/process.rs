@@ -352,21 +352,14 @@ pub fn spawn_step(spec: &Spec) -> std::io::Result<Started> {
 /// Wait for a build or hook to finish. If zdd is signalled meanwhile and
 /// the step is `interruptible`, its group is stopped and that is reported.
 pub fn wait_step(step: &mut Started, interruptible: bool) -> std::io::Result<StepEnd> {
-    let child = &mut step.child;
     let started = Instant::now();
     loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = step.child.try_wait()? {
             return Ok(StepEnd::Exited(status));
         }
         if let Some(sig) = crate::signals::pending().filter(|_| interruptible) {
-            let pgid = child.id() as i32;
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while child.try_wait()?.is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-            let _ = child.wait();
+            stop_group(&step.id, StopWith::STEP, Some(&mut step.child));
+            let _ = step.child.wait();
             return Ok(StepEnd::Interrupted(sig));
         }
         std::thread::sleep(poll_interval(started.elapsed()));
@@ -384,6 +377,31 @@ pub fn poll_interval(elapsed: Duration) -> Duration {
     }
 }
 
+/// How a group is stopped: `signal` to the whole group, then SIGKILL to
+/// it when `timeout` passes. Apps get the configured `stop.signal` and
+/// `stop.timeout` (`config::Stop::with`); two fixed ones are deliberate:
+/// [`StopWith::KILL`] for a process zdd could not record (it must not
+/// outlive zdd), and [`StopWith::STEP`] for a build or hook cut short by a
+/// signal to zdd (`stop.signal` is the app's, not the build tools').
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopWith {
+    pub signal: Signal,
+    pub timeout: Duration,
+}
+
+impl StopWith {
+    /// SIGKILL at once.
+    pub const KILL: StopWith = StopWith {
+        signal: Signal::SIGKILL,
+        timeout: Duration::ZERO,
+    };
+    /// SIGTERM, then SIGKILL after 5 s.
+    pub const STEP: StopWith = StopWith {
+        signal: Signal::SIGTERM,
+        timeout: Duration::from_secs(5),
+    };
+}
+
 /// How stopping a group went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
@@ -395,26 +413,23 @@ pub enum Stopped {
     Killed(Duration),
 }
 
-/// Send `signal` to the group, wait up to `timeout` for every member to
-/// exit, then SIGKILL the group. `child` reaps the leader if zdd spawned it.
-pub fn stop_group(
-    id: &ProcessId,
-    signal: Signal,
-    timeout: Duration,
-    child: Option<&mut Child>,
-) -> Stopped {
-    stop_group_watched(id, signal, timeout, child, &mut || {})
+/// The one way zdd stops a group: prove it is zdd's, tell its keeper if it
+/// has one, send the stop signal to the whole group, wait up to the
+/// timeout for every member to exit, then SIGKILL the group. `child` reaps
+/// the leader if zdd spawned it.
+pub fn stop_group(id: &ProcessId, with: StopWith, child: Option<&mut Child>) -> Stopped {
+    stop_group_watched(id, with, child, &mut || {})
 }
 
 /// [`stop_group`], calling `watch` after the signal and then between
 /// looks at the group until it is gone.
 pub fn stop_group_watched(
     id: &ProcessId,
-    signal: Signal,
-    timeout: Duration,
+    with: StopWith,
     mut child: Option<&mut Child>,
     watch: &mut dyn FnMut(),
 ) -> Stopped {
+    let StopWith { signal, timeout } = with;
     if !id.group_is_ours() {
         return Stopped::NotRunning;
     }
@@ -544,17 +559,13 @@ mod tests {
         let id = started.id.clone();
         std::thread::sleep(Duration::from_millis(100));
         assert!(group_members(id.pid).count() >= 2);
-        let r = stop_group(
-            &id,
-            Signal::SIGTERM,
-            Duration::from_millis(200),
-            Some(&mut started.child),
-        );
+        let with = StopWith {
+            signal: Signal::SIGTERM,
+            timeout: Duration::from_millis(200),
+        };
+        let r = stop_group(&id, with, Some(&mut started.child));
         assert!(matches!(r, Stopped::Killed(_)), "{r:?}");
         assert!(!group_has_members(id.pid));
-        assert_eq!(
-            stop_group(&id, Signal::SIGTERM, Duration::from_millis(200), None),
-            Stopped::NotRunning
-        );
+        assert_eq!(stop_group(&id, with, None), Stopped::NotRunning);
     }
 }
