@@ -1,0 +1,340 @@
+//! Deploy and rollback, step by step as in the README ("How a deploy
+//! works"): this file is the step list, one line a step; `plan` decides
+//! from plain data, `run` holds the lock and the state, `start` and `swap`
+//! do the steps, `outcome` records and says how it ended, `up` is `zdd up`.
+
+mod outcome;
+mod plan;
+mod run;
+mod start;
+mod swap;
+mod up;
+
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::lock::LockWait;
+use crate::state::{Action, Slot, SlotStatus};
+use crate::text::{fmt, out};
+use crate::{fsutil, git};
+
+use outcome::{ms, StepError};
+use plan::Decision;
+use run::Run;
+
+/// `zdd deploy [COMMIT]`.
+pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<()> {
+    let named = commit
+        .map(git::Rev::parse)
+        .transpose()
+        .map_err(Error::Usage)?;
+    let branch = git::Rev::parse(&config.branch)
+        .map_err(|e| Error::Usage(format!("{}: branch: {e}", config.path.display())))?;
+    let repo = config.repo.clone().ok_or_else(|| {
+        Error::Usage(format!(
+            "{}: set `repo` to deploy from it",
+            config.path.display()
+        ))
+    })?;
+    let mut run = Run::begin(config, wait, "zdd deploy")?; // 1, 2: lock, reconcile
+    let target = run.state.next_deploy;
+    let checkout = run.checkout(target)?;
+    let wanted = named.as_ref().unwrap_or(&branch);
+    let resolved = run.fetch_and_resolve(&checkout, &repo, wanted, named.is_some())?; // 3
+    let live_head = match run.state.active {
+        Some(live) => run.checkout(live)?.head(),
+        None => None,
+    };
+    let decision = plan::decide(&plan::Facts {
+        state: &run.state,
+        sha: &resolved.sha,
+        named: named.is_some(),
+        live_health: run.live_health(),
+        live_head,
+    });
+    let (sha, short) = (resolved.sha.as_str(), git::short(&resolved.sha));
+    match decision {
+        Decision::AlreadyLive { slot, say: true } => {
+            out!("{short} is already live in slot {slot}; nothing to do");
+            return Ok(());
+        }
+        Decision::AlreadyLive { slot, say: false } => {
+            log::debug!("{wanted} is {short}, already live in slot {slot}; nothing to do");
+            return Ok(());
+        }
+        Decision::UnhealthyTip { slot, why } => {
+            return Err(Error::Failed(format!(
+                "slot {slot} runs {short}, the tip of {wanted}, but fails its health check ({why}); cron does not deploy the same commit again over the previous release: run `zdd deploy {short}` to do so"
+            )));
+        }
+        Decision::CronSkip { why, warn } => {
+            let text = format!(
+                "{wanted} is {short}, which {why}; not deploying it until {wanted} moves (`zdd deploy {short}` deploys it now)"
+            );
+            match warn {
+                false => log::debug!("{text}"),
+                // Nothing healthy serves: say so, whatever the level.
+                true => log::warn!("{text}; and the live slot is not healthy"),
+            }
+            return Ok(());
+        }
+        Decision::RestartInPlace { slot } => {
+            log::info!(
+                "slot {slot} holds {short}, the live commit, but does not run; starting it again"
+            );
+            run.clear_port(slot)?;
+            let attempt = Attempt::new(Action::Deploy, slot, sha, Some(sha.to_string()));
+            return run.bring_up(attempt, false);
+        }
+        Decision::Deploy { .. } => {}
+    }
+    log::info!(
+        "fetched in {}: {wanted} is {short} {:?}",
+        fmt(resolved.fetch_time),
+        resolved.subject
+    );
+    run.clear_port(target)?; // 4
+    let mut attempt = Attempt::new(
+        Action::Deploy,
+        target,
+        sha,
+        run.state.live_commit().map(str::to_string),
+    );
+    // Cron deploys the branch's tip: only a failure of that commit makes
+    // cron wait for the branch to move.
+    let is_tip = named.is_none()
+        || checkout
+            .resolve(&branch)
+            .is_some_and(|tip| tip.sha == resolved.sha);
+    attempt.tip_of = is_tip.then(|| config.branch.clone());
+    run.check_out_and_build(&checkout, &attempt, &resolved)?; // 5
+    run.bring_up(attempt, true) // 6 to 9
+}
+
+/// `zdd rollback`; `because` says why in the history (a keeper's automatic
+/// rollback), and `if_live` (SLOT:KEEPER_PID) makes it roll back only while
+/// that keeper's app is the live one, not a release deployed since.
+pub fn rollback(
+    config: &Config,
+    wait: LockWait,
+    because: Option<&str>,
+    if_live: Option<&str>,
+) -> Result<()> {
+    let mut run = Run::begin(config, wait, "zdd rollback")?; // 1, 2
+    if let Some(keeper) = if_live {
+        let still = keeper.split_once(':').is_some_and(|(slot, pid)| {
+            let live = run.state.active;
+            Slot::parse(slot).is_some_and(|s| Some(s) == live)
+                && live
+                    .and_then(|s| run.state.slot(s).process.as_ref())
+                    .is_some_and(|id| id.pid.to_string() == pid)
+        });
+        if !still {
+            out!("the release {keeper} kept is no longer live; nothing to roll back");
+            return Ok(());
+        }
+    }
+    let (target, commit) = plan::rollback_target(&run.state).map_err(Error::Usage)?;
+    if run.checkout(target)?.head().as_deref() != Some(commit.as_str()) {
+        return Err(Error::NeedsAttention(format!(
+            "slot {target} should hold {} but its checkout in {} differs; deploy a commit instead",
+            git::short(&commit),
+            run.slot_dir(target).display()
+        )));
+    }
+    run.clear_port(target)?; // 4
+    let previous = run.state.live_commit().map(str::to_string);
+    let mut attempt = Attempt::new(Action::Rollback, target, &commit, previous.clone());
+    attempt.because = because.map(|why| match &previous {
+        Some(p) => format!("{} {why}", git::short(p)),
+        None => why.to_string(),
+    });
+    run.bring_up(attempt, false) // 6 to 9
+}
+
+/// `zdd up`: at boot, from what is on disk and without fetching, start the
+/// live slot if it does not run, and every recorded named process that does
+/// not; each under a keeper that supervises it from the start (an app that
+/// cannot start yet — its database is not up — is tried again, backing
+/// off), each verified. Nothing else: no fetch, no build, no swap.
+pub fn up(config: Option<&Config>, wait: LockWait) -> Result<()> {
+    let mut errors = Vec::new();
+    if let Some(config) = config {
+        // Whatever stops the live slot, the named processes still get their
+        // turn; the exit code is the worst of all.
+        match Run::begin(config, wait, "zdd up") {
+            Ok(mut run) => errors.extend(run.up_live().err()),
+            Err(e) => errors.push(e),
+        }
+    }
+    errors.extend(crate::named::up(config, wait));
+    Error::worst_of(errors)
+}
+
+/// One deploy or rollback: which commit goes to which slot.
+struct Attempt {
+    action: Action,
+    slot: Slot,
+    sha: String,
+    /// The commit that was live before, if any.
+    previous: Option<String>,
+    /// The branch whose tip `sha` is, if it is (what cron deploys).
+    tip_of: Option<String>,
+    /// Why it happens, if zdd was told (a keeper's automatic rollback).
+    because: Option<String>,
+    /// Its keeper may roll it back if it crash-loops after the swap (a new
+    /// release, with the previous one standing by).
+    crash_rollback: bool,
+}
+
+impl Attempt {
+    fn new(action: Action, slot: Slot, sha: &str, previous: Option<String>) -> Attempt {
+        Attempt {
+            action,
+            slot,
+            sha: sha.to_string(),
+            previous,
+            tip_of: None,
+            because: None,
+            crash_rollback: false,
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        self.action.as_str()
+    }
+}
+
+/// The commit step 3 resolved.
+struct Resolved {
+    sha: String,
+    subject: String,
+    /// The `git fetch` and the resolution.
+    fetch_time: std::time::Duration,
+}
+
+impl Run<'_> {
+    /// Step 3: fetch into the idle slot's repository and resolve `wanted`.
+    fn fetch_and_resolve(
+        &mut self,
+        checkout: &git::Checkout,
+        repo: &str,
+        wanted: &git::Rev,
+        named: bool,
+    ) -> Result<Resolved> {
+        let target = self.state.next_deploy;
+        self.lock
+            .at_step(&format!("fetching {repo} into slot {target}"));
+        let t = Instant::now();
+        checkout.ensure().map_err(Error::Failed)?;
+        let fetched = checkout.fetch(repo);
+        self.check_signal("nothing was deployed")?;
+        fetched.map_err(|e| Error::Failed(format!("cannot fetch {repo}: {e}")))?;
+        let git::Commit { sha, subject } = checkout.resolve(wanted).ok_or_else(|| {
+            Error::Usage(match named {
+                true => format!(
+                    "unknown commit {:?}: not a sha, tag or branch in {repo}",
+                    wanted.as_str()
+                ),
+                false => format!(
+                    "branch {:?} not found in {repo}; set `branch` in the config",
+                    wanted.as_str()
+                ),
+            })
+        })?;
+        Ok(Resolved {
+            sha,
+            subject,
+            fetch_time: t.elapsed(),
+        })
+    }
+
+    /// Step 5: check the commit out in the idle slot and build it (hooks
+    /// around the build). From here on the slot no longer holds what it
+    /// held before, so the state says so first.
+    fn check_out_and_build(
+        &mut self,
+        checkout: &git::Checkout,
+        attempt: &Attempt,
+        resolved: &Resolved,
+    ) -> Result<()> {
+        let (config, target, sha) = (self.config, attempt.slot, attempt.sha.as_str());
+        let short = git::short(sha);
+        {
+            let s = self.state.slot_mut(target);
+            s.status = SlotStatus::Starting;
+            s.commit = Some(sha.to_string());
+            s.subject = Some(resolved.subject.clone());
+        }
+        self.save()?;
+        self.lock
+            .at_step(&format!("checking out {short} in slot {target}"));
+        let t = Instant::now();
+        if let Err(e) = checkout.checkout(sha) {
+            return Err(self.abort_env(attempt, format!("cannot check out {short}: {e}"), None));
+        }
+        if let Some(user) = &config.user {
+            // The build and the app run as this user and write in the slot.
+            let dir = &checkout.work_tree;
+            if let Err(e) = fsutil::chown_tree(dir, user.uid, user.gid) {
+                let reason = format!("cannot give {} to user {}: {e}", dir.display(), user.name);
+                return Err(self.abort_env(attempt, reason, None));
+            }
+        }
+        self.phases.fetch_ms = ms(resolved.fetch_time + t.elapsed());
+        log::info!("slot {target}: checked out {short} in {}", fmt(t.elapsed()));
+
+        let t = Instant::now();
+        self.lock
+            .at_step(&format!("building {short} in slot {target}"));
+        for (label, command) in [
+            (
+                "after_checkout hook",
+                config.hooks.after_checkout.as_deref(),
+            ),
+            ("build", config.build.as_deref()),
+            ("before_start hook", config.hooks.before_start.as_deref()),
+        ] {
+            let Some(command) = command else { continue };
+            let step = Instant::now();
+            if let Err(e) = self.step(target, sha, config.port(target), label, command) {
+                return Err(self.abort_with(attempt, e, None));
+            }
+            log::info!("slot {target}: {label} done in {}", fmt(step.elapsed()));
+        }
+        self.phases.build_ms = ms(t.elapsed());
+        Ok(())
+    }
+
+    /// Steps 6 to 9 for `attempt.slot`, which holds `attempt.sha` checked
+    /// out and built. `fresh`: the commit never served from this slot, so it
+    /// gets the verify hook (and, in round-robin mode, the rehearsal) and
+    /// its keeper may roll it back; a rollback or a restart in place of the
+    /// live commit gets none of these.
+    fn bring_up(mut self, mut attempt: Attempt, fresh: bool) -> Result<()> {
+        attempt.crash_rollback = fresh
+            && attempt.action == Action::Deploy
+            && self.config.keeper.rollback_after > 0
+            && self.state.slot(attempt.slot.other()).commit.is_some();
+        if let Err(e) = self.check_signal("") {
+            return Err(self.abort_with(&attempt, StepError::from(e), None));
+        }
+        let mut started = self.start_new(&attempt, fresh)?; // 6, 7: start, verify
+        let old = attempt.slot.other();
+        let old_process = self
+            .state
+            .slot(old)
+            .process
+            .clone()
+            .filter(|id| id.group_is_ours());
+        self.steer(&attempt, &mut started, old_process.is_some())?; // 8: flip, confirm
+                                                                    // New requests reach the new slot: so do static files served from
+                                                                    // `current` (the old slot's stay on disk for requests in flight).
+        self.point_current(attempt.slot);
+        if let Some(old_id) = &old_process {
+            self.stop_old(old, old_id); // 8: settle, drain, stop
+        }
+        self.record_swap(&attempt, fresh) // 9: record, summary
+    }
+}

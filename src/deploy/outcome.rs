@@ -1,0 +1,220 @@
+//! What is recorded and said when a deploy or rollback ends: the swap's
+//! record and summary line (step 9), or, when a step fails before the swap,
+//! the new slot stopped, the attempt in the history and the one sentence
+//! that explains it.
+
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+
+use crate::error::Error;
+use crate::error::Result;
+use crate::process::{self, Started, Stopped};
+use crate::state::{Action, HistoryEntry, Outcome, SlotStatus};
+use crate::text::{fmt_ms, out};
+use crate::{git, keeper, signals};
+
+use super::run::Run;
+use super::Attempt;
+
+/// Why a build, hook or check ended a deploy.
+pub(super) enum StepError {
+    /// The commit itself failed (build, hook, health, verify).
+    Failed(String),
+    /// Something around it failed (checkout, nginx, a port, the system);
+    /// cron will try the commit again.
+    Environment(String),
+    Interrupted(Signal),
+}
+
+impl From<Error> for StepError {
+    fn from(e: Error) -> StepError {
+        match e {
+            Error::Interrupted { number, .. } => {
+                StepError::Interrupted(Signal::try_from(number).unwrap_or(Signal::SIGTERM))
+            }
+            other => StepError::Environment(other.to_string()),
+        }
+    }
+}
+
+pub(super) fn interrupted(sig: Signal, what: String) -> Error {
+    Error::Interrupted {
+        signal: sig.as_str(),
+        number: sig as i32,
+        what,
+    }
+}
+
+impl Run<'_> {
+    /// Step 9: record the swap (the new slot live, the old one next to
+    /// deploy, a history entry), run `hooks.after_swap` on a new release,
+    /// and print the summary line. `old` was stopped or never ran.
+    pub(super) fn record_swap(mut self, attempt: &Attempt, fresh: bool) -> Result<()> {
+        let (action, target, sha) = (attempt.action, attempt.slot, attempt.sha.clone());
+        let config = self.config;
+        let short = git::short(&sha).to_string();
+        let port = config.port(target);
+        let old = target.other();
+        let subject = self.state.slot(target).subject.clone();
+        self.lock.at_step("recording the swap");
+        // Step 9: record.
+        keeper::fold_restarts(&mut self.state, &config.root);
+        {
+            let o = self.state.slot_mut(old);
+            o.process = None;
+            o.started_at = None;
+        }
+        self.state.active = Some(target);
+        self.state.next_deploy = old;
+        self.phases.total_ms = ms(self.started.elapsed());
+        let phases = self.phases;
+        self.state.push_history(HistoryEntry {
+            at: now(),
+            action,
+            outcome: Outcome::Ok,
+            commit: sha.clone(),
+            slot: target,
+            previous: attempt.previous.clone(),
+            reason: attempt.because.clone(),
+            restarts: None,
+            phases,
+        });
+        self.save()?;
+        if let Some(hook) = config.hooks.after_swap.as_deref().filter(|_| fresh) {
+            match self.step(target, &sha, port, "after_swap hook", hook) {
+                Ok(()) => {}
+                Err(StepError::Failed(m) | StepError::Environment(m)) => {
+                    log::warn!("{m}; the swap itself is done")
+                }
+                Err(StepError::Interrupted(sig)) => {
+                    log::warn!(
+                        "the after_swap hook was stopped by {}; the swap itself is done",
+                        sig.as_str()
+                    )
+                }
+            }
+        }
+        let verb = match action {
+            Action::Deploy => "deployed",
+            Action::Rollback => "rolled back to",
+            Action::Restart => "restarted",
+        };
+        out!(
+            "{verb} {short}{} in slot {target} (port {port}): fetch+checkout {}, build {}, ready {}, nginx {}, settle {}, drain {}, total {}",
+            subject.map(|s| format!(" {s:?}")).unwrap_or_default(),
+            fmt_ms(phases.fetch_ms),
+            fmt_ms(phases.build_ms),
+            fmt_ms(phases.ready_ms),
+            fmt_ms(phases.route_ms),
+            fmt_ms(phases.settle_ms),
+            fmt_ms(phases.drain_ms),
+            fmt_ms(phases.total_ms),
+        );
+        if let Some(why) = &attempt.because {
+            out!("because {why}");
+        }
+        if let Some(sig) = signals::pending() {
+            log::warn!("got {} during the swap; finished it first", sig.as_str());
+        }
+        Ok(())
+    }
+
+    /// Abort for a failure that is not the commit's (cron tries it again).
+    pub(super) fn abort_env(
+        &mut self,
+        attempt: &Attempt,
+        reason: String,
+        new: Option<&mut Started>,
+    ) -> Error {
+        self.abort_with(attempt, StepError::Environment(reason), new)
+    }
+
+    /// A deploy or rollback failed before the swap: stop the new slot,
+    /// record the attempt, and explain.
+    pub(super) fn abort_with(
+        &mut self,
+        attempt: &Attempt,
+        why: StepError,
+        new: Option<&mut Started>,
+    ) -> Error {
+        let (action, slot, sha) = (attempt.action, attempt.slot, attempt.sha.as_str());
+        let mut stopped = String::new();
+        if let Some(started) = new {
+            let r = process::stop_group(
+                &started.id,
+                self.config.stop.with(),
+                Some(&mut started.child),
+            );
+            if r != Stopped::NotRunning {
+                stopped = format!("stopped slot {slot}; ");
+            }
+        }
+        {
+            let s = self.state.slot_mut(slot);
+            s.process = None;
+            s.started_at = None;
+            s.status = match action {
+                // A rollback target still holds the release it held.
+                Action::Rollback => SlotStatus::Standby,
+                Action::Deploy | Action::Restart => SlotStatus::Failed,
+            };
+        }
+        let (outcome, reason) = match &why {
+            StepError::Failed(r) => (Outcome::Failed, r.clone()),
+            StepError::Environment(r) => (Outcome::Error, r.clone()),
+            StepError::Interrupted(sig) => (
+                Outcome::Interrupted,
+                format!("interrupted by {}", sig.as_str()),
+            ),
+        };
+        self.phases.total_ms = ms(self.started.elapsed());
+        self.state.push_history(HistoryEntry {
+            at: now(),
+            action,
+            outcome,
+            commit: sha.to_string(),
+            slot,
+            previous: attempt.previous.clone(),
+            reason: Some(reason.clone()),
+            restarts: None,
+            phases: self.phases,
+        });
+        let saved = self.save();
+        let serving = self.serving_note();
+        let what = attempt.what();
+        let tail = if matches!(why, StepError::Interrupted(_)) {
+            String::new()
+        } else {
+            process::tail_note(&self.log_path(slot))
+        };
+        if let Err(e) = saved {
+            return e;
+        }
+        let after = match &attempt.tip_of {
+            Some(branch) if action == Action::Deploy && outcome == Outcome::Failed => format!(
+                "; cron runs will not retry {}, the tip of {branch}, until {branch} moves",
+                git::short(sha)
+            ),
+            _ => String::new(),
+        };
+        match why {
+            StepError::Failed(reason) | StepError::Environment(reason) => Error::Failed(format!(
+                "{what} of {} to slot {slot} failed: {reason}; {stopped}nothing else changed{serving}{after}{tail}",
+                git::short(sha)
+            )),
+            StepError::Interrupted(sig) => interrupted(
+                sig,
+                format!("{stopped}the {what} of {} was abandoned{serving}", git::short(sha)),
+            ),
+        }
+    }
+}
+
+pub(super) fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+pub(super) fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}

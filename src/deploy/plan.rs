@@ -1,0 +1,339 @@
+//! What a deploy or rollback does, decided from plain data — the state,
+//! its history, the live slot's health, the resolved commit — with no
+//! process, file or network in sight, so that every decision has a test.
+
+use crate::state::{Action, HistoryEntry, Outcome, Slot, SlotStatus, State};
+
+/// What a deploy does with the commit it resolved (step 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// It is live and healthy: nothing to do. `say`: a person named it
+    /// (cron stays silent).
+    AlreadyLive { slot: Slot, say: bool },
+    /// The branch's tip is live and runs, but fails its health check: cron
+    /// does not rebuild it over the previous release (a person may).
+    UnhealthyTip { slot: Slot, why: String },
+    /// Cron leaves this commit alone until the branch moves; `warn` when
+    /// nothing healthy serves.
+    CronSkip { why: String, warn: bool },
+    /// The live commit does not run (a reboot, `zdd stop`): start it again
+    /// where it is, built.
+    RestartInPlace { slot: Slot },
+    /// Check it out, build it and bring it up in the idle slot.
+    Deploy { target: Slot },
+}
+
+/// What [`decide`] looks at.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    pub state: &'a State,
+    /// The commit resolved.
+    pub sha: &'a str,
+    /// A person named it (`zdd deploy COMMIT`), rather than cron's tip.
+    pub named: bool,
+    /// The live slot's health right now: `None` when nothing live runs.
+    pub live_health: Option<Result<(), String>>,
+    /// The commit checked out in the live slot's work tree, if any.
+    pub live_head: Option<String>,
+}
+
+/// Step 3's decision.
+pub fn decide(f: &Facts) -> Decision {
+    let state = f.state;
+    if let Some(slot) = state.active.filter(|_| state.live_commit() == Some(f.sha)) {
+        match (&f.live_health, f.named) {
+            (Some(Ok(())), named) => return Decision::AlreadyLive { slot, say: named },
+            (Some(Err(why)), false) => {
+                return Decision::UnhealthyTip {
+                    slot,
+                    why: why.clone(),
+                }
+            }
+            _ => {}
+        }
+    }
+    if !f.named {
+        if let Some(why) = cron_skip(&state.history, f.sha) {
+            let warn = !matches!(f.live_health, Some(Ok(())));
+            return Decision::CronSkip { why, warn };
+        }
+    }
+    if let Some(live) = state.active {
+        let s = state.slot(live);
+        if s.commit.as_deref() == Some(f.sha)
+            && s.process.is_none()
+            && f.live_head.as_deref() == Some(f.sha)
+        {
+            return Decision::RestartInPlace { slot: live };
+        }
+    }
+    Decision::Deploy {
+        target: state.next_deploy,
+    }
+}
+
+/// Why cron (a deploy without COMMIT) leaves `sha` alone, if it does: its
+/// last deploy failed because of the commit itself, or an operator (or its
+/// keeper) rolled back away from it since it was last deployed.
+pub fn cron_skip(history: &[HistoryEntry], sha: &str) -> Option<String> {
+    history
+        .iter()
+        .rev()
+        .find_map(|h| match (h.action, h.outcome) {
+            (Action::Deploy, Outcome::Failed) if h.commit == sha => {
+                Some(Some(format!("failed to deploy at {}", h.at)))
+            }
+            (Action::Deploy, _) if h.commit == sha => Some(None),
+            (Action::Rollback, Outcome::Ok) if h.previous.as_deref() == Some(sha) => {
+                Some(Some(format!("was rolled back at {}", h.at)))
+            }
+            _ => None,
+        })?
+}
+
+/// What `zdd rollback` brings back: the idle slot and the release it holds,
+/// or why there is none.
+pub fn rollback_target(state: &State) -> Result<(Slot, String), String> {
+    let target = state.next_deploy;
+    let s = state.slot(target);
+    match (s.status, &s.commit) {
+        (SlotStatus::Standby, Some(c)) => Ok((target, c.clone())),
+        (status, commit) => Err(format!(
+            "nothing to roll back to: slot {target} holds {} ({}), not a previous release",
+            commit
+                .as_deref()
+                .map(crate::git::short)
+                .unwrap_or("no commit"),
+            status.as_str()
+        )),
+    }
+}
+
+/// Make the state match which slots' processes really run (`alive`,
+/// a then b); returns what it corrected, one sentence each.
+pub fn reconcile(state: &mut State, alive: [bool; 2]) -> Vec<String> {
+    let mut said = Vec::new();
+    for slot in Slot::BOTH {
+        let s = state.slot_mut(slot);
+        if let Some(id) = &s.process {
+            if !alive[slot.index()] {
+                said.push(format!("slot {slot}: recorded pid {} is gone", id.pid));
+                s.process = None;
+                s.started_at = None;
+            }
+        }
+    }
+    // The live slot is never the one a deploy overwrites.
+    if state.active == Some(state.next_deploy) {
+        let live = state.next_deploy;
+        said.push(format!(
+            "state names slot {live} both live and next to deploy; the next deploy goes to slot {}",
+            live.other()
+        ));
+        state.next_deploy = live.other();
+    }
+    // zdd was killed mid-swap and the slot recorded as live does not run
+    // (the old one was stopped before the record, or the new one died
+    // after it): the app that runs in the other slot is what serves, so it
+    // is the live one. (A build or hook is recorded without a start time,
+    // and never counts.)
+    if let Some(live) = state.active {
+        let other = live.other();
+        let o = state.slot(other);
+        if state.slot(live).process.is_none() && o.process.is_some() && o.started_at.is_some() {
+            said.push(format!(
+                "slot {other} runs and slot {live} does not: an earlier zdd was interrupted mid-swap; slot {other} is live"
+            ));
+            state.slot_mut(live).status = SlotStatus::Standby;
+            state.slot_mut(other).status = SlotStatus::Live;
+            state.active = Some(other);
+            state.next_deploy = live;
+        }
+    }
+    said
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::ProcessId;
+    use crate::state::Phases;
+
+    const V1: &str = "1111111111111111111111111111111111111111";
+    const V2: &str = "2222222222222222222222222222222222222222";
+
+    fn pid(n: i32) -> Option<ProcessId> {
+        Some(ProcessId {
+            pid: n,
+            start_time: 1,
+            boot_id: "boot".into(),
+            marks: Vec::new(),
+        })
+    }
+
+    /// v1 live in slot a (running), v2 standing by in slot b.
+    fn live_v1() -> State {
+        let mut s = State::fresh([3001, 3002]);
+        s.active = Some(Slot::A);
+        s.next_deploy = Slot::B;
+        s.slots.a.status = SlotStatus::Live;
+        s.slots.a.commit = Some(V1.into());
+        s.slots.a.process = pid(10);
+        s.slots.a.started_at = Some("t".into());
+        s.slots.b.status = SlotStatus::Standby;
+        s.slots.b.commit = Some(V2.into());
+        s
+    }
+
+    fn entry(
+        action: Action,
+        outcome: Outcome,
+        commit: &str,
+        previous: Option<&str>,
+    ) -> HistoryEntry {
+        HistoryEntry {
+            at: "2026-11-30T10:00:00Z".into(),
+            action,
+            outcome,
+            commit: commit.into(),
+            slot: Slot::A,
+            previous: previous.map(str::to_string),
+            reason: None,
+            restarts: None,
+            phases: Phases::default(),
+        }
+    }
+
+    fn facts<'a>(state: &'a State, sha: &'a str, named: bool) -> Facts<'a> {
+        Facts {
+            state,
+            sha,
+            named,
+            live_health: Some(Ok(())),
+            live_head: Some(V1.into()),
+        }
+    }
+
+    #[test]
+    fn the_live_commit_again_is_nothing_to_do_and_cron_says_nothing() {
+        let s = live_v1();
+        let said = |named| decide(&facts(&s, V1, named));
+        assert_eq!(
+            said(true),
+            Decision::AlreadyLive {
+                slot: Slot::A,
+                say: true
+            }
+        );
+        assert_eq!(
+            said(false),
+            Decision::AlreadyLive {
+                slot: Slot::A,
+                say: false
+            }
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_live_tip_is_not_rebuilt_by_cron_but_by_a_person() {
+        let s = live_v1();
+        let mut f = facts(&s, V1, false);
+        f.live_health = Some(Err("HTTP 500".into()));
+        assert_eq!(
+            decide(&f),
+            Decision::UnhealthyTip {
+                slot: Slot::A,
+                why: "HTTP 500".into()
+            }
+        );
+        f.named = true;
+        assert_eq!(decide(&f), Decision::Deploy { target: Slot::B });
+    }
+
+    #[test]
+    fn cron_skips_a_failed_or_rolled_back_tip_until_the_branch_moves() {
+        let mut s = live_v1();
+        s.history
+            .push(entry(Action::Deploy, Outcome::Failed, V2, Some(V1)));
+        match decide(&facts(&s, V2, false)) {
+            Decision::CronSkip { why, warn } => {
+                assert_eq!(why, "failed to deploy at 2026-11-30T10:00:00Z");
+                assert!(!warn, "the live slot is healthy");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            decide(&facts(&s, V2, true)),
+            Decision::Deploy { target: Slot::B },
+            "a person may"
+        );
+        // A later successful deploy of it clears the skip...
+        s.history
+            .push(entry(Action::Deploy, Outcome::Ok, V2, Some(V1)));
+        assert_eq!(cron_skip(&s.history, V2), None);
+        // ...and a rollback away from it sets it again.
+        s.history
+            .push(entry(Action::Rollback, Outcome::Ok, V1, Some(V2)));
+        assert_eq!(
+            cron_skip(&s.history, V2).as_deref(),
+            Some("was rolled back at 2026-11-30T10:00:00Z")
+        );
+        // Environment errors are retried.
+        let mut e = live_v1();
+        e.history
+            .push(entry(Action::Deploy, Outcome::Error, V2, Some(V1)));
+        assert_eq!(cron_skip(&e.history, V2), None);
+    }
+
+    #[test]
+    fn a_live_commit_that_does_not_run_starts_again_where_it_is() {
+        let mut s = live_v1();
+        s.slots.a.process = None;
+        let mut f = facts(&s, V1, false);
+        f.live_health = None;
+        assert_eq!(decide(&f), Decision::RestartInPlace { slot: Slot::A });
+        f.live_head = Some(V2.into());
+        assert_eq!(
+            decide(&f),
+            Decision::Deploy { target: Slot::B },
+            "its checkout differs: build it anew"
+        );
+    }
+
+    #[test]
+    fn rollback_needs_a_release_standing_by() {
+        let s = live_v1();
+        assert_eq!(rollback_target(&s), Ok((Slot::B, V2.into())));
+        let fresh = State::fresh([1, 2]);
+        assert!(rollback_target(&fresh)
+            .unwrap_err()
+            .starts_with("nothing to roll back to: slot a holds no commit (empty)"));
+    }
+
+    #[test]
+    fn reconcile_follows_what_runs() {
+        // The recorded live pid is gone; the other slot's app runs: it is live.
+        let mut s = live_v1();
+        s.slots.b.process = pid(20);
+        s.slots.b.started_at = Some("t".into());
+        s.slots.b.status = SlotStatus::Starting;
+        let said = reconcile(&mut s, [false, true]);
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert_eq!(s.active, Some(Slot::B));
+        assert_eq!(s.next_deploy, Slot::A);
+        assert_eq!(s.slots.b.status, SlotStatus::Live);
+        assert_eq!(s.slots.a.status, SlotStatus::Standby);
+        // A build (no start time) never becomes live.
+        let mut s = live_v1();
+        s.slots.a.process = None;
+        s.slots.b.process = pid(20);
+        let said = reconcile(&mut s, [false, true]);
+        assert!(said.is_empty(), "{said:?}");
+        assert_eq!(s.active, Some(Slot::A));
+        // Live and next the same: the next deploy goes elsewhere.
+        let mut s = live_v1();
+        s.next_deploy = Slot::A;
+        reconcile(&mut s, [true, false]);
+        assert_eq!(s.next_deploy, Slot::B);
+    }
+}

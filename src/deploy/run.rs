@@ -1,0 +1,269 @@
+//! One deploy, rollback or `zdd up` in progress: the lock and the state it
+//! holds (steps 1 and 2: lock, load, reconcile with reality — the processes,
+//! the switch, what an interrupted run left), and what every step asks of it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::config::{Config, NginxMode};
+use crate::error::{Error, Result};
+use crate::health::Checker;
+use crate::lock::{Lock, LockWait};
+use crate::process::{self, Started};
+use crate::state::{Phases, Slot, SlotStatus, State};
+use crate::{fsutil, git, keeper, nginx, root, signals, steer, switch};
+
+use super::outcome::interrupted;
+use super::plan;
+
+/// One deploy or rollback in progress: holds the lock and the state.
+pub(super) struct Run<'a> {
+    pub(super) config: &'a Config,
+    pub(super) state: State,
+    pub(super) state_path: PathBuf,
+    pub(super) started: Instant,
+    pub(super) phases: Phases,
+    /// How nginx is steered (`nginx::mode`).
+    pub(super) mode: NginxMode,
+    pub(super) lock: Lock,
+}
+
+impl<'a> Run<'a> {
+    /// Steps 1 and 2: lock, load, reconcile with reality.
+    pub(super) fn begin(config: &'a Config, wait: LockWait, command: &str) -> Result<Run<'a>> {
+        let started = Instant::now();
+        root::prepare(
+            &config.root,
+            &[root::SLOTS, root::GIT, root::LOGS, root::RUN, root::SWITCH],
+        )?;
+        for slot in Slot::BOTH {
+            root::check_file(&process::log_path(&config.root, slot.name()))?;
+        }
+        let mode = nginx::mode(config)?;
+        let lock = Lock::acquire(&config.root, wait, command)?;
+        let state_path = config.state_path();
+        let state = State::load(&state_path, config.ports)?;
+        let mut run = Run {
+            config,
+            state,
+            state_path,
+            started,
+            phases: Phases::default(),
+            mode,
+            lock,
+        };
+        let restarted = keeper::fold_restarts(&mut run.state, &config.root);
+        if run.reconcile() || restarted {
+            run.save()?;
+        }
+        run.reconcile_switch()?;
+        run.stop_leftover()?;
+        if let Some(live) = run.state.active {
+            run.point_current(live);
+        }
+        Ok(run)
+    }
+
+    /// Make the state match the processes that really run (see
+    /// `plan::reconcile`). Returns whether anything changed.
+    pub(super) fn reconcile(&mut self) -> bool {
+        let alive = Slot::BOTH.map(|slot| {
+            self.state
+                .slot(slot)
+                .process
+                .as_ref()
+                .is_some_and(|id| id.group_is_ours())
+        });
+        let said = plan::reconcile(&mut self.state, alive);
+        for line in &said {
+            log::warn!("{line}");
+        }
+        !said.is_empty()
+    }
+
+    /// The switch is part of reality: it must point at the live slot when
+    /// that runs (a zdd killed between recording and flipping leaves it
+    /// behind; the state, written first, says where it belongs). The flip
+    /// is proven through nginx before anything is stopped: if nginx does not
+    /// follow it while the other slot runs, the other slot is what serves,
+    /// and it is recorded as live instead.
+    pub(super) fn reconcile_switch(&mut self) -> Result<()> {
+        let config = self.config;
+        let root = &config.root;
+        let Some(live) = self.state.active else {
+            return Ok(());
+        };
+        let runs = |slot: Slot| self.state.slot(slot).process.is_some();
+        if self.mode != NginxMode::Switch || !runs(live) {
+            return Ok(());
+        }
+        let was = match switch::read(root) {
+            Ok(s) if s == live => return Ok(()),
+            Ok(s) => s,
+            Err(e) => {
+                return Err(Error::NeedsAttention(format!(
+                    "cannot read the switch {}: {e}",
+                    switch::file(root).display()
+                )))
+            }
+        };
+        log::warn!("nginx's switch points at slot {was}, away from the live slot {live} (an earlier zdd was interrupted); pointing it at slot {live}");
+        let flip = |to: Slot| {
+            switch::flip(root, to).map_err(|e| {
+                Error::NeedsAttention(format!(
+                    "cannot point the switch {} at slot {to}: {e}",
+                    switch::file(root).display()
+                ))
+            })
+        };
+        flip(live)?;
+        let other_runs = runs(was);
+        match steer::confirm(
+            config,
+            NginxMode::Switch,
+            live,
+            config.port(live),
+            other_runs,
+        ) {
+            Ok(_) => Ok(()),
+            Err(not) if other_runs && not.picked == Some(steer::upstream_of(config, was)) => {
+                // nginx does not follow the switch: it serves from `was`.
+                flip(was)?;
+                log::warn!(
+                    "{}; slot {was}, which nginx still uses, is live again",
+                    not.reason
+                );
+                self.state.slot_mut(was).status = SlotStatus::Live;
+                self.state.slot_mut(live).status = SlotStatus::Starting;
+                self.state.active = Some(was);
+                self.state.next_deploy = live;
+                self.save()
+            }
+            Err(not) => {
+                log::warn!("{}", not.reason);
+                Ok(())
+            }
+        }
+    }
+
+    /// With the live slot running, whatever runs in the other slot is a
+    /// leftover of an interrupted run (a build, a new slot never swapped in,
+    /// an old slot never stopped): nginx no longer picks it, so drain and
+    /// stop it, and one slot serves.
+    pub(super) fn stop_leftover(&mut self) -> Result<()> {
+        let Some(live) = self.state.active else {
+            return Ok(());
+        };
+        let idle = live.other();
+        if self.state.slot(live).process.is_none() {
+            return Ok(());
+        }
+        let Some(id) = self.state.slot(idle).process.clone() else {
+            return Ok(());
+        };
+        log::warn!(
+            "slot {idle}: pid {} from an earlier run still runs; stopping it",
+            id.pid
+        );
+        if self.mode == NginxMode::Switch {
+            self.settle_and_drain(idle);
+        }
+        keeper::fold_restarts(&mut self.state, &self.config.root);
+        process::stop_group(&id, self.config.stop.with(), None);
+        let s = self.state.slot_mut(idle);
+        s.process = None;
+        s.started_at = None;
+        self.save()
+    }
+
+    pub(super) fn save(&self) -> Result<()> {
+        self.state.save(&self.state_path)
+    }
+
+    /// Save the state that records `started`; if that fails, stop it: a
+    /// process the state does not record must not outlive zdd.
+    pub(super) fn save_or_stop(&self, started: &mut Started) -> Result<()> {
+        self.save().inspect_err(|_| {
+            process::stop_group(
+                &started.id,
+                self.config.stop.with(),
+                Some(&mut started.child),
+            );
+        })
+    }
+
+    /// Point `ROOT/current` at `slot` (atomically), unless it already does.
+    pub(super) fn point_current(&self, slot: Slot) {
+        let current = self.config.root.join("current");
+        let target = PathBuf::from("slots").join(slot.name());
+        if std::fs::read_link(&current).ok().as_ref() == Some(&target) {
+            return;
+        }
+        if let Err(e) = fsutil::symlink_atomic(&target, &current) {
+            log::warn!("cannot update {}: {e}", current.display());
+        }
+    }
+
+    pub(super) fn slot_dir(&self, slot: Slot) -> PathBuf {
+        self.config.root.join("slots").join(slot.name())
+    }
+
+    /// The slot's repository and work tree, once proven not to be symlinks
+    /// (git and the app would follow them out of root).
+    pub(super) fn checkout(&self, slot: Slot) -> Result<git::Checkout> {
+        let checkout = git::Checkout::new(&self.config.root, slot.name());
+        root::check_no_symlink(&checkout.git_dir)?;
+        root::check_no_symlink(&checkout.work_tree)?;
+        Ok(checkout)
+    }
+
+    pub(super) fn log_path(&self, slot: Slot) -> PathBuf {
+        process::log_path(&self.config.root, slot.name())
+    }
+
+    pub(super) fn check_signal(&self, what: &str) -> Result<()> {
+        match signals::pending() {
+            Some(sig) => Err(interrupted(sig, what.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// The live slot's health right now: `None` when nothing live runs,
+    /// else the health check's verdict.
+    pub(super) fn live_health(&self) -> Option<std::result::Result<(), String>> {
+        let live = self.state.active?;
+        self.state.slot(live).process.as_ref()?;
+        Some(Checker::new(&self.config.health, self.config.port(live)).check())
+    }
+
+    /// The environment of the app, its build and hooks.
+    pub(super) fn env(&self, slot: Slot, sha: &str, port: u16) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PORT".to_string(), port.to_string()),
+            ("ZDD_SLOT".to_string(), slot.name().to_string()),
+            ("ZDD_COMMIT".to_string(), sha.to_string()),
+            (
+                "ZDD_ROOT".to_string(),
+                self.config.root.display().to_string(),
+            ),
+        ];
+        env.extend(self.config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    /// ", slot a still serves" or "".
+    pub(super) fn serving_note(&self) -> String {
+        match self.state.active {
+            Some(live) if self.state.slot(live).process.is_some() => format!(
+                "; slot {live} still serves {}",
+                self.state
+                    .slot(live)
+                    .commit
+                    .as_deref()
+                    .map(git::short)
+                    .unwrap_or("?")
+            ),
+            _ => String::new(),
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Steps 4 to 7: clear the idle slot's port, run the build and hooks,
+//! start the new slot under its keeper and verify it (health, verify hook,
+//! the answer from the right process), then arm its keeper.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::config::NginxMode;
+use crate::error::{Error, Result};
+use crate::health::{self, Checker, Verified};
+use crate::keeper;
+use crate::process::{self, Spec, Started, StepEnd, StopWith};
+use crate::state::{Slot, SlotStatus};
+use crate::text::fmt;
+use crate::{git, signals, switch};
+
+use super::outcome::{ms, now, StepError};
+use super::run::Run;
+use super::Attempt;
+
+impl Run<'_> {
+    /// Step 4: stop our own leftover in `slot`; refuse a foreign listener.
+    pub(super) fn clear_port(&mut self, slot: Slot) -> Result<()> {
+        let port = self.config.port(slot);
+        if let Some(id) = self.state.slot(slot).process.clone() {
+            log::warn!(
+                "slot {slot}: pid {} from an earlier run still runs; stopping it",
+                id.pid
+            );
+            if self.mode == NginxMode::Switch && switch::read(&self.config.root).ok() != Some(slot)
+            {
+                self.settle_and_drain(slot);
+            }
+            keeper::fold_restarts(&mut self.state, &self.config.root);
+            process::stop_group(&id, self.config.stop.with(), None);
+            let s = self.state.slot_mut(slot);
+            s.process = None;
+            s.started_at = None;
+            self.save()?;
+        }
+        for listener in crate::ports::listeners(port, &[]) {
+            let leftover = listener
+                .pid
+                .and_then(|pid| process::leftover_group(pid, &self.config.root, slot.name()));
+            if let Some(id) = leftover {
+                log::warn!("slot {slot}: {listener} on port {port} was started by an earlier zdd; stopping it");
+                process::stop_group(&id, self.config.stop.with(), None);
+            }
+        }
+        // Whatever still listens is not zdd's to stop.
+        if let Some(listener) = crate::ports::listeners(port, &[]).into_iter().next() {
+            return Err(Error::Failed(format!(
+                "port {port} of slot {slot} is taken by {listener}, which zdd did not start; stop it or change `ports` (nothing was changed{})",
+                self.serving_note()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Run a build or hook in the slot; `Err` is the reason it failed.
+    pub(super) fn step(
+        &mut self,
+        slot: Slot,
+        sha: &str,
+        port: u16,
+        label: &str,
+        command: &str,
+    ) -> std::result::Result<(), StepError> {
+        let log = self.log_path(slot);
+        process::log_marker(
+            &log,
+            &format!("{label} of {} in slot {slot}: {command}", git::short(sha)),
+        );
+        let env = self.env(slot, sha, port);
+        let dir = self.slot_dir(slot);
+        let spec = Spec {
+            command,
+            dir: &dir,
+            env: &env,
+            log: &log,
+            run_as: self.config.user.as_ref(),
+        };
+        let mut step = process::spawn_step(&spec)
+            .map_err(|e| StepError::Failed(format!("cannot run the {label}: {e}")))?;
+        // Before the app starts, the slot's recorded process is the build or
+        // hook, so that a zdd killed meanwhile leaves nothing unrecorded.
+        let records_step = self.state.slot(slot).status == SlotStatus::Starting
+            && self.state.slot(slot).process.is_none();
+        if records_step {
+            self.state.slot_mut(slot).process = Some(step.id.clone());
+            if let Err(e) = self.save() {
+                process::stop_group(&step.id, StopWith::KILL, Some(&mut step.child));
+                return Err(StepError::Failed(e.to_string()));
+            }
+        }
+        // After the swap nothing may be cut short: the deploy is done.
+        let interruptible = label != "after_swap hook";
+        let end = process::wait_step(&mut step, interruptible);
+        if records_step {
+            self.state.slot_mut(slot).process = None;
+        }
+        match end {
+            Err(e) => Err(StepError::Failed(format!("cannot run the {label}: {e}"))),
+            Ok(StepEnd::Interrupted(sig)) => Err(StepError::Interrupted(sig)),
+            Ok(StepEnd::Exited(status)) if status.success() => Ok(()),
+            Ok(StepEnd::Exited(status)) => {
+                Err(StepError::Failed(format!("the {label} failed ({status})")))
+            }
+        }
+    }
+
+    /// Steps 6 and 7: start the new slot under its keeper, record it at
+    /// once, verify it. In round-robin mode a new commit first runs a
+    /// rehearsal on a private port: there nginx sends requests to a slot
+    /// port as soon as anything listens on it, so a version that listens but
+    /// answers errors must never listen there. With the switch the new slot
+    /// is only a backup until the flip, so it is verified where it will
+    /// serve. `fresh`: a commit that never served from this slot (verify
+    /// hook, rehearsal).
+    pub(super) fn start_new(&mut self, attempt: &Attempt, fresh: bool) -> Result<Started> {
+        let (target, config) = (attempt.slot, self.config);
+        let port = config.port(target);
+        self.lock.at_step(&format!(
+            "starting {} in slot {target}",
+            git::short(&attempt.sha)
+        ));
+        let t = Instant::now();
+        let rehearse = fresh && self.mode == NginxMode::RoundRobin && config.health.rehearse;
+        if rehearse {
+            let private = match free_port(&config.ports) {
+                Ok(p) => p,
+                Err(e) => {
+                    let reason = format!("cannot find a free port for the rehearsal: {e}");
+                    return Err(self.abort_env(attempt, reason, None));
+                }
+            };
+            let mut rehearsal = self.start_verified(attempt, private, "rehearsal", true)?;
+            process::stop_group(
+                &rehearsal.id,
+                config.stop.with(),
+                Some(&mut rehearsal.child),
+            );
+            log::info!(
+                "slot {target}: rehearsal on private port {private} passed in {}",
+                fmt(t.elapsed())
+            );
+        }
+        let verify_here = fresh && !rehearse;
+        let started = self.start_verified(attempt, port, "start", verify_here)?;
+        self.phases.ready_ms = ms(t.elapsed());
+        log::info!(
+            "slot {target}: pid {} healthy on port {port} after {}",
+            started.id.pid,
+            fmt(t.elapsed())
+        );
+        Ok(started)
+    }
+
+    /// Start the app of `target` on `port` — under its keeper, or alone for
+    /// a rehearsal — and record it in the state (not yet saved).
+    pub(super) fn launch(
+        &mut self,
+        target: Slot,
+        sha: &str,
+        port: u16,
+        label: &str,
+        armed: bool,
+        rollback: Option<(u32, Duration, &Path)>,
+    ) -> std::io::Result<Started> {
+        let config = self.config;
+        let log = self.log_path(target);
+        process::log_marker(
+            &log,
+            &format!(
+                "{label} of {} in slot {target} on port {port}: {}",
+                git::short(sha),
+                config.start
+            ),
+        );
+        let env = self.env(target, sha, port);
+        let dir = self.slot_dir(target);
+        let spec = Spec {
+            command: &config.start,
+            dir: &dir,
+            env: &env,
+            log: &log,
+            run_as: config.user.as_ref(),
+        };
+        // What stays up runs under its keeper; a rehearsal does not stay.
+        let started = if label == "rehearsal" {
+            process::spawn_app(&spec)?
+        } else {
+            let keep = keeper::Keep {
+                name: target.name(),
+                root: &config.root,
+                stop_signal: config.stop.signal,
+                stop_timeout: config.stop.timeout,
+                armed,
+                rollback,
+            };
+            keeper::spawn(&spec, &keep)?
+        };
+        let s = self.state.slot_mut(target);
+        s.status = SlotStatus::Starting;
+        s.process = Some(started.id.clone());
+        s.started_at = Some(now());
+        s.restarts_recorded = 0;
+        Ok(started)
+    }
+
+    /// group, record it in the state at once, and verify it: the health
+    /// check, then (if `verify`) the verify hook. On failure the new process is stopped and the attempt
+    /// recorded; the error says why.
+    pub(super) fn start_verified(
+        &mut self,
+        attempt: &Attempt,
+        port: u16,
+        label: &str,
+        verify: bool,
+    ) -> Result<Started> {
+        let (target, sha) = (attempt.slot, attempt.sha.as_str());
+        let config = self.config;
+        let rollback = attempt.crash_rollback.then_some((
+            config.keeper.rollback_after,
+            config.keeper.rollback_within,
+            config.path.as_path(),
+        ));
+        let mut started = match self.launch(target, sha, port, label, false, rollback) {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = format!("cannot start `{}`: {e}", config.start);
+                return Err(self.abort_env(attempt, reason, None));
+            }
+        };
+        self.save_or_stop(&mut started)?;
+        signals::fault_point(label);
+
+        let checker = Checker::new(&config.health, port);
+        let verified = match health::wait_ready(&config.health, &checker, &mut started) {
+            // The answer must have come from the new app, not from something
+            // else that holds the port.
+            Verified::Healthy => match answered_by(&mut started, port) {
+                Err(reason) => Verified::Foreign(reason),
+                Ok(()) => Verified::Healthy,
+            },
+            other => other,
+        };
+        let verified = match verified {
+            Verified::Healthy => match config.hooks.verify.as_deref().filter(|_| verify) {
+                Some(hook) => match self.step(target, sha, port, "verify hook", hook) {
+                    Ok(()) => Verified::Healthy,
+                    Err(StepError::Failed(m)) => Verified::Failed(m),
+                    Err(StepError::Environment(m)) => Verified::Foreign(m),
+                    Err(StepError::Interrupted(sig)) => Verified::Interrupted(sig),
+                },
+                None => Verified::Healthy,
+            },
+            other => other,
+        };
+        let why = match verified {
+            Verified::Healthy if label == "rehearsal" => return Ok(started),
+            // Verified: from now on its keeper starts it again if it exits
+            // on its own. An app that exited just before is still a failed
+            // start (its keeper, not armed yet, ended with it).
+            Verified::Healthy => match keeper::arm(started.id.pid).map(|()| started.exited()) {
+                Ok(None) => return Ok(started),
+                Ok(Some(status)) => {
+                    StepError::Failed(format!("the app exited during start-up ({status})"))
+                }
+                Err(e) => StepError::Environment(format!(
+                    "cannot arm the keeper of slot {target} (pid {}): {e}",
+                    started.id.pid
+                )),
+            },
+            Verified::Failed(reason) if label == "rehearsal" => StepError::Failed(format!(
+                "{reason} (in the rehearsal on private port {port})"
+            )),
+            Verified::Failed(reason) => StepError::Failed(reason),
+            Verified::Foreign(reason) => StepError::Environment(reason),
+            Verified::Interrupted(sig) => StepError::Interrupted(sig),
+        };
+        Err(self.abort_with(attempt, why, Some(&mut started)))
+    }
+}
+
+/// Does the listener on `port` belong to the process group just started?
+fn answered_by(started: &mut Started, port: u16) -> std::result::Result<(), String> {
+    if let Some(status) = started.exited() {
+        return Err(format!("the app exited during start-up ({status})"));
+    }
+    let pgid = started.id.pid;
+    match crate::ports::listeners(port, &[pgid]).into_iter().next() {
+        None => Err(format!("nothing listens on port {port} any more")),
+        Some(l) if l.pid.and_then(process::read_stat).map(|st| st.pgrp) == Some(pgid) => Ok(()),
+        Some(l) => Err(format!(
+            "the health check was answered on port {port} by {l}, not by the new app (pid {pgid})"
+        )),
+    }
+}
+
+/// A loopback port nothing listens on right now, for a rehearsal; never
+/// one of the slot ports, which the kernel may hand out too.
+fn free_port(slot_ports: &[u16; 2]) -> std::io::Result<u16> {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if !slot_ports.contains(&port) {
+            return Ok(port);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! `zdd up` for the live slot: at boot, start it again where it is, built,
+//! under a keeper that supervises it from the start; or, if it runs, make
+//! sure a keeper watches it.
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::git;
+use crate::health::{self, Checker, Verified};
+use crate::keeper;
+use crate::process;
+use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, SlotStatus};
+use crate::text::{fmt, out};
+
+use super::outcome::{ms, now};
+use super::run::Run;
+
+impl Run<'_> {
+    /// `zdd up` for the live slot: start it again where it is, built, under
+    /// an armed keeper, if it does not run.
+    pub(super) fn up_live(&mut self) -> Result<()> {
+        let Some(live) = self.state.active else {
+            out!("nothing deployed yet; nothing to start");
+            return Ok(());
+        };
+        let s = self.state.slot(live).clone();
+        let sha = s.commit.clone().unwrap_or_default();
+        let short = git::short(&sha).to_string();
+        if let Some(id) = &s.process {
+            return self.up_running(live, &short, id.pid);
+        }
+        if self.checkout(live)?.head().as_deref() != Some(sha.as_str())
+            || !self.slot_dir(live).is_dir()
+        {
+            return Err(Error::NeedsAttention(format!(
+                "slot {live} should hold {short}, the live release, but {} does not: deploy it again (`zdd deploy {short}`)",
+                self.slot_dir(live).display()
+            )));
+        }
+        self.clear_port(live)?;
+        self.lock
+            .at_step(&format!("starting {short} in slot {live}"));
+        let port = self.config.port(live);
+        let t = Instant::now();
+        let mut started = self
+            .launch(live, &sha, port, "up", true, None)
+            .map_err(|e| Error::Failed(format!("cannot start `{}`: {e}", self.config.start)))?;
+        self.state.slot_mut(live).status = SlotStatus::Live;
+        self.save_or_stop(&mut started)?;
+        let checker = Checker::new(&self.config.health, port);
+        let verdict = health::wait_ready(&self.config.health, &checker, &mut started);
+        // Running under its keeper either way: nginx sends it requests once
+        // it answers; until then its keeper keeps it trying.
+        self.reconcile_switch()?;
+        self.point_current(live);
+        let (outcome, reason) = match &verdict {
+            Verified::Healthy => (Outcome::Ok, "started by zdd up".to_string()),
+            Verified::Failed(r) | Verified::Foreign(r) => (Outcome::Failed, r.clone()),
+            Verified::Interrupted(sig) => (
+                Outcome::Interrupted,
+                format!("zdd up interrupted by {}", sig.as_str()),
+            ),
+        };
+        self.state.push_history(HistoryEntry {
+            at: now(),
+            action: Action::Restart,
+            outcome,
+            commit: sha.clone(),
+            slot: live,
+            previous: None,
+            reason: Some(reason.clone()),
+            restarts: None,
+            phases: Phases {
+                ready_ms: ms(t.elapsed()),
+                total_ms: ms(self.started.elapsed()),
+                ..Phases::default()
+            },
+        });
+        self.save()?;
+        match verdict {
+            Verified::Healthy => {
+                out!(
+                    "started {short} in slot {live} (port {port}), healthy after {}",
+                    fmt(t.elapsed())
+                );
+                Ok(())
+            }
+            _ => Err(Error::Failed(format!(
+                "slot {live} ({short}) is not healthy yet: {reason}; it stays under its keeper, which keeps starting it again (`zdd status` shows its last exit){}",
+                process::tail_note(&self.log_path(live))
+            ))),
+        }
+    }
+
+    /// `zdd up` for a live slot that runs: under an armed keeper, nothing to
+    /// do; under a keeper never armed (zdd was killed while it checked it),
+    /// arm it if it is healthy; with no keeper (started by an older zdd),
+    /// say how to put it under one.
+    pub(super) fn up_running(&self, live: Slot, short: &str, pid: i32) -> Result<()> {
+        let kept =
+            keeper::read_status(&self.config.root, live.name()).filter(|k| k.keeper_pid == pid);
+        match kept {
+            Some(k) if k.armed_at.is_some() => {
+                out!("slot {live} runs {short} already (pid {pid})");
+                Ok(())
+            }
+            Some(_) => {
+                let port = self.config.port(live);
+                Checker::new(&self.config.health, port)
+                    .check()
+                    .map_err(|why| {
+                        Error::Failed(format!(
+                            "slot {live} runs {short} under a keeper zdd never armed, and it is not healthy ({why}): `zdd stop {live}`, then `zdd up`"
+                        ))
+                    })?;
+                keeper::arm(pid).map_err(|e| {
+                    Error::Failed(format!("cannot arm slot {live}'s keeper (pid {pid}): {e}"))
+                })?;
+                out!("slot {live} runs {short} (pid {pid}); its keeper now restarts it if it exits");
+                Ok(())
+            }
+            None => Err(Error::Failed(format!(
+                "slot {live} runs {short} (pid {pid}) without a keeper (an older zdd started it), so nothing restarts it if it dies: `zdd stop {live}`, then `zdd up`"
+            ))),
+        }
+    }
+}
