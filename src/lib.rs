@@ -7,7 +7,8 @@
 //!   start`/`stop`), `report` (`status`, `history`), `nginx` (render, write,
 //!   reload);
 //! - a swap's parts: `steer` (confirm through nginx, drain), `switch` (the
-//!   file nginx tests), `keeper` (the process that keeps an app up),
+//!   file nginx tests), `launch` (start and verify an app that stays up),
+//!   `keeper` (the process that keeps an app up),
 //!   `process` (spawn, prove, stop a group), `health`, `git`, `ports`;
 //! - what zdd keeps: `state` (the state file), `lock`, `root` (ownership and
 //!   symlink rules), `fsutil` (atomic writes);
@@ -23,6 +24,7 @@ pub mod git;
 pub mod health;
 pub mod init;
 pub mod keeper;
+pub mod launch;
 pub mod lock;
 pub mod named;
 pub mod nginx;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Stop};
 use crate::error::{Error, Result};
-use crate::health::{self, Checker, Verified};
+use crate::health::Verified;
 use crate::lock::{Lock, LockWait};
 use crate::process::{self, ProcessId, Spec, Stopped};
 use crate::state::{Slot, State};
@@ -154,18 +154,11 @@ pub fn start(
         )));
     }
 
-    let mut started = launch(config, &root, name, &dir, port, &command, false)?;
+    let mut started = start_kept(config, &root, name, &dir, port, &command, false)?;
     let t = Instant::now();
     // Verified, its keeper is armed: from now on it starts the app again if
     // it exits on its own (an app that exited just before still failed).
-    let verified = verify(config, port, &mut started).and_then(|()| {
-        match keeper::arm(started.id.pid).map(|()| started.exited()) {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(format!("the app exited during start-up ({status})")),
-            Err(e) => Err(format!("cannot arm its keeper: {e}")),
-        }
-    });
-    match verified {
+    match verify(config, port, &mut started, true) {
         Ok(()) => {
             log::info!(
                 "{name}: pid {} healthy on port {port} after {}",
@@ -190,7 +183,7 @@ pub fn start(
 /// Start `command` as `name` under its keeper (`armed`: supervised from the
 /// start) and record it in `run/NAME.toml`; a process that cannot be
 /// recorded is stopped at once.
-fn launch(
+fn start_kept(
     config: Option<&Config>,
     root: &Path,
     name: &str,
@@ -256,14 +249,15 @@ fn launch(
 }
 
 /// The health check of a named process just started: `Err` says why not.
+/// (`launch::verify`, with the config's health check or the default one.)
 fn verify(
     config: Option<&Config>,
     port: u16,
     started: &mut process::Started,
+    arm: bool,
 ) -> std::result::Result<(), String> {
     let health = config.map(|c| c.health.clone()).unwrap_or_default();
-    let checker = Checker::new(&health, port);
-    match health::wait_ready(&health, &checker, started) {
+    match crate::launch::verify(&health, port, started, arm, |_| Verified::Healthy) {
         Verified::Healthy => Ok(()),
         Verified::Failed(reason) | Verified::Foreign(reason) => Err(reason),
         Verified::Interrupted(sig) => Err(format!("interrupted by {}", sig.as_str())),
@@ -328,7 +322,7 @@ fn up_one(config: Option<&Config>, root: &Path, name: &str) -> Result<()> {
             record.port
         )));
     }
-    let mut started = launch(
+    let mut started = start_kept(
         config,
         root,
         name,
@@ -337,7 +331,7 @@ fn up_one(config: Option<&Config>, root: &Path, name: &str) -> Result<()> {
         &record.command,
         true,
     )?;
-    match verify(config, record.port, &mut started) {
+    match verify(config, record.port, &mut started, false) {
         Ok(()) => {
             out!(
                 "started {name} (pid {}) on port {}",

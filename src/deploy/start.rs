@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use crate::config::NginxMode;
 use crate::error::{Error, Result};
-use crate::health::{self, Checker, Verified};
-use crate::keeper;
+use crate::health::Verified;
 use crate::process::{self, Spec, Started, StepEnd, StopWith};
 use crate::state::{Slot, SlotStatus};
 use crate::text::fmt;
 use crate::{git, signals, switch};
+use crate::{keeper, launch};
 
 use super::outcome::{ms, now, StepError};
 use super::run::Run;
@@ -235,44 +235,23 @@ impl Run<'_> {
         self.save_or_stop(&mut started)?;
         signals::fault_point(label);
 
-        let checker = Checker::new(&config.health, port);
-        let verified = match health::wait_ready(&config.health, &checker, &mut started) {
-            // The answer must have come from the new app, not from something
-            // else that holds the port.
-            Verified::Healthy => match answered_by(&mut started, port) {
-                Err(reason) => Verified::Foreign(reason),
-                Ok(()) => Verified::Healthy,
+        let hook = config.hooks.verify.as_deref().filter(|_| verify);
+        let rehearsal = label == "rehearsal";
+        let verified = launch::verify(
+            &config.health,
+            port,
+            &mut started,
+            !rehearsal,
+            |_| match hook.map(|hook| self.step(target, sha, port, "verify hook", hook)) {
+                None | Some(Ok(())) => Verified::Healthy,
+                Some(Err(StepError::Failed(m))) => Verified::Failed(m),
+                Some(Err(StepError::Environment(m))) => Verified::Foreign(m),
+                Some(Err(StepError::Interrupted(sig))) => Verified::Interrupted(sig),
             },
-            other => other,
-        };
-        let verified = match verified {
-            Verified::Healthy => match config.hooks.verify.as_deref().filter(|_| verify) {
-                Some(hook) => match self.step(target, sha, port, "verify hook", hook) {
-                    Ok(()) => Verified::Healthy,
-                    Err(StepError::Failed(m)) => Verified::Failed(m),
-                    Err(StepError::Environment(m)) => Verified::Foreign(m),
-                    Err(StepError::Interrupted(sig)) => Verified::Interrupted(sig),
-                },
-                None => Verified::Healthy,
-            },
-            other => other,
-        };
+        );
         let why = match verified {
-            Verified::Healthy if label == "rehearsal" => return Ok(started),
-            // Verified: from now on its keeper starts it again if it exits
-            // on its own. An app that exited just before is still a failed
-            // start (its keeper, not armed yet, ended with it).
-            Verified::Healthy => match keeper::arm(started.id.pid).map(|()| started.exited()) {
-                Ok(None) => return Ok(started),
-                Ok(Some(status)) => {
-                    StepError::Failed(format!("the app exited during start-up ({status})"))
-                }
-                Err(e) => StepError::Environment(format!(
-                    "cannot arm the keeper of slot {target} (pid {}): {e}",
-                    started.id.pid
-                )),
-            },
-            Verified::Failed(reason) if label == "rehearsal" => StepError::Failed(format!(
+            Verified::Healthy => return Ok(started),
+            Verified::Failed(reason) if rehearsal => StepError::Failed(format!(
                 "{reason} (in the rehearsal on private port {port})"
             )),
             Verified::Failed(reason) => StepError::Failed(reason),
@@ -280,21 +259,6 @@ impl Run<'_> {
             Verified::Interrupted(sig) => StepError::Interrupted(sig),
         };
         Err(self.abort_with(attempt, why, Some(&mut started)))
-    }
-}
-
-/// Does the listener on `port` belong to the process group just started?
-fn answered_by(started: &mut Started, port: u16) -> std::result::Result<(), String> {
-    if let Some(status) = started.exited() {
-        return Err(format!("the app exited during start-up ({status})"));
-    }
-    let pgid = started.id.pid;
-    match crate::ports::listeners(port, &[pgid]).into_iter().next() {
-        None => Err(format!("nothing listens on port {port} any more")),
-        Some(l) if l.pid.and_then(process::read_stat).map(|st| st.pgrp) == Some(pgid) => Ok(()),
-        Some(l) => Err(format!(
-            "the health check was answered on port {port} by {l}, not by the new app (pid {pgid})"
-        )),
     }
 }
 

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::git;
-use crate::health::{self, Checker, Verified};
-use crate::keeper;
+use crate::health::{Checker, Verified};
 use crate::process;
 use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, SlotStatus};
 use crate::text::{fmt, out};
+use crate::{keeper, launch};
 
 use super::outcome::{ms, now};
 use super::run::Run;
@@ -47,8 +47,10 @@ impl Run<'_> {
             .map_err(|e| Error::Failed(format!("cannot start `{}`: {e}", self.config.start)))?;
         self.state.slot_mut(live).status = SlotStatus::Live;
         self.save_or_stop(&mut started)?;
-        let checker = Checker::new(&self.config.health, port);
-        let verdict = health::wait_ready(&self.config.health, &checker, &mut started);
+        // Its keeper supervises it from the start: nothing to arm.
+        let verdict = launch::verify(&self.config.health, port, &mut started, false, |_| {
+            Verified::Healthy
+        });
         // Running under its keeper either way: nginx sends it requests once
         // it answers; until then its keeper keeps it trying.
         self.reconcile_switch()?;
