@@ -117,6 +117,15 @@ impl Error {
         }
     }
 
+    /// zdd got `sig` and stopped what it did; `what` says what was left.
+    pub fn interrupted(sig: nix::sys::signal::Signal, what: impl Into<String>) -> Error {
+        Error::Interrupted {
+            signal: sig.as_str(),
+            number: sig as i32,
+            what: what.into(),
+        }
+    }
+
     /// Wrap an I/O error with what was being done and to which path.
     pub fn io(
         what: &'static str,

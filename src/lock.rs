@@ -118,12 +118,10 @@ impl Lock {
                                 said = true;
                             }
                             if let Some(sig) = crate::signals::pending() {
-                                return Err(Error::Interrupted {
-                                    signal: sig.as_str(),
-                                    number: sig as i32,
-                                    what: "stopped waiting for the lock; nothing was changed"
-                                        .into(),
-                                });
+                                return Err(Error::interrupted(
+                                    sig,
+                                    "stopped waiting for the lock; nothing was changed",
+                                ));
                             }
                             std::thread::sleep(Duration::from_millis(50));
                         }

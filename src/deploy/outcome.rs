@@ -38,14 +38,6 @@ impl From<Error> for StepError {
     }
 }
 
-pub(super) fn interrupted(sig: Signal, what: String) -> Error {
-    Error::Interrupted {
-        signal: sig.as_str(),
-        number: sig as i32,
-        what,
-    }
-}
-
 impl Run<'_> {
     /// Step 9: record the swap (the new slot live, the old one next to
     /// deploy, a history entry), run `hooks.after_swap` on a new release,
@@ -203,7 +195,7 @@ impl Run<'_> {
                 "{what} of {} to slot {slot} failed: {reason}; {stopped}nothing else changed{serving}{after}{tail}",
                 git::short(sha)
             )),
-            StepError::Interrupted(sig) => interrupted(
+            StepError::Interrupted(sig) => Error::interrupted(
                 sig,
                 format!("{stopped}the {what} of {} was abandoned{serving}", git::short(sha)),
             ),

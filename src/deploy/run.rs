@@ -13,7 +13,6 @@ use crate::process::{self, Started};
 use crate::state::{Phases, Slot, SlotStatus, State};
 use crate::{fsutil, git, keeper, nginx, root, signals, steer, switch};
 
-use super::outcome::interrupted;
 use super::plan;
 
 /// One deploy or rollback in progress: holds the lock and the state.
@@ -223,7 +222,7 @@ impl<'a> Run<'a> {
 
     pub(super) fn check_signal(&self, what: &str) -> Result<()> {
         match signals::pending() {
-            Some(sig) => Err(interrupted(sig, what.to_string())),
+            Some(sig) => Err(Error::interrupted(sig, what)),
             None => Ok(()),
         }
     }
