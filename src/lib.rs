@@ -5,7 +5,7 @@
 //! - the program: `run` (dispatch, logging, exit codes), `cli`, `init`;
 //! - the commands: `deploy` (deploy, rollback, `zdd up`), `named` (`zdd
 //!   start`/`stop`), `report` (`status`, `history`), `nginx` (render, write,
-//!   reload);
+//!   reload); `observe` (what really runs, against the state file);
 //! - a swap's parts: `steer` (confirm through nginx, drain), `switch` (the
 //!   file nginx tests), `launch` (start and verify an app that stays up),
 //!   `keeper` (the process that keeps an app up),
@@ -28,6 +28,7 @@ pub mod launch;
 pub mod lock;
 pub mod named;
 pub mod nginx;
+pub mod observe;
 pub mod ports;
 pub mod process;
 pub mod report;

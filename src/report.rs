@@ -12,7 +12,7 @@ use crate::health::Checker;
 use crate::lock::{Holder, Lock};
 use crate::state::{HistoryEntry, Slot, SlotStatus, State};
 use crate::text::{fmt_ms, out};
-use crate::{keeper, process, switch};
+use crate::{keeper, observe};
 
 /// The JSON schema version of `status --json` and `history --json`.
 pub const JSON_VERSION: u32 = 1;
@@ -73,56 +73,21 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
     // A template that cannot be rendered is for `zdd nginx` to report;
     // status still tells what runs.
     let mode = crate::nginx::mode(config).ok();
-    let switch = (mode == Some(NginxMode::Switch))
-        .then(|| switch::read(&config.root).ok())
-        .flatten();
-    let mut drift = Vec::new();
+    let seen = observe::observe(config, &state, mode == Some(NginxMode::Switch));
+    let drift = seen.drift(&state, |slot| config.port(slot));
+    let switch = seen.switch;
     let mut slots = Vec::new();
     for slot in Slot::BOTH {
         let s = state.slot(slot);
         let port = config.port(slot);
-        let running = s.process.as_ref().is_some_and(|id| id.group_is_ours());
-        if let (Some(id), false) = (&s.process, running) {
-            drift.push(format!(
-                "slot {slot}: recorded pid {} is not running",
-                id.pid
-            ));
-        }
-        let recorded_pgid = s.process.as_ref().filter(|_| running).map(|id| id.pid);
-        let listeners =
-            crate::ports::listeners(port, &recorded_pgid.into_iter().collect::<Vec<_>>());
-        for l in &listeners {
-            let in_group = l
-                .pid
-                .and_then(process::read_stat)
-                .is_some_and(|st| Some(st.pgrp) == recorded_pgid);
-            if !in_group {
-                drift.push(format!(
-                    "slot {slot}: port {port} is held by {l}, which the state does not record"
-                ));
-            }
-        }
-        if state.active == Some(slot) && !running {
-            drift.push(format!("slot {slot} is live but not running"));
-        }
-        if running && state.active != Some(slot) && s.status != SlotStatus::Live {
-            let live_runs = state
-                .active
-                .and_then(|a| state.slot(a).process.as_ref())
-                .is_some_and(|id| id.group_is_ours());
-            drift.push(format!(
-                "slot {slot}: pid {} from an interrupted deploy still runs; the next `zdd deploy` {}",
-                recorded_pgid.unwrap_or_default(),
-                if live_runs { "stops it" } else { "records it as live" }
-            ));
-        }
-        let held_by = listeners
+        let seen_slot = seen.slot(slot);
+        let running = seen_slot.running;
+        let held_by = seen_slot
+            .strangers
             .first()
             .filter(|_| !running)
             .map(ToString::to_string);
-        let kept = s.process.as_ref().filter(|_| running).and_then(|id| {
-            keeper::read_status(&config.root, slot.name()).filter(|k| k.keeper_pid == id.pid)
-        });
+        let kept = seen_slot.keeper.clone();
         let (healthy, health) = if running {
             let t = std::time::Instant::now();
             let mut h = config.health.clone();
@@ -179,18 +144,6 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
                 })
             }),
         });
-    }
-    if let (Some(points), Some(live)) = (switch, state.active) {
-        let live_runs = state
-            .slot(live)
-            .process
-            .as_ref()
-            .is_some_and(|id| id.group_is_ours());
-        if points != live && live_runs {
-            drift.push(format!(
-                "nginx's switch points at slot {points}, not at the live slot {live}; the next `zdd deploy` or `zdd rollback` points it at {live}"
-            ));
-        }
     }
     let next = state.slot(state.next_deploy);
     let rollback_to = (next.status == SlotStatus::Standby)

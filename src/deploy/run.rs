@@ -11,7 +11,7 @@ use crate::health::Checker;
 use crate::lock::{Lock, LockWait};
 use crate::process::{self, Started};
 use crate::state::{Phases, Slot, SlotStatus, State};
-use crate::{fsutil, git, keeper, nginx, root, signals, steer, switch};
+use crate::{fsutil, git, keeper, nginx, observe, root, signals, steer, switch};
 
 use super::plan;
 
@@ -64,15 +64,9 @@ impl<'a> Run<'a> {
     }
 
     /// Make the state match the processes that really run (see
-    /// `plan::reconcile`). Returns whether anything changed.
+    /// `observe` and `plan::reconcile`). Returns whether anything changed.
     pub(super) fn reconcile(&mut self) -> bool {
-        let alive = Slot::BOTH.map(|slot| {
-            self.state
-                .slot(slot)
-                .process
-                .as_ref()
-                .is_some_and(|id| id.group_is_ours())
-        });
+        let alive = observe::observe(self.config, &self.state, false).alive();
         let said = plan::reconcile(&mut self.state, alive);
         for line in &said {
             log::warn!("{line}");

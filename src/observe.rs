@@ -1,0 +1,109 @@
+//! What really runs, looked at once and held against the state file: for
+//! each slot, whether its recorded process group runs and is provably
+//! zdd's, who else listens on its port, what its keeper says; and where
+//! nginx's switch points. `zdd status` reports the differences (drift); a
+//! deploy corrects them (`deploy::plan::reconcile`).
+
+use crate::config::Config;
+use crate::keeper::{self, KeeperStatus};
+use crate::ports::{self, Listener};
+use crate::process;
+use crate::state::{Slot, SlotStatus, State};
+use crate::switch;
+
+/// One slot as it really is.
+#[derive(Debug, Clone, Default)]
+pub struct SlotSeen {
+    /// Its recorded process group runs, provably zdd's.
+    pub running: bool,
+    /// Who listens on its port outside that group.
+    pub strangers: Vec<Listener>,
+    /// What its keeper says, if the recorded process is a keeper.
+    pub keeper: Option<KeeperStatus>,
+}
+
+/// Both slots and the switch as they really are.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub slots: [SlotSeen; 2],
+    /// Where nginx's switch points (switch mode only).
+    pub switch: Option<Slot>,
+}
+
+/// Look at what runs for `state` (and at the switch, in switch mode).
+pub fn observe(config: &Config, state: &State, switch_mode: bool) -> Seen {
+    let slots = Slot::BOTH.map(|slot| {
+        let s = state.slot(slot);
+        let running = s.process.as_ref().is_some_and(|id| id.group_is_ours());
+        let pgid = s.process.as_ref().filter(|_| running).map(|id| id.pid);
+        let strangers = ports::listeners(config.port(slot), &pgid.into_iter().collect::<Vec<_>>())
+            .into_iter()
+            .filter(|l| {
+                l.pid.and_then(process::read_stat).map(|st| st.pgrp) != pgid || pgid.is_none()
+            })
+            .collect();
+        let keeper = pgid.and_then(|pid| {
+            keeper::read_status(&config.root, slot.name()).filter(|k| k.keeper_pid == pid)
+        });
+        SlotSeen {
+            running,
+            strangers,
+            keeper,
+        }
+    });
+    let switch = switch_mode
+        .then(|| switch::read(&config.root).ok())
+        .flatten();
+    Seen { slots, switch }
+}
+
+impl Seen {
+    pub fn slot(&self, slot: Slot) -> &SlotSeen {
+        &self.slots[slot.index()]
+    }
+
+    /// Which slots' recorded processes run (a, then b).
+    pub fn alive(&self) -> [bool; 2] {
+        [self.slots[0].running, self.slots[1].running]
+    }
+
+    /// Where the state file and reality differ, one sentence each, saying
+    /// what the next deploy does about it.
+    pub fn drift(&self, state: &State, port_of: impl Fn(Slot) -> u16) -> Vec<String> {
+        let mut drift = Vec::new();
+        let live_runs = state.active.is_some_and(|a| self.slot(a).running);
+        for slot in Slot::BOTH {
+            let (s, seen) = (state.slot(slot), self.slot(slot));
+            if let (Some(id), false) = (&s.process, seen.running) {
+                drift.push(format!(
+                    "slot {slot}: recorded pid {} is not running",
+                    id.pid
+                ));
+            }
+            for l in &seen.strangers {
+                drift.push(format!(
+                    "slot {slot}: port {} is held by {l}, which the state does not record",
+                    port_of(slot)
+                ));
+            }
+            if state.active == Some(slot) && !seen.running {
+                drift.push(format!("slot {slot} is live but not running"));
+            }
+            if seen.running && state.active != Some(slot) && s.status != SlotStatus::Live {
+                drift.push(format!(
+                    "slot {slot}: pid {} from an interrupted deploy still runs; the next `zdd deploy` {}",
+                    s.process.as_ref().map_or(0, |id| id.pid),
+                    if live_runs { "stops it" } else { "records it as live" }
+                ));
+            }
+        }
+        if let (Some(points), Some(live)) = (self.switch, state.active) {
+            if points != live && live_runs {
+                drift.push(format!(
+                    "nginx's switch points at slot {points}, not at the live slot {live}; the next `zdd deploy` or `zdd rollback` points it at {live}"
+                ));
+            }
+        }
+        drift
+    }
+}
