@@ -445,6 +445,16 @@ mod tests {
     }
 
     #[test]
+    fn rendered_configs() {
+        let c = config("server_name = \"shop.example.com\"\n");
+        insta::assert_snapshot!("site_switch", render(&c, Part::Site).unwrap());
+        insta::assert_snapshot!("upstreams", render(&c, Part::Upstreams).unwrap());
+        insta::assert_snapshot!("snippet", render(&c, Part::Snippet).unwrap());
+        let rr = config("mode = \"round-robin\"\n");
+        insta::assert_snapshot!("site_round_robin", render(&rr, Part::Site).unwrap());
+    }
+
+    #[test]
     fn every_part_ends_with_a_newline() {
         for part in Part::ALL {
             assert!(

@@ -210,6 +210,9 @@ fn status_text(r: &StatusReport) -> String {
             (Some(pid), None) => line.push_str(&format!("  pid {pid}")),
             _ => line.push_str("  not running"),
         }
+        if let Some(h) = &s.health {
+            line.push_str(&format!("  {h}"));
+        }
         if let Some(holder) = &s.held_by {
             line.push_str(&format!("; port {} held by {holder}", s.port));
         }
@@ -236,9 +239,6 @@ fn status_text(r: &StatusReport) -> String {
                     .map(|t| format!(" at {t}"))
                     .unwrap_or_default()
             ));
-        }
-        if let Some(h) = &s.health {
-            line.push_str(&format!("  {h}"));
         }
         out.push_str(&line);
         out.push('\n');
@@ -279,13 +279,17 @@ fn history_line(h: &HistoryEntry) -> String {
     };
     let p = &h.phases;
     let mut line = format!(
-        "{}  {action:<8}  {outcome:<11}  {}  slot {}  total {}",
+        "{}  {action:<8}  {outcome:<11}  {}  slot {}",
         h.at,
         git::short(&h.commit),
         h.slot,
-        fmt_ms(p.total_ms)
     );
-    if h.outcome == crate::state::Outcome::Ok {
+    // A keeper's restarts took no zdd run: no time to tell.
+    let timed = h.action != crate::state::Action::Restart || p.total_ms > 0;
+    if timed {
+        line.push_str(&format!("  total {}", fmt_ms(p.total_ms)));
+    }
+    if h.outcome == crate::state::Outcome::Ok && h.action != crate::state::Action::Restart {
         line.push_str(&format!(
             " (fetch+checkout {}, build {}, ready {}, nginx {}, settle {}, drain {})",
             fmt_ms(p.fetch_ms),
@@ -332,4 +336,142 @@ pub fn history(config: &Config, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Action, Outcome, Phases};
+
+    const V1: &str = "8d0c00ea3c43aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const V2: &str = "5b5d6aec184dbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn slot(slot: Slot, status: &'static str, commit: &str) -> SlotReport {
+        SlotReport {
+            slot,
+            port: if slot == Slot::A { 3001 } else { 3002 },
+            status,
+            commit: Some(commit.into()),
+            subject: None,
+            running: false,
+            pid: None,
+            started_at: None,
+            uptime_s: None,
+            healthy: None,
+            health: None,
+            held_by: None,
+            supervised: false,
+            restarts: 0,
+            last_exit: None,
+            last_exit_at: None,
+            backoff_ms: None,
+            auto_rollback: None,
+        }
+    }
+
+    fn entry(action: Action, outcome: Outcome, reason: Option<&str>) -> HistoryEntry {
+        HistoryEntry {
+            at: "2026-11-30T08:41:18Z".into(),
+            action,
+            outcome,
+            commit: V2.into(),
+            slot: Slot::B,
+            previous: Some(V1.into()),
+            reason: reason.map(str::to_string),
+            restarts: None,
+            phases: Phases {
+                fetch_ms: 92,
+                build_ms: 8,
+                ready_ms: 11,
+                route_ms: 1,
+                settle_ms: 1002,
+                drain_ms: 3,
+                total_ms: 1132,
+            },
+        }
+    }
+
+    /// v2 live in slot b under its keeper, restarted twice; v1 standing by.
+    fn report() -> StatusReport {
+        let mut b = slot(Slot::B, "live", V2);
+        b.subject = Some("v2: second release".into());
+        b.running = true;
+        b.pid = Some(4339);
+        b.started_at = Some("2026-11-30T06:38:08Z".into());
+        b.uptime_s = Some(7390);
+        b.healthy = Some(true);
+        b.health = Some("healthy (1ms)".into());
+        b.supervised = true;
+        b.restarts = 2;
+        b.last_exit = Some("signal: 9 (SIGKILL)".into());
+        b.last_exit_at = Some("2026-11-30T08:40:02Z".into());
+        StatusReport {
+            version: JSON_VERSION,
+            name: "shop".into(),
+            active: Some(Slot::B),
+            next_deploy: Slot::A,
+            mode: "switch",
+            switch: Some(Slot::B),
+            rollback_to: Some(V1.into()),
+            slots: vec![slot(Slot::A, "standby", V1), b],
+            last: Some(entry(Action::Deploy, Outcome::Ok, None)),
+            in_progress: None,
+            drift: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn status_text_and_json() {
+        let r = report();
+        insta::assert_snapshot!("status_text", status_text(&r));
+        insta::assert_snapshot!("status_json", serde_json::to_string_pretty(&r).unwrap());
+    }
+
+    #[test]
+    fn status_text_with_drift_and_a_deploy_in_progress() {
+        let mut r = report();
+        r.slots[0].held_by = Some("pid 812 (python3 -m http.server 3001)".into());
+        r.drift = vec![
+            "slot a: port 3001 is held by pid 812 (python3 -m http.server 3001), which the state does not record".into(),
+            "nginx's switch points at slot a, not at the live slot b; the next `zdd deploy` or `zdd rollback` points it at b".into(),
+        ];
+        let drifting = status_text(&r);
+        r.drift.clear();
+        r.in_progress = Some(Holder {
+            pid: "5120".into(),
+            since: Some("2026-11-30T08:45:00Z".into()),
+            command: Some("zdd deploy".into()),
+            step: Some("building 5b5d6aec184d in slot a".into()),
+        });
+        insta::assert_snapshot!(format!("{drifting}---\n{}", status_text(&r)));
+    }
+
+    #[test]
+    fn history_lines() {
+        let mut restart = entry(
+            Action::Restart,
+            Outcome::Ok,
+            Some("its keeper started it again 2 times after it exited on its own (last: signal: 9 (SIGKILL) at 2026-11-30T08:40:02Z)"),
+        );
+        restart.restarts = Some(2);
+        restart.phases = Phases::default();
+        let lines = [
+            entry(Action::Deploy, Outcome::Ok, None),
+            entry(
+                Action::Deploy,
+                Outcome::Failed,
+                Some("not healthy after 30s (last check of http://127.0.0.1:3001/: HTTP 500)\nlast lines of the log"),
+            ),
+            entry(
+                Action::Rollback,
+                Outcome::Ok,
+                Some("5b5d6aec184d exited 3 times in 4s after its swap; last: exit status: 3"),
+            ),
+            restart,
+        ]
+        .iter()
+        .map(history_line)
+        .collect::<Vec<_>>();
+        insta::assert_snapshot!(lines.join("\n"));
+    }
 }

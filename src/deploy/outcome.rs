@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use crate::error::Error;
 use crate::error::Result;
 use crate::process::{self, Started, Stopped};
-use crate::state::{Action, HistoryEntry, Outcome, SlotStatus};
+use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, SlotStatus};
 use crate::text::{fmt_ms, out};
 use crate::{git, keeper, signals};
 
@@ -87,21 +87,9 @@ impl Run<'_> {
                 }
             }
         }
-        let verb = match action {
-            Action::Deploy => "deployed",
-            Action::Rollback => "rolled back to",
-            Action::Restart => "restarted",
-        };
         out!(
-            "{verb} {short}{} in slot {target} (port {port}): fetch+checkout {}, build {}, ready {}, nginx {}, settle {}, drain {}, total {}",
-            subject.map(|s| format!(" {s:?}")).unwrap_or_default(),
-            fmt_ms(phases.fetch_ms),
-            fmt_ms(phases.build_ms),
-            fmt_ms(phases.ready_ms),
-            fmt_ms(phases.route_ms),
-            fmt_ms(phases.settle_ms),
-            fmt_ms(phases.drain_ms),
-            fmt_ms(phases.total_ms),
+            "{}",
+            summary_line(action, &short, subject.as_deref(), target, port, &phases)
         );
         if let Some(why) = &attempt.because {
             out!("because {why}");
@@ -174,7 +162,6 @@ impl Run<'_> {
         });
         let saved = self.save();
         let serving = self.serving_note();
-        let what = attempt.what();
         let tail = if matches!(why, StepError::Interrupted(_)) {
             String::new()
         } else {
@@ -190,16 +177,57 @@ impl Run<'_> {
             ),
             _ => String::new(),
         };
-        match why {
-            StepError::Failed(reason) | StepError::Environment(reason) => Error::Failed(format!(
-                "{what} of {} to slot {slot} failed: {reason}; {stopped}nothing else changed{serving}{after}{tail}",
-                git::short(sha)
-            )),
-            StepError::Interrupted(sig) => Error::interrupted(
-                sig,
-                format!("{stopped}the {what} of {} was abandoned{serving}", git::short(sha)),
-            ),
-        }
+        failure(attempt, why, &stopped, &serving, &after, &tail)
+    }
+}
+
+/// The summary line of a swap: what, where, and each phase's time.
+fn summary_line(
+    action: Action,
+    short: &str,
+    subject: Option<&str>,
+    slot: Slot,
+    port: u16,
+    p: &Phases,
+) -> String {
+    let verb = match action {
+        Action::Deploy => "deployed",
+        Action::Rollback => "rolled back to",
+        Action::Restart => "restarted",
+    };
+    format!(
+        "{verb} {short}{} in slot {slot} (port {port}): fetch+checkout {}, build {}, ready {}, nginx {}, settle {}, drain {}, total {}",
+        subject.map(|s| format!(" {s:?}")).unwrap_or_default(),
+        fmt_ms(p.fetch_ms),
+        fmt_ms(p.build_ms),
+        fmt_ms(p.ready_ms),
+        fmt_ms(p.route_ms),
+        fmt_ms(p.settle_ms),
+        fmt_ms(p.drain_ms),
+        fmt_ms(p.total_ms),
+    )
+}
+
+/// The error a failed attempt ends with: one sentence, then the log's
+/// last lines (`stopped`, `serving`, `after`, `tail` are its parts, each
+/// empty or ready to append).
+fn failure(
+    attempt: &Attempt,
+    why: StepError,
+    stopped: &str,
+    serving: &str,
+    after: &str,
+    tail: &str,
+) -> Error {
+    let (what, slot, short) = (attempt.what(), attempt.slot, git::short(&attempt.sha));
+    match why {
+        StepError::Failed(reason) | StepError::Environment(reason) => Error::Failed(format!(
+            "{what} of {short} to slot {slot} failed: {reason}; {stopped}nothing else changed{serving}{after}{tail}"
+        )),
+        StepError::Interrupted(sig) => Error::interrupted(
+            sig,
+            format!("{stopped}the {what} of {short} was abandoned{serving}"),
+        ),
     }
 }
 
@@ -209,4 +237,78 @@ pub(super) fn now() -> String {
 
 pub(super) fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(action: Action) -> Attempt {
+        Attempt::new(
+            action,
+            Slot::B,
+            "5145c65a3ef0d1b2c3d4e5f60718293a4b5c6d7e",
+            Some("52951a39bfdc0000000000000000000000000000".into()),
+        )
+    }
+
+    #[test]
+    fn summary_lines() {
+        let p = Phases {
+            fetch_ms: 92,
+            build_ms: 8,
+            ready_ms: 11,
+            route_ms: 1,
+            settle_ms: 1002,
+            drain_ms: 3,
+            total_ms: 12_345,
+        };
+        let lines = [
+            summary_line(
+                Action::Deploy,
+                "5145c65a3ef0",
+                Some("v2: second release"),
+                Slot::B,
+                3002,
+                &p,
+            ),
+            summary_line(Action::Rollback, "52951a39bfdc", None, Slot::A, 3001, &p),
+        ];
+        insta::assert_snapshot!(lines.join("\n"));
+    }
+
+    #[test]
+    fn failure_messages() {
+        let texts = [
+            failure(
+                &attempt(Action::Deploy),
+                StepError::Failed("not healthy after 30s (last check of http://127.0.0.1:3002/: HTTP 500 (expected 200-299), body \"v2\")".into()),
+                "stopped slot b; ",
+                "; slot a still serves 52951a39bfdc",
+                "; cron runs will not retry 5145c65a3ef0, the tip of main, until main moves",
+                "\nlast lines of /var/lib/zdd/shop/logs/b.log:\n  app v2 listening on 127.0.0.1:3002",
+            ),
+            failure(
+                &attempt(Action::Rollback),
+                StepError::Environment("nginx did not answer at http://127.0.0.1:80/.zdd/upstream within 5s (connection refused): nothing answers on nginx.listen = \"80\"; is nginx running, with the config from `zdd nginx`?".into()),
+                "stopped slot b; ",
+                "; slot a still serves 52951a39bfdc",
+                "",
+                "",
+            ),
+            failure(
+                &attempt(Action::Deploy),
+                StepError::Interrupted(Signal::SIGINT),
+                "stopped slot b; ",
+                "; slot a still serves 52951a39bfdc",
+                "",
+                "",
+            ),
+        ];
+        let text: Vec<String> = texts
+            .iter()
+            .map(|e| format!("exit {}: {e}", e.code()))
+            .collect();
+        insta::assert_snapshot!(text.join("\n\n"));
+    }
 }
