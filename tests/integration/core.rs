@@ -150,20 +150,7 @@ fn nginx_output_is_accepted_by_nginx_t() {
 fn start_and_stop_a_named_process() {
     let p = Project::new("");
     let port = free_port();
-    let app = example("app");
-    let appdir = p.path().join("named");
-    std::fs::create_dir_all(&appdir).unwrap();
-    std::fs::write(appdir.join("VERSION"), "named1\n").unwrap();
-    let port_arg = port.to_string();
-    let start = [
-        "start",
-        "web",
-        appdir.to_str().unwrap(),
-        &port_arg,
-        "--",
-        app.to_str().unwrap(),
-    ];
-    let r = p.zdd(&start);
+    let r = p.start_named("web", port);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.starts_with("started web (pid "), "{r:?}");
     assert_eq!(served(port), "named1");
@@ -171,7 +158,7 @@ fn start_and_stop_a_named_process() {
     assert!(record.contains(&format!("port = {port}")), "{record}");
 
     // Starting it again is refused while it runs.
-    let r = p.zdd(&start);
+    let r = p.start_named("web", port);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("already running"), "{r:?}");
 

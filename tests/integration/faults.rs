@@ -4,16 +4,6 @@
 use crate::support::*;
 use std::time::{Duration, Instant};
 
-/// A project with v1 live in slot a behind nginx.
-fn live_v1(extra: &str) -> Project {
-    let mut p = Project::new(extra);
-    p.start_nginx();
-    let r = p.zdd(&["deploy"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(p.served(), "v1");
-    p
-}
-
 fn short_health(p: &Project, timeout: &str) {
     p.edit_config(|c| c.replace("timeout = \"15s\"", &format!("timeout = \"{timeout}\"")));
 }
@@ -27,7 +17,7 @@ fn last_history(p: &Project) -> serde_json::Value {
 #[test]
 fn unhealthy_new_version_is_stopped_and_the_old_one_keeps_serving() {
     let _heavy = heavy();
-    let p = live_v1("");
+    let p = Project::live_v1("");
     short_health(&p, "2s");
     let bad = p.commit(
         "v2",
@@ -78,7 +68,7 @@ fn unhealthy_new_version_is_stopped_and_the_old_one_keeps_serving() {
 
 #[test]
 fn wrong_body_and_never_listening_fail_the_health_check() {
-    let p = live_v1("");
+    let p = Project::live_v1("");
     short_health(&p, "1s");
     p.edit_config(|c| c.replace("[health]\n", "[health]\nexpect_body = \"v1\"\n"));
     let v2 = p.commit("v2", "");
@@ -107,7 +97,7 @@ fn wrong_body_and_never_listening_fail_the_health_check() {
 
 #[test]
 fn app_exiting_during_start_up_is_noticed_at_once() {
-    let p = live_v1("");
+    let p = Project::live_v1("");
     let crash = p.commit(
         "v2",
         "export APP_EXIT_AFTER_MS=100 APP_READY_DELAY_MS=60000 APP_EXIT_CODE=7",
@@ -131,7 +121,7 @@ fn app_exiting_during_start_up_is_noticed_at_once() {
 
 #[test]
 fn failed_build_starts_nothing() {
-    let p = live_v1("");
+    let p = Project::live_v1("");
     let before = p.app_pids();
     let broken = p.commit_with("v2", "", "echo 'compiler says no' >&2\nexit 3\n");
     let r = p.zdd(&["deploy", &broken]);
@@ -148,7 +138,7 @@ fn failed_build_starts_nothing() {
 
 #[test]
 fn unknown_or_option_like_commit_changes_nothing() {
-    let p = live_v1("");
+    let p = Project::live_v1("");
     let state = p.state_bytes();
     for (commit, msg) in [
         ("0123456789abcdef0123456789abcdef01234567", "unknown commit"),
@@ -230,7 +220,7 @@ fn second_zdd_gets_exit_3_and_wait_waits() {
 #[test]
 fn sigkilled_zdd_leaves_no_stale_lock_and_the_next_deploy_recovers() {
     let _heavy = heavy();
-    let p = live_v1("");
+    let p = Project::live_v1("");
     // Kill zdd while the new version is starting (it takes 1.5 s to listen).
     let v2 = p.commit("v2", "export APP_READY_DELAY_MS=1500");
     let log = p.path().join("killed.log");
@@ -276,7 +266,7 @@ fn sigkilled_zdd_leaves_no_stale_lock_and_the_next_deploy_recovers() {
 
 #[test]
 fn killed_mid_swap_is_reconciled_to_the_slot_that_serves() {
-    let p = live_v1("");
+    let p = Project::live_v1("");
     let v2 = p.commit("v2", "");
     assert_eq!(p.zdd(&["deploy", &v2]).code, 0);
     // Make the state look like zdd died after stopping a but before recording b.
@@ -316,7 +306,7 @@ fn killed_mid_swap_is_reconciled_to_the_slot_that_serves() {
 
 #[test]
 fn app_ignoring_sigterm_is_killed_with_its_children() {
-    let p = live_v1("");
+    let p = Project::live_v1("");
     p.edit_config(|c| c.replace("[stop]\ntimeout = \"10s\"", "[stop]\ntimeout = \"1s\""));
     // v1 ignores SIGTERM and has a child that ignores it too.
     let stubborn = p.commit(
@@ -349,7 +339,7 @@ fn app_ignoring_sigterm_is_killed_with_its_children() {
 
 #[test]
 fn reused_pid_is_never_signalled() {
-    let p = live_v1("");
+    let p = Project::live_v1("");
     let pid = p.state()["slots"]["a"]["process"]["pid"]
         .as_integer()
         .unwrap();
@@ -394,7 +384,7 @@ fn reused_pid_is_never_signalled() {
 
 #[test]
 fn foreign_listener_on_the_idle_port_is_left_alone() {
-    let p = live_v1("");
+    let p = Project::live_v1("");
     let foreign = std::net::TcpListener::bind(("127.0.0.1", p.ports[1])).unwrap();
     let v2 = p.commit("v2", "");
     let state = p.state_bytes();
@@ -417,7 +407,7 @@ fn foreign_listener_on_the_idle_port_is_left_alone() {
 
 #[test]
 fn corrupt_state_file_is_an_error_and_left_exactly_as_it_was() {
-    let p = live_v1("");
+    let p = Project::live_v1("");
     let garbage = b"version = 1\nactive = \"a\"\n[slots.a\nport = oops\n".to_vec();
     std::fs::write(p.root().join("state.toml"), &garbage).unwrap();
     for args in [&["deploy"][..], &["rollback"], &["status"], &["stop", "a"]] {
@@ -503,7 +493,7 @@ fn broken_configs_name_file_line_and_column() {
 #[test]
 fn failing_state_write_keeps_the_old_file_and_exits_4() {
     use std::os::unix::process::CommandExt;
-    let p = live_v1("");
+    let p = Project::live_v1("");
     let v2 = p.commit("v2", "");
     assert_eq!(p.zdd(&["deploy", &v2]).code, 0);
     let state = p.state_bytes();
@@ -588,7 +578,7 @@ fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
 
 #[test]
 fn signal_during_the_build_stops_it_and_keeps_the_old_slot() {
-    let p = live_v1("");
+    let p = Project::live_v1("");
     let slow = p.commit_with("v2", "", "echo build-started; sleep 30\n");
     let log = p.path().join("zdd.log");
     let mut z = p.spawn_zdd_logged(&["deploy", &slow], &log);
@@ -611,7 +601,7 @@ fn signal_during_the_build_stops_it_and_keeps_the_old_slot() {
 
 #[test]
 fn signal_while_the_new_slot_starts_stops_it() {
-    let p = live_v1("");
+    let p = Project::live_v1("");
     let slow = p.commit("v2", "export APP_READY_DELAY_MS=60000");
     let log = p.path().join("zdd.log");
     let mut z = p.spawn_zdd_logged(&["deploy", &slow], &log);
@@ -668,7 +658,7 @@ fn signal_during_the_swap_finishes_it() {
 
 #[test]
 fn cron_does_not_undo_a_rollback_until_the_branch_moves() {
-    let p = live_v1("");
+    let p = Project::live_v1("");
     p.commit("v2", "");
     assert_eq!(p.zdd(&["deploy"]).code, 0);
     assert_eq!(p.served(), "v2");

@@ -85,22 +85,11 @@ fn symlinks_where_zdd_keeps_its_files_are_refused_and_their_targets_untouched() 
         }
     }
     // A named process's record and log too.
-    let appdir = p.path().join("named");
-    std::fs::create_dir_all(&appdir).unwrap();
     std::fs::create_dir_all(root.join("run")).unwrap();
     for planted in ["run/web.toml", "logs/web.log"] {
         let path = root.join(planted);
         std::os::unix::fs::symlink(outside.path().join("precious"), &path).unwrap();
-        let port = free_port().to_string();
-        let app = example("app");
-        let r = p.zdd(&[
-            "start",
-            "web",
-            appdir.to_str().unwrap(),
-            &port,
-            "--",
-            app.to_str().unwrap(),
-        ]);
+        let r = p.start_named("web", free_port());
         assert_eq!(r.code, 2, "{planted}: {r:?}");
         assert!(r.stderr.contains("is a symlink"), "{planted}: {r:?}");
         assert_eq!(
@@ -168,20 +157,7 @@ fn a_root_others_can_write_or_that_is_not_a_folder_is_refused() {
 #[test]
 fn zdd_start_never_takes_a_slot_port_or_a_taken_one() {
     let p = Project::new("");
-    let appdir = p.path().join("named");
-    std::fs::create_dir_all(&appdir).unwrap();
-    let app = example("app");
-    let start = |port: u16| {
-        let port = port.to_string();
-        p.zdd(&[
-            "start",
-            "web",
-            appdir.to_str().unwrap(),
-            &port,
-            "--",
-            app.to_str().unwrap(),
-        ])
-    };
+    let start = |port: u16| p.start_named("web", port);
     for (slot, port) in [("a", p.ports[0]), ("b", p.ports[1])] {
         let r = start(port);
         assert_eq!(r.code, 2, "{r:?}");

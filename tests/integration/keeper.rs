@@ -6,16 +6,6 @@
 use crate::support::*;
 use std::time::{Duration, Instant, SystemTime};
 
-/// A project with v1 live in slot a behind nginx.
-fn live_v1(extra: &str) -> Project {
-    let mut p = Project::new(extra);
-    p.start_nginx();
-    let r = p.zdd(&["deploy"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(p.served(), "v1");
-    p
-}
-
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -39,7 +29,7 @@ fn kill9(pid: i64) {
 #[test]
 fn a_killed_live_app_is_served_again_at_once_and_only_that_window_fails() {
     let _heavy = heavy();
-    let p = live_v1("");
+    let p = Project::live_v1("");
     let samples = p.path().join("samples.csv");
     let load = Load::start_sampled(&p, &["v1"], &samples);
     let app = app_of(&p, "a").expect("slot a runs under its keeper");
@@ -107,7 +97,7 @@ fn a_killed_live_app_is_served_again_at_once_and_only_that_window_fails() {
 #[test]
 fn a_release_that_keeps_crashing_after_its_swap_is_rolled_back_once() {
     let _heavy = heavy();
-    let p = live_v1("");
+    let p = Project::live_v1("");
     // Healthy at first, then exits (status 3) 1.5 s after every start.
     let v2 = p.commit("v2", "export APP_EXIT_AFTER_MS=1500");
     // As cron and the README run it: from the config's folder, by a
@@ -160,26 +150,14 @@ fn a_release_that_keeps_crashing_after_its_swap_is_rolled_back_once() {
 #[test]
 fn deploys_rollbacks_and_stops_are_never_undone() {
     let _heavy = heavy();
-    let p = live_v1("");
+    let p = Project::live_v1("");
     let v2 = p.commit("v2", "");
     for args in [vec!["deploy", v2.as_str()], vec!["rollback"]] {
         let r = p.zdd(&args);
         assert_eq!(r.code, 0, "{r:?}");
     }
-    let appdir = p.path().join("named");
-    std::fs::create_dir_all(&appdir).unwrap();
-    std::fs::write(appdir.join("VERSION"), "named1\n").unwrap();
     let port = free_port();
-    let app = example("app");
-    let port_arg = port.to_string();
-    let r = p.zdd(&[
-        "start",
-        "web",
-        appdir.to_str().unwrap(),
-        &port_arg,
-        "--",
-        app.to_str().unwrap(),
-    ]);
+    let r = p.start_named("web", port);
     assert_eq!(r.code, 0, "{r:?}");
     let r = p.zdd(&["stop", "web"]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -188,17 +166,14 @@ fn deploys_rollbacks_and_stops_are_never_undone() {
     assert_eq!(p.listening_slots(), ["a"]);
     assert!(!listening(port), "web stays stopped");
     assert_eq!(p.keeper_pids().len(), 1, "slot a's keeper only");
-    for log in ["a.log", "b.log", "web.log"] {
-        let text = std::fs::read_to_string(p.root().join("logs").join(log)).unwrap();
-        assert!(!text.contains("exited on its own"), "{log}: {text}");
-    }
+    p.assert_no_crash_logged(&["a.log", "b.log", "web.log"]);
 }
 
 #[test]
 fn a_stop_signal_numbered_above_sigchld_is_never_taken_for_a_crash() {
     let _heavy = heavy();
     // SIGWINCH (28, Apache's graceful stop) sorts after SIGCHLD (17).
-    let p = live_v1("");
+    let p = Project::live_v1("");
     p.edit_config(|c| c.replace("[stop]\n", "[stop]\nsignal = \"SIGWINCH\"\n"));
     let v2 = p.commit("v2", "");
     for args in [
@@ -212,16 +187,13 @@ fn a_stop_signal_numbered_above_sigchld_is_never_taken_for_a_crash() {
     }
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(p.listening_slots(), ["b"]);
-    for log in ["a.log", "b.log"] {
-        let text = std::fs::read_to_string(p.root().join("logs").join(log)).unwrap();
-        assert!(!text.contains("exited on its own"), "{log}: {text}");
-    }
+    p.assert_no_crash_logged(&["a.log", "b.log"]);
 }
 
 #[test]
 fn a_stop_sent_to_the_keeper_alone_reaches_its_app_after_the_stop_timeout() {
     let _heavy = heavy();
-    let p = live_v1("");
+    let p = Project::live_v1("");
     p.edit_config(|c| c.replace("[stop]\ntimeout = \"10s\"", "[stop]\ntimeout = \"2s\""));
     // Started again with the shorter timeout.
     assert_eq!(p.zdd(&["stop", "a"]).code, 0);
@@ -247,7 +219,7 @@ fn a_stop_sent_to_the_keeper_alone_reaches_its_app_after_the_stop_timeout() {
 
 #[test]
 fn zdd_up_with_the_live_release_gone_from_disk_exits_4() {
-    let p = live_v1("");
+    let p = Project::live_v1("");
     for pid in p.keeper_pids().into_iter().chain(p.app_pids()) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
@@ -267,7 +239,7 @@ fn zdd_up_with_the_live_release_gone_from_disk_exits_4() {
 #[test]
 fn a_killed_keeper_takes_its_app_down_and_zdd_up_brings_it_back() {
     let _heavy = heavy();
-    let p = live_v1("");
+    let p = Project::live_v1("");
     let keepers = p.keeper_pids();
     assert_eq!(keepers.len(), 1);
     kill9(keepers[0] as i64);
@@ -294,21 +266,9 @@ fn a_killed_keeper_takes_its_app_down_and_zdd_up_brings_it_back() {
 #[test]
 fn zdd_up_after_a_reboot_restores_the_live_slot_and_named_processes() {
     let _heavy = heavy();
-    let p = live_v1("");
-    let appdir = p.path().join("named");
-    std::fs::create_dir_all(&appdir).unwrap();
-    std::fs::write(appdir.join("VERSION"), "named1\n").unwrap();
+    let p = Project::live_v1("");
     let port = free_port();
-    let port_arg = port.to_string();
-    let app = example("app");
-    let r = p.zdd(&[
-        "start",
-        "web",
-        appdir.to_str().unwrap(),
-        &port_arg,
-        "--",
-        app.to_str().unwrap(),
-    ]);
+    let r = p.start_named("web", port);
     assert_eq!(r.code, 0, "{r:?}");
     // A reboot: everything dies at once.
     for pid in p.keeper_pids().into_iter().chain(p.app_pids()) {
@@ -337,7 +297,7 @@ fn zdd_up_after_a_reboot_restores_the_live_slot_and_named_processes() {
 #[test]
 fn an_app_that_cannot_start_backs_off_under_its_keeper_and_status_says_why() {
     let _heavy = heavy();
-    let p = live_v1("");
+    let p = Project::live_v1("");
     p.edit_config(|c| c.replace("timeout = \"15s\"", "timeout = \"1s\""));
     for pid in p.keeper_pids().into_iter().chain(p.app_pids()) {
         let _ = nix::sys::signal::kill(

@@ -499,6 +499,42 @@ impl Project {
         self.zdd_env(args, &[])
     }
 
+    /// A project with v1 live in slot a behind nginx.
+    pub fn live_v1(extra: &str) -> Project {
+        let mut p = Project::new(extra);
+        p.start_nginx();
+        let r = p.zdd(&["deploy"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(p.served(), "v1");
+        p
+    }
+
+    /// `zdd start NAME DIR PORT -- app` for the reference app serving
+    /// `named1` from the folder `named`.
+    pub fn start_named(&self, name: &str, port: u16) -> Run {
+        let appdir = self.path().join("named");
+        std::fs::create_dir_all(&appdir).unwrap();
+        std::fs::write(appdir.join("VERSION"), "named1\n").unwrap();
+        let app = example("app");
+        let port = port.to_string();
+        self.zdd(&[
+            "start",
+            name,
+            appdir.to_str().unwrap(),
+            &port,
+            "--",
+            app.to_str().unwrap(),
+        ])
+    }
+
+    /// No keeper wrote a crash into these logs (names below `logs/`).
+    pub fn assert_no_crash_logged(&self, logs: &[&str]) {
+        for log in logs {
+            let text = std::fs::read_to_string(self.root().join("logs").join(log)).unwrap();
+            assert!(!text.contains("exited on its own"), "{log}: {text}");
+        }
+    }
+
     /// Run zdd with extra environment variables.
     pub fn zdd_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(zdd_bin());
