@@ -9,7 +9,7 @@ use crate::config::{Config, NginxMode};
 use crate::error::{Error, Result};
 use crate::health::Checker;
 use crate::lock::{Lock, LockWait};
-use crate::process::{self, Started};
+use crate::process::{self, ProcessId, Started};
 use crate::state::{Phases, Slot, SlotStatus, State};
 use crate::{fsutil, git, keeper, nginx, observe, root, signals, steer, switch};
 
@@ -154,16 +154,22 @@ impl<'a> Run<'a> {
         let Some(id) = self.state.slot(idle).process.clone() else {
             return Ok(());
         };
+        self.stop_earlier_run(idle, &id)
+    }
+
+    /// Stop the group an earlier run recorded in `slot` (drained first
+    /// when nginx no longer picks the slot) and forget it in the state.
+    pub(super) fn stop_earlier_run(&mut self, slot: Slot, id: &ProcessId) -> Result<()> {
         log::warn!(
-            "slot {idle}: pid {} from an earlier run still runs; stopping it",
+            "slot {slot}: pid {} from an earlier run still runs; stopping it",
             id.pid
         );
-        if self.mode == NginxMode::Switch {
-            self.settle_and_drain(idle);
+        if self.mode == NginxMode::Switch && switch::read(&self.config.root).ok() != Some(slot) {
+            self.settle_and_drain(slot);
         }
         keeper::fold_restarts(&mut self.state, &self.config.root);
-        process::stop_group(&id, self.config.stop.with(), None);
-        let s = self.state.slot_mut(idle);
+        process::stop_group(id, self.config.stop.with(), None);
+        let s = self.state.slot_mut(slot);
         s.process = None;
         s.started_at = None;
         self.save()

@@ -11,7 +11,7 @@ use crate::health::Verified;
 use crate::process::{self, Spec, Started, StepEnd, StopWith};
 use crate::state::{Slot, SlotStatus};
 use crate::text::fmt;
-use crate::{git, signals, switch};
+use crate::{git, signals};
 use crate::{keeper, launch};
 
 use super::outcome::{ms, now, StepError};
@@ -23,20 +23,7 @@ impl Run<'_> {
     pub(super) fn clear_port(&mut self, slot: Slot) -> Result<()> {
         let port = self.config.port(slot);
         if let Some(id) = self.state.slot(slot).process.clone() {
-            log::warn!(
-                "slot {slot}: pid {} from an earlier run still runs; stopping it",
-                id.pid
-            );
-            if self.mode == NginxMode::Switch && switch::read(&self.config.root).ok() != Some(slot)
-            {
-                self.settle_and_drain(slot);
-            }
-            keeper::fold_restarts(&mut self.state, &self.config.root);
-            process::stop_group(&id, self.config.stop.with(), None);
-            let s = self.state.slot_mut(slot);
-            s.process = None;
-            s.started_at = None;
-            self.save()?;
+            self.stop_earlier_run(slot, &id)?;
         }
         for listener in crate::ports::listeners(port, &[]) {
             let leftover = listener

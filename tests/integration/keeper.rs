@@ -220,15 +220,7 @@ fn a_stop_sent_to_the_keeper_alone_reaches_its_app_after_the_stop_timeout() {
 #[test]
 fn zdd_up_with_the_live_release_gone_from_disk_exits_4() {
     let p = Project::live_v1("");
-    for pid in p.keeper_pids().into_iter().chain(p.app_pids()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    assert!(wait_until(Duration::from_secs(10), || p
-        .zdd_pids()
-        .is_empty()));
+    p.kill_everything();
     std::fs::remove_dir_all(p.root().join("slots/a")).unwrap();
     let r = p.zdd(&["up"]);
     assert_eq!(r.code, 4, "{r:?}");
@@ -271,15 +263,7 @@ fn zdd_up_after_a_reboot_restores_the_live_slot_and_named_processes() {
     let r = p.start_named("web", port);
     assert_eq!(r.code, 0, "{r:?}");
     // A reboot: everything dies at once.
-    for pid in p.keeper_pids().into_iter().chain(p.app_pids()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    assert!(wait_until(Duration::from_secs(10), || p
-        .zdd_pids()
-        .is_empty()));
+    p.kill_everything();
     let state = p.state_bytes();
     let r = p.zdd(&["up"]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -299,15 +283,7 @@ fn an_app_that_cannot_start_backs_off_under_its_keeper_and_status_says_why() {
     let _heavy = heavy();
     let p = Project::live_v1("");
     p.edit_config(|c| c.replace("timeout = \"15s\"", "timeout = \"1s\""));
-    for pid in p.keeper_pids().into_iter().chain(p.app_pids()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    assert!(wait_until(Duration::from_secs(10), || p
-        .zdd_pids()
-        .is_empty()));
+    p.kill_everything();
     // What is on disk no longer starts (its database is not up, say).
     std::fs::write(
         p.root().join("slots/a/run.sh"),

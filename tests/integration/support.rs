@@ -527,6 +527,20 @@ impl Project {
         ])
     }
 
+    /// What a reboot does: every keeper and app of this project dies at
+    /// once (SIGKILL), and none is left.
+    pub fn kill_everything(&self) {
+        for pid in self.keeper_pids().into_iter().chain(self.app_pids()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert!(wait_until(Duration::from_secs(10), || self
+            .zdd_pids()
+            .is_empty()));
+    }
+
     /// No keeper wrote a crash into these logs (names below `logs/`).
     pub fn assert_no_crash_logged(&self, logs: &[&str]) {
         for log in logs {
