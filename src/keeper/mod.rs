@@ -1,0 +1,274 @@
+//! The keeper: one small process per running slot or named process — zdd
+//! itself, re-executed as `zdd keep` (hidden) — that outlives the zdd run.
+//! It leads the app's process group, starts the app in it, and waits for
+//! it without polling (`sigtimedwait` on blocked signals). When the app
+//! exits on its own it starts it again: at once, then after a delay that
+//! doubles from 100 ms to 30 s, reset after 10 s up (Docker's rule). The
+//! group's stop signal (a deploy, a rollback, `zdd stop`) reaches the app as
+//! before and ends the keeper too; nothing is restarted then.
+//!
+//! Until zdd arms it (a real-time signal to the keeper alone, once the app
+//! is verified), an app that exits ends the keeper with the app's status,
+//! so that a start-up failure is seen at once. Once armed it may roll back
+//! a release that crash-loops after its swap, by running `zdd rollback`.
+//! If the keeper is killed, the app gets its stop signal
+//! (`PR_SET_PDEATHSIG`) and goes down with it; the next zdd run (`zdd up`,
+//! a deploy) starts it again. What `status` shows is written, atomically,
+//! to `ROOT/run/NAME.keeper`.
+//!
+//! `mod.rs` holds what zdd calls (the command line it writes, [`spawn`],
+//! [`arm`]); `supervise` is the keeper process itself, `sigwait` its
+//! signal plumbing, `status` the file it writes and what zdd makes of it.
+
+mod sigwait;
+mod status;
+mod supervise;
+
+use std::ffi::OsString;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::libc;
+use nix::sys::signal::Signal;
+
+use crate::process::{Spec, Started};
+
+pub use status::{fold_restarts, read_status, status_path, KeeperStatus};
+pub use supervise::run;
+
+/// How the keeper is started: the hidden `zdd keep` command line, written
+/// by zdd ([`KeepArgs::to_args`]) and read back by the keeper without clap
+/// ([`KeepArgs::from_args`]), which keeps the keeper's memory small.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeepArgs {
+    /// The slot or named process this keeper keeps.
+    pub name: String,
+    /// zdd's root (for the status file).
+    pub root: PathBuf,
+    /// The app's log (the keeper's marker lines go there too).
+    pub log: PathBuf,
+    /// The app's stop signal.
+    pub stop_signal: Signal,
+    /// How long the app has to stop (a stop sent to the keeper alone is
+    /// passed on to the app after it).
+    pub stop_timeout: Duration,
+    /// Supervise from the start (else once zdd arms it).
+    pub armed: bool,
+    /// Run the app as this user.
+    pub run_as: Option<String>,
+    /// Roll back after this many exits within `.1` of arming, running
+    /// `zdd rollback` with the config file `.2`.
+    pub rollback: Option<(u32, Duration, PathBuf)>,
+    /// The app's `sh -c` script.
+    pub script: String,
+}
+
+impl KeepArgs {
+    /// The arguments after `zdd keep`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec![
+            "--name".into(),
+            self.name.clone().into(),
+            "--root".into(),
+            self.root.clone().into(),
+            "--log".into(),
+            self.log.clone().into(),
+            "--stop-signal".into(),
+            self.stop_signal.as_str().into(),
+            "--stop-timeout-ms".into(),
+            self.stop_timeout.as_millis().to_string().into(),
+        ];
+        if self.armed {
+            a.push("--armed".into());
+        }
+        if let Some(user) = &self.run_as {
+            a.extend(["--run-as".into(), user.into()]);
+        }
+        if let Some((after, within, config)) = &self.rollback {
+            a.extend([
+                "--rollback-after".into(),
+                after.to_string().into(),
+                "--rollback-within-ms".into(),
+                within.as_millis().to_string().into(),
+                "--rollback-config".into(),
+                config.clone().into(),
+            ]);
+        }
+        a.extend(["--".into(), self.script.clone().into()]);
+        a
+    }
+
+    /// Read what [`KeepArgs::to_args`] wrote.
+    pub fn from_args(args: &[OsString]) -> Result<KeepArgs, String> {
+        let mut it = args.iter();
+        let (mut name, mut root, mut log, mut stop) = (None, None, None, None);
+        let mut stop_timeout = None;
+        let (mut armed, mut run_as, mut after, mut within, mut config) =
+            (false, None, None, None, None);
+        let mut script = None;
+        while let Some(arg) = it.next() {
+            let arg = arg.to_str().ok_or("arguments must be UTF-8")?;
+            if arg == "--" {
+                script = it.next().and_then(|s| s.to_str()).map(str::to_string);
+                break;
+            }
+            if arg == "--armed" {
+                armed = true;
+                continue;
+            }
+            let value = it.next().ok_or(format!("{arg} needs a value"))?;
+            let text = || {
+                value
+                    .to_str()
+                    .map(str::to_string)
+                    .ok_or("arguments must be UTF-8")
+            };
+            match arg {
+                "--name" => name = Some(text()?),
+                "--root" => root = Some(PathBuf::from(value)),
+                "--log" => log = Some(PathBuf::from(value)),
+                "--stop-signal" => stop = Some(crate::signals::parse_signal(&text()?)?),
+                "--stop-timeout-ms" => {
+                    stop_timeout = Some(Duration::from_millis(
+                        text()?.parse().map_err(|_| "bad duration")?,
+                    ))
+                }
+                "--run-as" => run_as = Some(text()?),
+                "--rollback-after" => after = Some(text()?.parse().map_err(|_| "bad count")?),
+                "--rollback-within-ms" => {
+                    within = Some(Duration::from_millis(
+                        text()?.parse().map_err(|_| "bad duration")?,
+                    ))
+                }
+                "--rollback-config" => config = Some(PathBuf::from(value)),
+                other => return Err(format!("unknown argument {other}")),
+            }
+        }
+        let missing = |what: &str| format!("{what} is missing");
+        Ok(KeepArgs {
+            name: name.ok_or_else(|| missing("--name"))?,
+            root: root.ok_or_else(|| missing("--root"))?,
+            log: log.ok_or_else(|| missing("--log"))?,
+            stop_signal: stop.ok_or_else(|| missing("--stop-signal"))?,
+            stop_timeout: stop_timeout.ok_or_else(|| missing("--stop-timeout-ms"))?,
+            armed,
+            run_as,
+            rollback: match (after, within, config) {
+                (Some(a), Some(w), Some(c)) => Some((a, w, c)),
+                _ => None,
+            },
+            script: script.ok_or_else(|| missing("the script after --"))?,
+        })
+    }
+}
+
+/// How a keeper keeps the app it starts (see `keeper`).
+pub struct Keep<'a> {
+    /// The slot or named process.
+    pub name: &'a str,
+    pub root: &'a Path,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    /// Supervise from the start (`zdd up`), not only once armed.
+    pub armed: bool,
+    /// Roll back after this many exits within this long of arming, with
+    /// this config file.
+    pub rollback: Option<(u32, Duration, &'a Path)>,
+}
+
+/// Start the app under its keeper (`zdd keep`, zdd itself): the keeper
+/// leads a new process group and starts the app in it, with the same
+/// folder, environment and log. The id is the keeper's, the group's.
+pub fn spawn(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
+    let exe = std::env::current_exe()?;
+    let log = crate::process::open_log(spec.log)?;
+    let args = KeepArgs {
+        name: keep.name.to_string(),
+        root: keep.root.to_path_buf(),
+        log: spec.log.to_path_buf(),
+        stop_signal: keep.stop_signal,
+        stop_timeout: keep.stop_timeout,
+        armed: keep.armed,
+        run_as: spec.run_as.map(|u| u.name.clone()),
+        rollback: keep
+            .rollback
+            .map(|(after, within, config)| (after, within, config.to_path_buf())),
+        script: crate::process::app_script(spec),
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg("keep")
+        .args(args.to_args())
+        .current_dir(spec.dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    for (k, v) in spec.env {
+        cmd.env(k, v);
+    }
+    crate::process::identify(spec, cmd.spawn()?)
+}
+
+/// The signal zdd sends the keeper (alone, never the group) to arm it.
+pub fn arm_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+/// Arm the keeper `pid`: from now on it restarts the app.
+pub fn arm(pid: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) with a real-time signal number to one process.
+    if unsafe { libc::kill(pid, arm_signal()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// "exit status: 1", "signal: 9 (SIGKILL)".
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status: {c}"),
+        (None, Some(s)) => match Signal::try_from(s) {
+            Ok(sig) => format!("signal: {s} ({})", sig.as_str()),
+            Err(_) => format!("signal: {s}"),
+        },
+        _ => status.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_zdd_writes_the_keeper_reads() {
+        let args = KeepArgs {
+            name: "a".into(),
+            root: "/srv/zdd root".into(),
+            log: "/srv/zdd root/logs/a.log".into(),
+            stop_signal: Signal::SIGQUIT,
+            stop_timeout: Duration::from_secs(30),
+            armed: true,
+            run_as: Some("www-data".into()),
+            rollback: Some((3, Duration::from_secs(300), "/etc/zdd/zdd.toml".into())),
+            script: "exec node server.js --port \"$PORT\"".into(),
+        };
+        assert_eq!(KeepArgs::from_args(&args.to_args()).unwrap(), args);
+        let plain = KeepArgs {
+            armed: false,
+            run_as: None,
+            rollback: None,
+            ..args
+        };
+        assert_eq!(KeepArgs::from_args(&plain.to_args()).unwrap(), plain);
+        assert!(KeepArgs::from_args(&["--name".into()]).is_err());
+    }
+
+    #[test]
+    fn exit_statuses_read_well() {
+        assert_eq!(describe(ExitStatus::from_raw(1 << 8)), "exit status: 1");
+        assert_eq!(describe(ExitStatus::from_raw(9)), "signal: 9 (SIGKILL)");
+    }
+}
