@@ -1,0 +1,221 @@
+//! `zdd.toml`: the resolved [`Config`] that the rest of zdd takes as plain
+//! data. `raw` is the file as written (serde), `parse` turns it into a
+//! `Config` with file:line:col errors, `sections` checks the tables.
+
+mod parse;
+mod raw;
+mod sections;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::error::{Error, Result};
+use crate::slot::Slot;
+pub use crate::user::RunAs;
+pub use parse::toml_error;
+pub use raw::{duration_bounds, parse_duration};
+
+/// The file name looked up in the current folder when no `--config` is given.
+pub const DEFAULT_FILE: &str = "zdd.toml";
+
+/// A fully resolved configuration: defaults applied, paths absolute.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    pub name: String,
+    pub repo: Option<String>,
+    pub branch: String,
+    pub root: PathBuf,
+    pub build: Option<String>,
+    pub start: String,
+    pub ports: [u16; 2],
+    pub user: Option<RunAs>,
+    pub health: Health,
+    pub stop: Stop,
+    pub env: BTreeMap<String, String>,
+    pub hooks: Hooks,
+    pub nginx: Nginx,
+    pub keeper: Keeper,
+}
+
+/// What the keeper does about a release that crash-loops after its swap.
+#[derive(Debug, Clone)]
+pub struct Keeper {
+    /// Roll back after this many exits on its own (0: never).
+    pub rollback_after: u32,
+    /// ...within this long of the swap.
+    pub rollback_within: Duration,
+}
+
+impl Default for Keeper {
+    fn default() -> Self {
+        Keeper {
+            rollback_after: 3,
+            rollback_within: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub path: String,
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub request_timeout: Duration,
+    pub expect_status: (u16, u16),
+    pub expect_body: Option<String>,
+    /// Start a new commit once on a private port and check it there before
+    /// it listens on its slot port (where nginx sends it traffic at once).
+    pub rehearse: bool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            path: "/".into(),
+            timeout: Duration::from_secs(30),
+            interval: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(2),
+            expect_status: (200, 299),
+            expect_body: None,
+            rehearse: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Stop {
+    pub signal: Signal,
+    pub timeout: Duration,
+    /// Switch mode: how long the old slot keeps serving after the flip
+    /// before it gets the stop signal, for requests nginx routed to it
+    /// just before the flip and is still reading from their clients.
+    pub settle: Duration,
+}
+
+impl Stop {
+    /// How an app's group is stopped (see `process::StopWith`).
+    pub fn with(&self) -> crate::process::StopWith {
+        crate::process::StopWith {
+            signal: self.signal,
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop {
+            signal: Signal::SIGTERM,
+            timeout: Duration::from_secs(30),
+            settle: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub after_checkout: Option<String>,
+    pub before_start: Option<String>,
+    pub verify: Option<String>,
+    pub after_swap: Option<String>,
+}
+
+/// How nginx is steered to the new slot during a swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NginxMode {
+    /// Two upstreams, each slot the primary of one and the backup of the
+    /// other; a file that nginx tests on every request picks the upstream.
+    Switch,
+    /// One upstream listing both slots; zdd waits until nginx's passive
+    /// failover routes to the new slot.
+    RoundRobin,
+}
+
+impl NginxMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NginxMode::Switch => "switch",
+            NginxMode::RoundRobin => "round-robin",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Nginx {
+    pub listen: String,
+    pub server_name: String,
+    /// `nginx.mode` as written; `None` lets zdd decide from the template
+    /// (see `nginx::mode`).
+    pub mode: Option<NginxMode>,
+    /// The full site (upstreams and a server block).
+    pub output: Option<PathBuf>,
+    /// The two upstreams alone, for an `include` at http level.
+    pub upstreams_output: Option<PathBuf>,
+    /// The lines for an operator's own server block (switch and probe).
+    pub snippet_output: Option<PathBuf>,
+    pub template: Option<PathBuf>,
+    pub pid_file: PathBuf,
+    /// The URL of the template's loopback probe location, which reports
+    /// `$upstream_addr`; derived from `listen` unless set.
+    pub probe_url: String,
+    /// The Host header of the probe request: the first `server_name`, unless
+    /// that is `_`, a wildcard or a regex.
+    pub probe_host: Option<String>,
+    /// How long a slot stays marked failed in nginx after a refused connect.
+    pub fail_timeout: Duration,
+    /// Give up when nginx has not routed to the new slot after this long.
+    pub route_timeout: Duration,
+    /// Opt in to `proxy_next_upstream ... non_idempotent` (may run a POST twice).
+    pub retry_non_idempotent: bool,
+    /// The command that checks nginx's configuration before a reload.
+    pub test_command: String,
+}
+
+impl Config {
+    /// The port of slot `a` (0) or `b` (1).
+    pub fn port(&self, slot: Slot) -> u16 {
+        self.ports[slot.index()]
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.root.join("state.toml")
+    }
+
+    /// Find the config file: `--config`/`$ZDD_CONFIG` if given, else
+    /// `./zdd.toml`. `None` when nothing was given and there is no file.
+    pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+        match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => {
+                let p = PathBuf::from(DEFAULT_FILE);
+                p.exists().then_some(p)
+            }
+        }
+    }
+
+    /// Read and resolve a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(path, &text)?;
+        // Absolute: keepers run `zdd rollback --config PATH` from a slot.
+        if let Ok(absolute) = std::path::absolute(path) {
+            config.path = absolute;
+        }
+        // `root` may be a symlink: resolved once, here; below it zdd follows
+        // none (see `root`).
+        if let Ok(real) = std::fs::canonicalize(&config.root) {
+            config.root = real;
+        }
+        Ok(config)
+    }
+}

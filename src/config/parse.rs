@@ -1,0 +1,241 @@
+//! From `zdd.toml`'s text to a [`Config`]: the top-level keys, relative
+//! paths anchored at the file's folder, and every error placed at its
+//! file:line:col ([`Source::at`]). The tables are checked in `sections`.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{duration_bounds, HumanDuration, RawConfig};
+use super::{Config, Hooks};
+use crate::error::{Error, Result};
+use crate::user::resolve_user;
+
+/// The file being parsed, for errors that point into it.
+pub(super) struct Source<'a> {
+    pub(super) path: &'a Path,
+    pub(super) text: &'a str,
+}
+
+impl Source<'_> {
+    /// An error at the start of `span` (the file's start without one).
+    pub(super) fn at(&self, span: Option<Range<usize>>, message: String) -> Error {
+        let (line, column) = line_col(self.text, span.map(|s| s.start).unwrap_or(0));
+        Error::Config {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    /// A list of exactly two numbers.
+    pub(super) fn pair(&self, list: &Spanned<Vec<u16>>, what: &str) -> Result<[u16; 2]> {
+        match list.get_ref()[..] {
+            [a, b] => Ok([a, b]),
+            ref other => Err(self.at(
+                Some(list.span()),
+                format!("{what} must list exactly two numbers, got {}", other.len()),
+            )),
+        }
+    }
+
+    /// A duration within the bounds of its key (the README's table), or
+    /// `default` when it is not set.
+    pub(super) fn bounded(
+        &self,
+        d: Option<Spanned<HumanDuration>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration> {
+        let Some(d) = d else { return Ok(default) };
+        let (min, max) = duration_bounds(key);
+        let value = d.get_ref().0;
+        if value < min || value > max {
+            return Err(self.at(
+                Some(d.span()),
+                format!(
+                    "{key} must be between {} and {}, got {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max),
+                    humantime::format_duration(value)
+                ),
+            ));
+        }
+        Ok(value)
+    }
+
+    fn name(&self, name: &Spanned<String>) -> Result<String> {
+        let text = name.get_ref();
+        if text.is_empty()
+            || !text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(self.at(
+                Some(name.span()),
+                format!("invalid name {text:?}: expected letters, digits, '_' or '-'"),
+            ));
+        }
+        Ok(text.clone())
+    }
+
+    fn ports(&self, ports: Option<&Spanned<Vec<u16>>>) -> Result<[u16; 2]> {
+        let Some(p) = ports else {
+            return Ok([3001, 3002]);
+        };
+        let [a, b] = self.pair(p, "ports (slot a, slot b)")?;
+        if a == b {
+            return Err(self.at(
+                Some(p.span()),
+                format!("the two slot ports must differ, both are {a}"),
+            ));
+        }
+        if a == 0 || b == 0 {
+            return Err(self.at(Some(p.span()), "port 0 is not a usable slot port".into()));
+        }
+        Ok([a, b])
+    }
+
+    fn env(&self, raw: BTreeMap<Spanned<String>, String>) -> Result<BTreeMap<String, String>> {
+        let mut env = BTreeMap::new();
+        for (key, value) in raw {
+            if ["PORT", "ZDD_SLOT", "ZDD_COMMIT", "ZDD_ROOT"].contains(&key.get_ref().as_str()) {
+                return Err(self.at(
+                    Some(key.span()),
+                    format!(
+                        "{} is set by zdd itself and cannot be set in [env]",
+                        key.get_ref()
+                    ),
+                ));
+            }
+            env.insert(key.into_inner(), value);
+        }
+        Ok(env)
+    }
+}
+
+impl Config {
+    /// Parse config text; `path` names the file in errors and anchors
+    /// relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let src = Source { path, text };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| src.at(e.span(), e.message().trim().to_string()))?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                dir.join(p)
+            }
+        };
+
+        let name = src.name(&raw.name)?;
+        let ports = src.ports(raw.ports.as_ref())?;
+        if raw.start.get_ref().trim().is_empty() {
+            return Err(src.at(Some(raw.start.span()), "`start` must not be empty".into()));
+        }
+        let user = match &raw.user {
+            None => None,
+            Some(u) => Some(resolve_user(u.get_ref()).map_err(|m| src.at(Some(u.span()), m))?),
+        };
+        let health = src.health(raw.health.unwrap_or_default())?;
+        let stop = src.stop(raw.stop.unwrap_or_default())?;
+        let nginx = src.nginx(raw.nginx.unwrap_or_default(), &resolve)?;
+        let env = src.env(raw.env.unwrap_or_default())?;
+        let keeper = src.keeper(raw.keeper.unwrap_or_default())?;
+        let hooks = raw.hooks.unwrap_or_default();
+        Ok(Config {
+            path: path.to_path_buf(),
+            name,
+            repo: raw.repo.map(|r| resolve_repo(&r, &dir)),
+            branch: raw.branch.unwrap_or_else(|| "main".into()),
+            root: raw.root.as_deref().map(resolve).unwrap_or(dir.clone()),
+            build: raw.build.filter(|b| !b.trim().is_empty()),
+            start: raw.start.into_inner(),
+            ports,
+            user,
+            health,
+            stop,
+            env,
+            hooks: Hooks {
+                after_checkout: hooks.after_checkout,
+                before_start: hooks.before_start,
+                verify: hooks.verify,
+                after_swap: hooks.after_swap,
+            },
+            nginx,
+            keeper,
+        })
+    }
+}
+
+/// Where and what: "line L, column C: MESSAGE" for a TOML error in `text`
+/// (never an empty reason).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = match e.message().trim() {
+        "" => e.to_string(),
+        m => m.to_string(),
+    };
+    let message = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match e.span() {
+        Some(span) => {
+            let (line, column) = line_col(text, span.start);
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// A local repo path is made absolute (relative to the config's folder);
+/// URLs and `host:path` forms are left as they are.
+fn resolve_repo(repo: &str, dir: &Path) -> String {
+    let looks_remote = repo.contains("://")
+        || repo
+            .split_once(':')
+            .is_some_and(|(host, _)| !host.contains('/'));
+    if looks_remote || Path::new(repo).is_absolute() {
+        repo.to_string()
+    } else {
+        normalize(&dir.join(repo)).to_string_lossy().into_owned()
+    }
+}
+
+/// Remove `.` and `..` components without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}

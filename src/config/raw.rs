@@ -1,0 +1,120 @@
+//! `zdd.toml` as written: the serde structs (unknown keys refused, spans
+//! kept for errors) and the duration syntax with its bounds per key.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A duration written like `100ms`, `30s`, `5m`, `1h`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HumanDuration(pub(super) Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        // Bounds, zero included, are checked per key (`duration_bounds`).
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The smallest and largest value each duration key takes.
+pub fn duration_bounds(key: &str) -> (Duration, Duration) {
+    let (ms, s) = (Duration::from_millis, Duration::from_secs);
+    match key {
+        "health.timeout" => (ms(100), s(3600)),
+        "health.interval" => (ms(1), s(60)),
+        "health.request_timeout" => (ms(10), s(300)),
+        "stop.timeout" => (ms(100), s(3600)),
+        "stop.settle" => (ms(0), s(600)),
+        "keeper.rollback_within" => (s(1), s(24 * 3600)),
+        // nginx counts whole seconds.
+        "nginx.fail_timeout" => (s(1), s(3600)),
+        "nginx.route_timeout" => (ms(100), s(600)),
+        "--wait" => (ms(1), s(24 * 3600)),
+        _ => (ms(1), s(24 * 3600)),
+    }
+}
+
+/// Parse `100ms`, `30s`, `5m`, `1h` (and combinations like `1m30s`).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); expected a number with ms, s, m or h, like \"100ms\" or \"30s\""))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) name: Spanned<String>,
+    pub(super) repo: Option<String>,
+    pub(super) branch: Option<String>,
+    pub(super) root: Option<PathBuf>,
+    pub(super) build: Option<String>,
+    pub(super) start: Spanned<String>,
+    pub(super) ports: Option<Spanned<Vec<u16>>>,
+    pub(super) user: Option<Spanned<String>>,
+    pub(super) health: Option<RawHealth>,
+    pub(super) stop: Option<RawStop>,
+    pub(super) env: Option<BTreeMap<Spanned<String>, String>>,
+    pub(super) hooks: Option<RawHooks>,
+    pub(super) nginx: Option<RawNginx>,
+    pub(super) keeper: Option<RawKeeper>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeeper {
+    pub(super) rollback_after: Option<u32>,
+    pub(super) rollback_within: Option<Spanned<HumanDuration>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<HumanDuration>>,
+    pub(super) interval: Option<Spanned<HumanDuration>>,
+    pub(super) request_timeout: Option<Spanned<HumanDuration>>,
+    pub(super) expect_status: Option<Spanned<Vec<u16>>>,
+    pub(super) expect_body: Option<String>,
+    pub(super) rehearse: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStop {
+    pub(super) signal: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<HumanDuration>>,
+    pub(super) settle: Option<Spanned<HumanDuration>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHooks {
+    pub(super) after_checkout: Option<String>,
+    pub(super) before_start: Option<String>,
+    pub(super) verify: Option<String>,
+    pub(super) after_swap: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNginx {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) server_name: Option<Spanned<String>>,
+    pub(super) mode: Option<Spanned<String>>,
+    pub(super) output: Option<PathBuf>,
+    pub(super) upstreams_output: Option<PathBuf>,
+    pub(super) snippet_output: Option<PathBuf>,
+    pub(super) template: Option<PathBuf>,
+    pub(super) pid_file: Option<PathBuf>,
+    pub(super) probe_url: Option<Spanned<String>>,
+    pub(super) fail_timeout: Option<Spanned<HumanDuration>>,
+    pub(super) route_timeout: Option<Spanned<HumanDuration>>,
+    pub(super) retry_non_idempotent: Option<bool>,
+    pub(super) test_command: Option<String>,
+}

@@ -1,0 +1,230 @@
+//! The config's parse: defaults, paths, and an error at the right
+//! file:line:col for each way a file can be wrong.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::sections::probe_authority;
+use super::Config;
+use crate::error::Result;
+
+fn parse(text: &str) -> Result<Config> {
+    Config::parse(Path::new("/etc/zdd/zdd.toml"), text)
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse("name = \"shop\"\nstart = \"./run\"\n").unwrap();
+    assert_eq!(c.ports, [3001, 3002]);
+    assert_eq!(c.branch, "main");
+    assert_eq!(c.root, PathBuf::from("/etc/zdd"));
+    assert_eq!(c.health.interval, Duration::from_millis(100));
+    assert_eq!(c.stop.signal, Signal::SIGTERM);
+    assert_eq!(c.nginx.probe_url, "http://127.0.0.1:80/.zdd/upstream");
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_file() {
+    let c =
+        parse("name = \"s\"\nstart = \"x\"\nroot = \"state\"\nrepo = \"../git/s.git\"\n").unwrap();
+    assert_eq!(c.root, PathBuf::from("/etc/zdd/state"));
+    assert_eq!(c.repo.as_deref(), Some("/etc/git/s.git"));
+    let c = parse("name = \"s\"\nstart = \"x\"\nrepo = \"git@host:s.git\"\n").unwrap();
+    assert_eq!(c.repo.as_deref(), Some("git@host:s.git"));
+}
+
+#[test]
+fn unknown_key_names_line_and_column() {
+    let e = err("name = \"s\"\nstart = \"x\"\n\n[health]\n  tiemout = \"3s\"\n");
+    assert!(
+        e.starts_with("/etc/zdd/zdd.toml:5:3: unknown field `tiemout`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_duration_names_the_value() {
+    let e = err("name = \"s\"\nstart = \"x\"\n[stop]\ntimeout = \"soon\"\n");
+    assert!(
+        e.starts_with("/etc/zdd/zdd.toml:4:11: invalid duration \"soon\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn equal_ports_are_rejected_with_position() {
+    let e = err("name = \"s\"\nstart = \"x\"\nports = [3001, 3001]\n");
+    assert_eq!(
+        e,
+        "/etc/zdd/zdd.toml:3:9: the two slot ports must differ, both are 3001"
+    );
+}
+
+#[test]
+fn missing_start_is_an_error() {
+    let e = err("name = \"s\"\n");
+    assert!(e.contains("missing field `start`"), "{e}");
+    assert!(e.starts_with("/etc/zdd/zdd.toml:1:1"), "{e}");
+}
+
+#[test]
+fn bad_name_and_signal() {
+    assert!(
+        err("name = \"a b\"\nstart = \"x\"\n").starts_with("/etc/zdd/zdd.toml:1:8: invalid name")
+    );
+    let e = err("name = \"s\"\nstart = \"x\"\n[stop]\nsignal = \"SIGNOPE\"\n");
+    assert!(e.contains(":4:10: unknown signal"), "{e}");
+    let c = parse("name = \"s\"\nstart = \"x\"\n[stop]\nsignal = \"quit\"\n").unwrap();
+    assert_eq!(c.stop.signal, Signal::SIGQUIT);
+}
+
+#[test]
+fn health_path_and_fail_timeout_errors_point_at_the_value() {
+    let e = err("name = \"s\"\nstart = \"x\"\n[health]\npath = \"healthz\"\n");
+    assert!(
+        e.starts_with("/etc/zdd/zdd.toml:4:8: health.path must start with '/'"),
+        "{e}"
+    );
+    let e = err("name = \"s\"\nstart = \"x\"\n[nginx]\nfail_timeout = \"500ms\"\n");
+    assert!(
+        e.starts_with(
+            "/etc/zdd/zdd.toml:4:16: nginx.fail_timeout must be between 1s and 1h, got 500ms"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn env_cannot_override_what_zdd_sets() {
+    let e = err("name = \"s\"\nstart = \"x\"\n[env]\nA = \"1\"\nPORT = \"9\"\n");
+    assert!(
+        e.starts_with("/etc/zdd/zdd.toml:5:1: PORT is set by zdd itself"),
+        "{e}"
+    );
+    let c = parse("name = \"s\"\nstart = \"x\"\n[env]\nA = \"1\"\n").unwrap();
+    assert_eq!(c.env.get("A").map(String::as_str), Some("1"));
+}
+
+#[test]
+fn zero_durations_and_tls_listen_are_refused() {
+    let e = err("name = \"s\"\nstart = \"x\"\n[stop]\ntimeout = \"0s\"\n");
+    assert!(
+        e.starts_with("/etc/zdd/zdd.toml:4:11: stop.timeout must be between 100ms and 1h, got 0s"),
+        "{e}"
+    );
+    let c = parse("name = \"s\"\nstart = \"x\"\n[stop]\nsettle = \"0s\"\n").unwrap();
+    assert_eq!(
+        c.stop.settle,
+        Duration::ZERO,
+        "no settle at all is a choice"
+    );
+    assert!(
+        err("name = \"s\"\nstart = \"x\"\n[health]\ninterval = \"0ms\"\n")
+            .contains("health.interval must be between 1ms and 1m, got 0s")
+    );
+    assert!(
+        err("name = \"s\"\nstart = \"x\"\n[nginx]\nlisten = \"443 ssl\"\n")
+            .contains("set nginx.probe_url")
+    );
+    assert!(parse("name = \"s\"\nstart = \"x\"\n[nginx]\nlisten = \"443 ssl\"\nprobe_url = \"http://127.0.0.1:8081/.zdd/upstream\"\n").is_ok());
+}
+
+#[test]
+fn fixed_size_lists_refuse_extra_entries() {
+    let e = err("name = \"s\"\nstart = \"x\"\nports = [3001, 3002, 3003]\n");
+    assert_eq!(
+        e,
+        "/etc/zdd/zdd.toml:3:9: ports (slot a, slot b) must list exactly two numbers, got 3"
+    );
+    let e = err("name = \"s\"\nstart = \"x\"\n[health]\nexpect_status = [200, 299, 300]\n");
+    assert!(
+        e.starts_with("/etc/zdd/zdd.toml:4:17: health.expect_status [LOW, HIGH] must list exactly two numbers, got 3"),
+        "{e}"
+    );
+    assert!(err("name = \"s\"\nstart = \"x\"\nports = [3001]\n").contains("got 1"));
+}
+
+#[test]
+fn durations_have_bounds_per_key() {
+    let e = err("name = \"s\"\nstart = \"x\"\n[health]\ntimeout = \"500000000 years\"\n");
+    assert!(
+        e.starts_with("/etc/zdd/zdd.toml:4:11: health.timeout must be between 100ms and 1h, got "),
+        "{e}"
+    );
+    let e = err("name = \"s\"\nstart = \"x\"\n[stop]\ntimeout = \"2h\"\n");
+    assert!(
+        e.contains("stop.timeout must be between 100ms and 1h, got 2h"),
+        "{e}"
+    );
+    let e = err("name = \"s\"\nstart = \"x\"\n[nginx]\nroute_timeout = \"1ms\"\n");
+    assert!(
+        e.contains("nginx.route_timeout must be between 100ms and 10m"),
+        "{e}"
+    );
+    assert!(parse("name = \"s\"\nstart = \"x\"\n[health]\ninterval = \"1ms\"\n").is_ok());
+}
+
+#[test]
+fn nginx_parameters_cannot_break_out_of_their_directive() {
+    for (key, value) in [
+        ("server_name", "shop.test; include /etc/passwd"),
+        ("server_name", "a { b"),
+        ("listen", "80 }"),
+        ("listen", "80\\nx"),
+        ("listen", "$port"),
+        ("server_name", "\\\"quoted\\\""),
+    ] {
+        let e = err(&format!(
+            "name = \"s\"\nstart = \"x\"\n[nginx]\n{key} = \"{value}\"\n"
+        ));
+        assert!(
+            e.starts_with("/etc/zdd/zdd.toml:4:"),
+            "{key} = {value}: {e}"
+        );
+        assert!(
+            e.contains("which nginx does not take there"),
+            "{key} = {value}: {e}"
+        );
+    }
+    let c = parse("name = \"s\"\nstart = \"x\"\n[nginx]\nserver_name = \"~^(www\\\\.)?shop\\\\.test$ shop.test\"\nlisten = \"127.0.0.1:8080 default_server\"\n").unwrap();
+    assert_eq!(c.nginx.server_name, "~^(www\\.)?shop\\.test$ shop.test");
+}
+
+#[test]
+fn probe_url_must_be_plain_http() {
+    for bad in [
+        "not a url",
+        "https://127.0.0.1/.zdd/upstream",
+        "http:///x",
+        "http://",
+    ] {
+        let e = err(&format!(
+            "name = \"s\"\nstart = \"x\"\n[nginx]\nprobe_url = {bad:?}\n"
+        ));
+        assert!(
+            e.starts_with("/etc/zdd/zdd.toml:4:13: nginx.probe_url"),
+            "{bad}: {e}"
+        );
+    }
+    assert!(parse(
+        "name = \"s\"\nstart = \"x\"\n[nginx]\nprobe_url = \"http://[::1]:8081/.zdd/upstream\"\n"
+    )
+    .is_ok());
+}
+
+#[test]
+fn probe_url_follows_listen() {
+    assert_eq!(probe_authority("8080"), "127.0.0.1:8080");
+    assert_eq!(
+        probe_authority("127.0.0.2:81 default_server"),
+        "127.0.0.2:81"
+    );
+    assert_eq!(probe_authority("*:80"), "127.0.0.1:80");
+    assert_eq!(probe_authority("[::]:80"), "[::1]:80");
+}
