@@ -1,0 +1,69 @@
+//! App and step logs: opened for appending (never through a symlink),
+//! start markers, and the last lines quoted in failure messages.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Open a log for appending, never through a symlink.
+pub fn open_log(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Append a marker line to a log, so each start can be found in it.
+pub fn log_marker(path: &Path, text: &str) {
+    if let Ok(mut f) = open_log(path) {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let _ = writeln!(f, "=== zdd {now}: {text}");
+    }
+}
+
+/// The last `n` lines of a log file (reads at most its last 64 KiB).
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+    else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// "\nlast lines of LOG:\n  ..." to end a failure message, or nothing.
+pub fn tail_note(path: &Path) -> String {
+    let lines = tail(path, 15);
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nlast lines of {}:\n{}",
+        path.display(),
+        lines
+            .iter()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+/// Where a slot's or named process's log lives.
+pub fn log_path(root: &Path, name: &str) -> PathBuf {
+    root.join("logs").join(format!("{name}.log"))
+}

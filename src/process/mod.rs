@@ -1,0 +1,182 @@
+//! App processes: spawn in their own process group with output to a log,
+//! run builds and hooks to completion. `identity` proves which groups are
+//! zdd's, `stop` stops one, `logs` owns the log files.
+
+mod identity;
+mod logs;
+mod stop;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::user::RunAs;
+
+pub use identity::{boot_id, group_members, leftover_group, marks, read_stat, ProcessId};
+use identity::{group_has_members, is_keeper};
+pub use logs::{log_marker, log_path, open_log, tail, tail_note};
+pub use stop::{stop_group, stop_group_watched, stop_notice_signal, StopWith, Stopped};
+
+/// What to run and where: shared by the app, the build and hooks.
+pub struct Spec<'a> {
+    pub command: &'a str,
+    pub dir: &'a Path,
+    pub env: &'a [(String, String)],
+    pub log: &'a Path,
+    pub run_as: Option<&'a RunAs>,
+}
+
+impl Spec<'_> {
+    /// `sh -c COMMAND` in its own process group, stdin from /dev/null,
+    /// stdout and stderr appended to the log.
+    fn command(&self, script: &str) -> std::io::Result<Command> {
+        self.command_in_group(script, true)
+    }
+
+    /// `sh -c COMMAND`, in its own process group or (`own_group` false, for
+    /// the keeper's app) in the caller's.
+    pub fn command_in_group(&self, script: &str, own_group: bool) -> std::io::Result<Command> {
+        let log = open_log(self.log)?;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(script)
+            .current_dir(self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if own_group {
+            cmd.process_group(0);
+        }
+        for (k, v) in self.env {
+            cmd.env(k, v);
+        }
+        if let Some(user) = self.run_as {
+            cmd.env("HOME", &user.home)
+                .env("USER", &user.name)
+                .env("LOGNAME", &user.name);
+            // std can set uid and gid but not supplementary groups (it drops
+            // them all), so all three are set here, in the child, in the
+            // order that works: groups, gid, uid. Only syscalls run here.
+            let groups: Vec<nix::unistd::Gid> = user
+                .groups
+                .iter()
+                .map(|&g| nix::unistd::Gid::from_raw(g))
+                .collect();
+            let (uid, gid) = (
+                nix::unistd::Uid::from_raw(user.uid),
+                nix::unistd::Gid::from_raw(user.gid),
+            );
+            // SAFETY: setgroups, setgid and setuid are async-signal-safe
+            // system calls; `groups` was allocated before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::unistd::setgroups(&groups)?;
+                    nix::unistd::setgid(gid)?;
+                    nix::unistd::setuid(uid)?;
+                    Ok(())
+                });
+            }
+        }
+        Ok(cmd)
+    }
+}
+
+/// The marks (`ZDD_ROOT`, `ZDD_SLOT`) a process started by `spec` carries.
+fn marks_of(spec: &Spec) -> Vec<String> {
+    spec.env
+        .iter()
+        .filter(|(k, _)| k == "ZDD_ROOT" || k == "ZDD_SLOT")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+/// A process zdd started in this run: we can also reap it.
+pub struct Started {
+    pub id: ProcessId,
+    pub child: Child,
+}
+
+impl Started {
+    /// The exit status if the leader has exited (reaps it).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+/// The app's `sh -c` script: `exec` is prefixed so that the app replaces
+/// the shell and gets signals directly; the group covers its children.
+pub(crate) fn app_script(spec: &Spec) -> String {
+    let command = spec.command.trim();
+    if command.starts_with("exec ") {
+        command.to_string()
+    } else {
+        format!("exec {command}")
+    }
+}
+
+/// Start the long-running app on its own, in its own process group (a
+/// rehearsal; everything that stays up runs under a keeper: `keeper::spawn`).
+pub fn spawn_app(spec: &Spec) -> std::io::Result<Started> {
+    spawn(spec, &app_script(spec))
+}
+
+/// Spawn `sh -c script` for `spec` and identify it at once.
+fn spawn(spec: &Spec, script: &str) -> std::io::Result<Started> {
+    identify(spec, spec.command(script)?.spawn()?)
+}
+
+/// The id of a process just spawned for `spec`, with zdd's marks.
+pub(crate) fn identify(spec: &Spec, child: Child) -> std::io::Result<Started> {
+    let pid = child.id() as i32;
+    let mut id = ProcessId::of(pid).unwrap_or(ProcessId {
+        pid,
+        start_time: 0,
+        boot_id: boot_id(),
+        marks: Vec::new(),
+    });
+    id.marks = marks_of(spec);
+    Ok(Started { id, child })
+}
+
+/// How a step that runs to completion (build, hook) ended.
+pub enum StepEnd {
+    Exited(ExitStatus),
+    /// zdd got a signal; the step's group was stopped.
+    Interrupted(Signal),
+}
+
+/// Start a build or hook (`sh -c`, not `exec`) in its own process group.
+pub fn spawn_step(spec: &Spec) -> std::io::Result<Started> {
+    spawn(spec, spec.command)
+}
+
+/// Wait for a build or hook to finish. If zdd is signalled meanwhile and
+/// the step is `interruptible`, its group is stopped and that is reported.
+pub fn wait_step(step: &mut Started, interruptible: bool) -> std::io::Result<StepEnd> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = step.child.try_wait()? {
+            return Ok(StepEnd::Exited(status));
+        }
+        if let Some(sig) = crate::signals::pending().filter(|_| interruptible) {
+            stop_group(&step.id, StopWith::STEP, Some(&mut step.child));
+            let _ = step.child.wait();
+            return Ok(StepEnd::Interrupted(sig));
+        }
+        std::thread::sleep(poll_interval(started.elapsed()));
+    }
+}
+
+/// Poll fast at first (most steps are quick), then back off.
+pub fn poll_interval(elapsed: Duration) -> Duration {
+    if elapsed < Duration::from_millis(50) {
+        Duration::from_millis(1)
+    } else if elapsed < Duration::from_secs(1) {
+        Duration::from_millis(5)
+    } else {
+        Duration::from_millis(20)
+    }
+}
