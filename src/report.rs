@@ -379,15 +379,7 @@ mod tests {
             previous: Some(V1.into()),
             reason: reason.map(str::to_string),
             restarts: None,
-            phases: Phases {
-                fetch_ms: 92,
-                build_ms: 8,
-                ready_ms: 11,
-                route_ms: 1,
-                settle_ms: 1002,
-                drain_ms: 3,
-                total_ms: 1132,
-            },
+            phases: Phases::example(1132),
         }
     }
 

@@ -87,6 +87,23 @@ pub struct Phases {
     pub total_ms: u64,
 }
 
+#[cfg(test)]
+impl Phases {
+    /// The phases of a typical switch-mode deploy, for tests of what users
+    /// read; `total_ms` as given.
+    pub fn example(total_ms: u64) -> Phases {
+        Phases {
+            fetch_ms: 92,
+            build_ms: 8,
+            ready_ms: 11,
+            route_ms: 1,
+            settle_ms: 1002,
+            drain_ms: 3,
+            total_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {

@@ -254,15 +254,7 @@ mod tests {
 
     #[test]
     fn summary_lines() {
-        let p = Phases {
-            fetch_ms: 92,
-            build_ms: 8,
-            ready_ms: 11,
-            route_ms: 1,
-            settle_ms: 1002,
-            drain_ms: 3,
-            total_ms: 12_345,
-        };
+        let p = Phases::example(12_345);
         let lines = [
             summary_line(
                 Action::Deploy,
