@@ -46,7 +46,11 @@ ensure_app_servers() {
 # Install a Debian package as root, or stop with the command to run.
 apt_install() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq
+    # The package lists once per run, however many packages are missing.
+    if [ -z "${ZDD_APT_UPDATED:-}" ]; then
+      apt-get update -qq
+      ZDD_APT_UPDATED=1
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
   else
     echo "missing: install it with: sudo apt-get install -y $*" >&2

@@ -126,18 +126,10 @@ fn nginx_output_is_accepted_by_nginx_t() {
     let site = p.zdd(&["nginx"]);
     assert_eq!(site.code, 0, "{site:?}");
     let prefix = p.path().join("nginx");
-    Nginx::prepare(&prefix, &site.stdout);
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(Nginx::test_command(&prefix))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nginx -t rejected:\n{}\n{}",
-        site.stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Nginx::prepare(&prefix, &site.stdout, 2);
+    if let Err(e) = Nginx::check(&prefix) {
+        panic!("nginx -t rejected:\n{}\n{e}", site.stdout);
+    }
     assert!(site
         .stdout
         .contains(&format!("server 127.0.0.1:{} ", p.ports[0])));

@@ -4,7 +4,7 @@
 use crate::support::*;
 
 /// The interpreter must be there: scripts/test.sh installs it.
-fn interpreter(name: &str) -> bool {
+fn require(name: &str) {
     let found = std::process::Command::new(name)
         .arg("--version")
         .output()
@@ -13,26 +13,18 @@ fn interpreter(name: &str) -> bool {
         found,
         "`{name}` is not installed, so its example app cannot be deployed: run scripts/test.sh, which installs it"
     );
-    found
 }
 
 /// Deploy v1, deploy v2, roll back, with load on; returns the load report.
-fn deploy_example(source: &str, file: &str, start: &str, post_ratio: &str) -> serde_json::Value {
+/// `source` is below examples/.
+fn deploy_example(source: &str, file: &str, start: &str) -> serde_json::Value {
     let _heavy = heavy();
     let mut p = Project::new("");
-    let code =
-        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(source))
-            .unwrap();
-    std::fs::write(p.repo().join(file), code).unwrap();
-    p.commit("v1", "");
-    p.edit_config(|c| c.replace("start = \"./run.sh\"", &format!("start = \"{start}\"")));
-    p.start_nginx();
-    let r = p.zdd(&["deploy"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(p.served(), "v1");
+    p.use_app(&[(file, source)], start, "");
+    p.go_live();
     let v2 = p.commit("v2", "");
 
-    let load = Load::start_with(&p, &["v1", "v2"], post_ratio);
+    let load = Load::start(&p, &["v1", "v2"]);
     let r = p.zdd(&["deploy", &v2]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(p.served(), "v2");
@@ -48,23 +40,14 @@ fn deploy_example(source: &str, file: &str, start: &str, post_ratio: &str) -> se
 
 #[test]
 fn python_example_deploys_without_losing_a_request() {
-    if !interpreter("python3") {
-        return;
-    }
-    let report = deploy_example("examples/python/app.py", "app.py", "python3 app.py", "0.5");
+    require("python3");
+    let report = deploy_example("python/app.py", "app.py", "python3 app.py");
     assert_eq!(report["failed"], 0, "{}", summary(&report));
 }
 
 #[test]
 fn node_example_deploys_without_losing_a_request() {
-    if !interpreter("node") {
-        return;
-    }
-    let report = deploy_example(
-        "examples/node/server.js",
-        "server.js",
-        "node server.js",
-        "0.5",
-    );
+    require("node");
+    let report = deploy_example("node/server.js", "server.js", "node server.js");
     assert_eq!(report["failed"], 0, "{}", summary(&report));
 }

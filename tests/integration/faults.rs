@@ -9,9 +9,7 @@ fn short_health(p: &Project, timeout: &str) {
 }
 
 fn last_history(p: &Project) -> serde_json::Value {
-    let h = p.zdd(&["history", "--json"]);
-    let h: serde_json::Value = serde_json::from_str(&h.stdout).unwrap();
-    h["history"].as_array().unwrap().last().unwrap().clone()
+    p.history().last().unwrap().clone()
 }
 
 #[test]

@@ -6,16 +6,6 @@
 use crate::support::*;
 use std::path::Path;
 
-/// A project with v1 live in slot a behind nginx, and v2 committed.
-fn live_v1_with_v2() -> (Project, String) {
-    let mut p = Project::new("");
-    p.start_nginx();
-    let r = p.zdd(&["deploy"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    let v2 = p.commit("v2", "");
-    (p, v2)
-}
-
 /// Every file and folder below `dir`, with the content of the files.
 fn snapshot(dir: &Path) -> Vec<(String, String)> {
     let mut all = Vec::new();
@@ -35,7 +25,7 @@ fn snapshot(dir: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn symlinks_where_zdd_keeps_its_files_are_refused_and_their_targets_untouched() {
-    let (p, v2) = live_v1_with_v2();
+    let (p, v2) = Project::live_v1_with_v2("");
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("precious"), "keep me\n").unwrap();
     std::fs::create_dir(outside.path().join("folder")).unwrap();
@@ -108,7 +98,7 @@ fn symlinks_where_zdd_keeps_its_files_are_refused_and_their_targets_untouched() 
 #[test]
 fn a_root_others_can_write_or_that_is_not_a_folder_is_refused() {
     use std::os::unix::fs::PermissionsExt;
-    let (p, v2) = live_v1_with_v2();
+    let (p, v2) = Project::live_v1_with_v2("");
     let state = p.state_bytes();
     std::fs::set_permissions(p.root(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let r = p.zdd(&["deploy", &v2]);
@@ -227,7 +217,7 @@ fn exit_codes_say_what_the_readme_says() {
 #[test]
 fn messages_point_at_the_cause() {
     let _heavy = heavy();
-    let (mut p, v2) = live_v1_with_v2();
+    let (mut p, v2) = Project::live_v1_with_v2("");
     // --reload without nginx's pid names the key that says where it is.
     p.edit_config(|c| {
         c.replace(

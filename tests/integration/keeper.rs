@@ -4,6 +4,7 @@
 //! swap; and `zdd up` brings everything back after a reboot.
 
 use crate::support::*;
+use nix::sys::signal::Signal;
 use std::time::{Duration, Instant, SystemTime};
 
 fn now_us() -> u64 {
@@ -18,14 +19,6 @@ fn app_of(p: &Project, name: &str) -> Option<i64> {
     p.keeper_status(name)?.get("app_pid")?.as_integer()
 }
 
-fn kill9(pid: i64) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-}
-
 #[test]
 fn a_killed_live_app_is_served_again_at_once_and_only_that_window_fails() {
     let _heavy = heavy();
@@ -35,7 +28,7 @@ fn a_killed_live_app_is_served_again_at_once_and_only_that_window_fails() {
     let app = app_of(&p, "a").expect("slot a runs under its keeper");
     let killed_at = now_us();
     let t = Instant::now();
-    kill9(app);
+    kill(app as i32, Signal::SIGKILL);
     assert!(
         wait_until(Duration::from_secs(10), || p.served() == "v1"),
         "served again"
@@ -107,11 +100,7 @@ fn a_release_that_keeps_crashing_after_its_swap_is_rolled_back_once() {
         .current_dir(p.path());
     let r = run_bounded(cmd, Duration::from_secs(60));
     assert_eq!(r.code, 0, "{r:?}");
-    let history = || {
-        let h = p.zdd(&["history", "--json"]);
-        let h: serde_json::Value = serde_json::from_str(&h.stdout).unwrap();
-        h["history"].as_array().unwrap().clone()
-    };
+    let history = || p.history();
     assert!(
         wait_until(Duration::from_secs(40), || history()
             .iter()
@@ -199,11 +188,7 @@ fn a_stop_sent_to_the_keeper_alone_reaches_its_app_after_the_stop_timeout() {
     assert_eq!(p.zdd(&["stop", "a"]).code, 0);
     assert_eq!(p.zdd(&["up"]).code, 0);
     let keeper = p.keeper_pids()[0];
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(keeper),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    kill(keeper, Signal::SIGTERM);
     // The keeper no longer restarts it, and says so at once...
     assert!(wait_until(Duration::from_secs(2), || p.status_json()
         ["slots"][0]["supervised"]
@@ -234,7 +219,7 @@ fn a_killed_keeper_takes_its_app_down_and_zdd_up_brings_it_back() {
     let p = Project::live_v1("");
     let keepers = p.keeper_pids();
     assert_eq!(keepers.len(), 1);
-    kill9(keepers[0] as i64);
+    kill(keepers[0], Signal::SIGKILL);
     // Its app got its stop signal: it finishes what it does and exits.
     assert!(wait_until(Duration::from_secs(15), || p
         .app_pids()

@@ -225,8 +225,7 @@ fn the_sample_own_site_is_accepted_by_nginx() {
     let p = Project::new("");
     p.edit_config(|c| c.replace("name = \"testapp\"", "name = \"shop\""));
     let dir = p.path().join("nginx");
-    std::fs::create_dir_all(dir.join("logs")).unwrap();
-    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     let made = std::process::Command::new("openssl")
@@ -275,19 +274,10 @@ fn the_sample_own_site_is_accepted_by_nginx() {
         "include {};\n{site}",
         dir.join("shop-upstreams.conf").display()
     );
-    Nginx::prepare(&dir, &site);
-    let out = std::process::Command::new(nginx_bin())
-        .args(["-t", "-p"])
-        .arg(&dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{site}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Nginx::prepare(&dir, &site, 2);
+    if let Err(e) = Nginx::check(&dir) {
+        panic!("{e}\n{site}");
+    }
 }
 
 #[test]

@@ -5,17 +5,6 @@
 
 use crate::support::*;
 
-/// A project with v1 live in slot a behind nginx, and v2 committed.
-fn live_v1_with_v2(extra: &str) -> (Project, String) {
-    let mut p = Project::new(extra);
-    p.start_nginx();
-    let r = p.zdd(&["deploy"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(p.served(), "v1");
-    let v2 = p.commit("v2", "");
-    (p, v2)
-}
-
 /// One slot runs and serves `want` through nginx, the switch and the state
 /// agree on it, and `status` sees no drift.
 fn assert_converged(p: &Project, slot: &str, want: &str) {
@@ -31,7 +20,7 @@ fn assert_converged(p: &Project, slot: &str, want: &str) {
 #[test]
 fn zdd_killed_at_each_step_of_a_swap_converges_without_losing_a_request() {
     let _heavy = heavy();
-    let (p, v2) = live_v1_with_v2("");
+    let (p, v2) = Project::live_v1_with_v2("");
     let load = Load::start(&p, &["v1", "v2"]);
     for step in ["start", "recorded", "flipped", "confirmed", "stopping"] {
         let fault = format!("{step}:KILL");
@@ -53,7 +42,7 @@ fn zdd_killed_at_each_step_of_a_swap_converges_without_losing_a_request() {
 
 #[test]
 fn killed_after_recording_before_the_flip_status_names_the_switch_and_any_run_fixes_it() {
-    let (p, v2) = live_v1_with_v2("");
+    let (p, v2) = Project::live_v1_with_v2("");
     let r = p.zdd_env(&["deploy", &v2], &[("ZDD_TEST_FAULT", "recorded:KILL")]);
     assert_eq!(r.code, -1, "{r:?}");
     assert_eq!(p.switch(), "a", "killed before the flip");
@@ -74,7 +63,7 @@ fn killed_after_recording_before_the_flip_status_names_the_switch_and_any_run_fi
 
 #[test]
 fn sigint_before_the_flip_backs_out() {
-    let (p, v2) = live_v1_with_v2("");
+    let (p, v2) = Project::live_v1_with_v2("");
     let r = p.zdd_env(&["deploy", &v2], &[("ZDD_TEST_FAULT", "recorded:INT")]);
     assert_eq!(r.code, 128 + 2, "{r:?}");
     assert!(r.stderr.contains("interrupted by SIGINT"), "{r:?}");
@@ -89,7 +78,7 @@ fn sigint_before_the_flip_backs_out() {
 
 #[test]
 fn sigint_after_the_flip_finishes_the_swap() {
-    let (p, v2) = live_v1_with_v2("");
+    let (p, v2) = Project::live_v1_with_v2("");
     let r = p.zdd_env(&["deploy", &v2], &[("ZDD_TEST_FAULT", "flipped:INT")]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
@@ -123,7 +112,7 @@ fn nginx_worker_that_cannot_see_the_switch_keeps_the_old_slot() {
         return;
     }
     let _heavy = heavy();
-    let (p, v2) = live_v1_with_v2("");
+    let (p, v2) = Project::live_v1_with_v2("");
     p.edit_config(|c| c.replace("[nginx]\n", "[nginx]\nroute_timeout = \"1s\"\n"));
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -165,7 +154,7 @@ fn start_nginx_caching_the_switch_test(p: &mut Project) {
 #[test]
 fn open_file_cache_that_hides_the_flip_is_named() {
     let _heavy = heavy();
-    let (mut p, v2) = live_v1_with_v2("");
+    let (mut p, v2) = Project::live_v1_with_v2("");
     start_nginx_caching_the_switch_test(&mut p);
     for _ in 0..5 {
         assert_eq!(p.served(), "v1");
@@ -182,7 +171,7 @@ fn open_file_cache_that_hides_the_flip_is_named() {
 #[test]
 fn killed_while_backing_out_converges_to_the_old_slot() {
     let _heavy = heavy();
-    let (mut p, v2) = live_v1_with_v2("");
+    let (mut p, v2) = Project::live_v1_with_v2("");
     start_nginx_caching_the_switch_test(&mut p);
     assert_eq!(p.served(), "v1");
     let load = Load::start(&p, &["v1"]);
@@ -207,7 +196,7 @@ fn killed_while_backing_out_converges_to_the_old_slot() {
 #[test]
 fn nginx_config_without_the_switch_is_refused_at_the_probe() {
     let _heavy = heavy();
-    let (mut p, v2) = live_v1_with_v2("");
+    let (mut p, v2) = Project::live_v1_with_v2("");
     // nginx still runs a config from before the switch (round-robin).
     p.edit_config(|c| c.replace("[nginx]\n", "[nginx]\nmode = \"round-robin\"\n"));
     let old_site = p.zdd(&["nginx"]).stdout;

@@ -167,23 +167,10 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Start nginx with `site` (a rendered `zdd nginx` config) included.
-    pub fn start(prefix: &Path, port: u16, site: &str) -> Nginx {
-        Nginx::start_workers(prefix, port, site, 2)
-    }
-
-    /// The same with `workers` worker processes.
-    pub fn start_workers(prefix: &Path, port: u16, site: &str, workers: u32) -> Nginx {
-        Nginx::prepare(prefix, site);
-        let conf = std::fs::read_to_string(prefix.join("nginx.conf")).unwrap();
-        std::fs::write(
-            prefix.join("nginx.conf"),
-            conf.replace(
-                "worker_processes 2;",
-                &format!("worker_processes {workers};"),
-            ),
-        )
-        .unwrap();
+    /// Start nginx with `site` (a rendered `zdd nginx` config) included,
+    /// and `workers` worker processes.
+    pub fn start(prefix: &Path, port: u16, site: &str, workers: u32) -> Nginx {
+        Nginx::prepare(prefix, site, workers);
         let mut child = Command::new(nginx_bin())
             .arg("-p")
             .arg(prefix)
@@ -216,11 +203,25 @@ impl Nginx {
     }
 
     /// Write the prefix: main config, `site.conf`, log and temp folders.
-    pub fn prepare(prefix: &Path, site: &str) {
+    pub fn prepare(prefix: &Path, site: &str, workers: u32) {
         std::fs::create_dir_all(prefix.join("tmp")).unwrap();
         std::fs::create_dir_all(prefix.join("logs")).unwrap();
         std::fs::write(prefix.join("site.conf"), site).unwrap();
-        std::fs::write(prefix.join("nginx.conf"), main_conf(prefix)).unwrap();
+        std::fs::write(prefix.join("nginx.conf"), main_conf(prefix, workers)).unwrap();
+    }
+
+    /// `nginx -t` of a prepared prefix: its stderr when nginx rejects it.
+    pub fn check(prefix: &Path) -> Result<(), String> {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(Nginx::test_command(prefix))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// The command that tests this nginx's config (`nginx.test_command`).
@@ -256,13 +257,13 @@ impl Drop for Nginx {
     }
 }
 
-/// nginx's main config for a test prefix: 2 workers, logs and temp
-/// files under the prefix, the site from `site.conf`. Started as root,
-/// the workers run as nginx's default user (nobody), as in production.
-pub fn main_conf(prefix: &Path) -> String {
+/// nginx's main config for a test prefix: `workers` workers, logs and
+/// temp files under the prefix, the site from `site.conf`. Started as
+/// root, the workers run as nginx's default user (nobody), as in production.
+fn main_conf(prefix: &Path, workers: u32) -> String {
     let p = prefix.display();
     format!(
-        "worker_processes 2;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
+        "worker_processes {workers};\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {p}/tmp/body;\n  proxy_temp_path {p}/tmp/proxy;\n\
            fastcgi_temp_path {p}/tmp/fastcgi;\n  uwsgi_temp_path {p}/tmp/uwsgi;\n  scgi_temp_path {p}/tmp/scgi;\n\
@@ -465,32 +466,30 @@ impl Project {
         });
     }
 
-    /// Start a private nginx with the config `zdd nginx` renders.
+    /// Start a private nginx (2 workers) with the config `zdd nginx` renders.
     pub fn start_nginx(&mut self) {
-        let site = self.zdd(&["nginx"]);
-        assert_eq!(site.code, 0, "{site:?}");
-        self.start_nginx_with(&site.stdout);
+        self.start_nginx_workers(2);
     }
 
     /// `start_nginx` with `workers` worker processes.
     pub fn start_nginx_workers(&mut self, workers: u32) {
         let site = self.zdd(&["nginx"]);
         assert_eq!(site.code, 0, "{site:?}");
-        self.nginx = None;
-        self.nginx = Some(Nginx::start_workers(
-            &self.path().join("nginx"),
-            self.nginx_port,
-            &site.stdout,
-            workers,
-        ));
+        self.start_nginx_site(&site.stdout, workers);
     }
 
+    /// Start (or restart) the private nginx with this site instead.
     pub fn start_nginx_with(&mut self, site: &str) {
+        self.start_nginx_site(site, 2);
+    }
+
+    fn start_nginx_site(&mut self, site: &str, workers: u32) {
         self.nginx = None;
         self.nginx = Some(Nginx::start(
             &self.path().join("nginx"),
             self.nginx_port,
             site,
+            workers,
         ));
     }
 
@@ -502,11 +501,31 @@ impl Project {
     /// A project with v1 live in slot a behind nginx.
     pub fn live_v1(extra: &str) -> Project {
         let mut p = Project::new(extra);
-        p.start_nginx();
-        let r = p.zdd(&["deploy"]);
-        assert_eq!(r.code, 0, "{r:?}");
-        assert_eq!(p.served(), "v1");
+        p.go_live();
         p
+    }
+
+    /// A project with v1 live in slot a behind nginx, and v2 committed.
+    pub fn live_v1_with_v2(extra: &str) -> (Project, String) {
+        let p = Project::live_v1(extra);
+        let v2 = p.commit("v2", "");
+        (p, v2)
+    }
+
+    /// Start nginx and deploy the tip (v1): it serves.
+    pub fn go_live(&mut self) {
+        self.start_nginx();
+        let r = self.zdd(&["deploy"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(self.served(), "v1");
+    }
+
+    /// The history, oldest first (`zdd history --json`).
+    pub fn history(&self) -> Vec<serde_json::Value> {
+        let h = self.zdd(&["history", "--json"]);
+        assert_eq!(h.code, 0, "{h:?}");
+        let h: serde_json::Value = serde_json::from_str(&h.stdout).unwrap();
+        h["history"].as_array().unwrap().clone()
     }
 
     /// `zdd start NAME DIR PORT -- app` for the reference app serving
@@ -530,12 +549,7 @@ impl Project {
     /// What a reboot does: every keeper and app of this project dies at
     /// once (SIGKILL), and none is left.
     pub fn kill_everything(&self) {
-        for pid in self.keeper_pids().into_iter().chain(self.app_pids()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        self.kill_all_now();
         assert!(wait_until(Duration::from_secs(10), || self
             .zdd_pids()
             .is_empty()));
@@ -610,7 +624,13 @@ impl Project {
         v
     }
 
-    /// Pids of processes started for this project (by their ZDD_ROOT).
+    /// SIGKILL to every keeper of this project, then to every app left.
+    fn kill_all_now(&self) {
+        for pid in self.keeper_pids().into_iter().chain(self.app_pids()) {
+            kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     /// Pids of the apps started for this project (keepers aside).
     pub fn app_pids(&self) -> Vec<i32> {
         self.zdd_pids()
@@ -670,16 +690,13 @@ pub fn is_keeper(pid: i32) -> bool {
 
 impl Drop for Project {
     fn drop(&mut self) {
-        for pid in self.keeper_pids().into_iter().chain(self.app_pids()) {
-            unsafe_kill(pid);
-        }
+        self.kill_all_now();
     }
 }
 
-fn unsafe_kill(pid: i32) {
-    let _ = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status();
+/// Send `signal` to `pid`; a process already gone is no error.
+pub fn kill(pid: i32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
 }
 
 /// Run a command to completion, killing it (and failing) after `limit`.
@@ -738,11 +755,6 @@ pub struct Load {
 
 impl Load {
     pub fn start(p: &Project, versions: &[&str]) -> Load {
-        Load::start_with(p, versions, "0.5")
-    }
-
-    /// With a given share of POST requests.
-    pub fn start_with(p: &Project, versions: &[&str], post_ratio: &str) -> Load {
         Load::spawn(
             p,
             versions,
@@ -750,7 +762,7 @@ impl Load {
                 "--concurrency",
                 "16",
                 "--post-ratio",
-                post_ratio,
+                "0.5",
                 "--keepalive",
                 "mixed",
                 "--body-size",
