@@ -83,8 +83,7 @@ impl Lock {
                 .map_err(|e| crate::root::refused(&path, e))?;
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(locked) => {
-                    let since =
-                        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+                    let since = crate::text::now();
                     let lock = Lock {
                         file: locked,
                         since,

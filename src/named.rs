@@ -3,7 +3,7 @@
 //! stops it (or slot `a`/`b`).
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -232,7 +232,7 @@ fn start_kept(
         port,
         command: command.to_string(),
         process: started.id.clone(),
-        started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        started_at: crate::text::now(),
     };
     let path = record_path(root, name);
     let text = toml::to_string(&record).expect("record serializes");
@@ -397,9 +397,7 @@ fn stop_slot(config: &Config, slot: Slot, wait: LockWait) -> Result<()> {
         Some(id) => report_stop(&format!("slot {slot}"), &id, &config.stop),
         None => out!("slot {slot} was not running"),
     }
-    let s = state.slot_mut(slot);
-    s.process = None;
-    s.started_at = None;
+    state.slot_mut(slot).forget_process();
     if state != before {
         state.save(&state_path)?;
     }

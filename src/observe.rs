@@ -30,11 +30,21 @@ pub struct Seen {
     pub switch: Option<Slot>,
 }
 
+/// Which slots' recorded process groups run, provably zdd's (a, then b):
+/// all a deploy needs to reconcile (`deploy::plan::reconcile`).
+pub fn alive(state: &State) -> [bool; 2] {
+    Slot::BOTH.map(|slot| {
+        let s = state.slot(slot);
+        s.process.as_ref().is_some_and(|id| id.group_is_ours())
+    })
+}
+
 /// Look at what runs for `state` (and at the switch, in switch mode).
 pub fn observe(config: &Config, state: &State, switch_mode: bool) -> Seen {
+    let alive = alive(state);
     let slots = Slot::BOTH.map(|slot| {
         let s = state.slot(slot);
-        let running = s.process.as_ref().is_some_and(|id| id.group_is_ours());
+        let running = alive[slot.index()];
         let pgid = s.process.as_ref().filter(|_| running).map(|id| id.pid);
         let strangers = ports::listeners(config.port(slot), &pgid.into_iter().collect::<Vec<_>>())
             .into_iter()
@@ -62,14 +72,9 @@ impl Seen {
         &self.slots[slot.index()]
     }
 
-    /// Which slots' recorded processes run (a, then b).
-    pub fn alive(&self) -> [bool; 2] {
-        [self.slots[0].running, self.slots[1].running]
-    }
-
     /// Where the state file and reality differ, one sentence each, saying
     /// what the next deploy does about it.
-    pub fn drift(&self, state: &State, port_of: impl Fn(Slot) -> u16) -> Vec<String> {
+    pub fn drift(&self, state: &State) -> Vec<String> {
         let mut drift = Vec::new();
         let live_runs = state.active.is_some_and(|a| self.slot(a).running);
         for slot in Slot::BOTH {
@@ -83,7 +88,7 @@ impl Seen {
             for l in &seen.strangers {
                 drift.push(format!(
                     "slot {slot}: port {} is held by {l}, which the state does not record",
-                    port_of(slot)
+                    s.port
                 ));
             }
             if state.active == Some(slot) && !seen.running {

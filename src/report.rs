@@ -74,7 +74,7 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
     // status still tells what runs.
     let mode = crate::nginx::mode(config).ok();
     let seen = observe::observe(config, &state, mode == Some(NginxMode::Switch));
-    let drift = seen.drift(&state, |slot| config.port(slot));
+    let drift = seen.drift(&state);
     let switch = seen.switch;
     let mut slots = Vec::new();
     for slot in Slot::BOTH {

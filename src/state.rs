@@ -66,6 +66,16 @@ pub struct SlotState {
     pub restarts_recorded: u32,
 }
 
+impl SlotState {
+    /// The slot's process is gone or stopped: forget it and its start
+    /// time (callers fold its keeper's restarts into the history first,
+    /// `keeper::fold_restarts`, which matches them by this process).
+    pub fn forget_process(&mut self) {
+        self.process = None;
+        self.started_at = None;
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

@@ -29,14 +29,11 @@ pub fn upstream_of(config: &Config, slot: Slot) -> String {
 pub struct NotRouted {
     /// One sentence with the likely cause and the fix.
     pub reason: String,
-    /// Whether nginx answered the probe at all (else nothing is known
-    /// about where it sends requests).
-    pub answered: bool,
     /// The upstream the switch last picked, as nginx said (switch mode).
     pub picked: Option<String>,
 }
 
-/// Ask nginx's probe location until it answers through `slot` on `port`:
+/// Ask nginx's probe location until it answers through `slot`'s port:
 /// in switch mode it must also name the slot's upstream.
 ///
 /// With `must_route` false (nothing else serves), an nginx that does not
@@ -45,13 +42,11 @@ pub fn confirm(
     config: &Config,
     mode: NginxMode,
     slot: Slot,
-    port: u16,
     must_route: bool,
 ) -> Result<Routed, NotRouted> {
     let mut seen = Seen::default();
-    confirm_route(config, mode, slot, port, must_route, &mut seen).map_err(|reason| NotRouted {
+    confirm_route(config, mode, slot, must_route, &mut seen).map_err(|reason| NotRouted {
         reason,
-        answered: seen.answered,
         picked: seen.picked,
     })
 }
@@ -67,10 +62,10 @@ fn confirm_route(
     config: &Config,
     mode: NginxMode,
     slot: Slot,
-    port: u16,
     must_route: bool,
     seen: &mut Seen,
 ) -> Result<Routed, String> {
+    let port = config.port(slot);
     let probe = RouteProbe::new(
         &config.nginx.probe_url,
         config.nginx.probe_host.as_deref(),

@@ -1,7 +1,7 @@
-//! Small text helpers for what users read: the `out!` line on stdout and
-//! durations written the way every message writes them.
+//! Small text helpers for what users read: the `out!` line on stdout, and
+//! durations and times written the way every message writes them.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// A result line on stdout. A closed stdout (`zdd status | head -1`) is
 /// not an error worth a panic: the work is done either way.
@@ -25,6 +25,11 @@ pub fn fmt_ms(ms: u64) -> String {
 /// A duration as [`fmt_ms`] writes it.
 pub fn fmt(d: Duration) -> String {
     fmt_ms(d.as_millis() as u64)
+}
+
+/// Now, as zdd writes times everywhere (RFC 3339, UTC, seconds).
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 #[cfg(test)]

@@ -329,8 +329,9 @@ impl Run<'_> {
             .clone()
             .filter(|id| id.group_is_ours());
         self.steer(&attempt, &mut started, old_process.is_some())?; // 8: flip, confirm
-                                                                    // New requests reach the new slot: so do static files served from
-                                                                    // `current` (the old slot's stay on disk for requests in flight).
+
+        // New requests reach the new slot: so do static files served from
+        // `current` (the old slot's stay on disk for requests in flight).
         self.point_current(attempt.slot);
         if let Some(old_id) = &old_process {
             self.stop_old(old, old_id); // 8: settle, drain, stop

@@ -3,7 +3,7 @@
 //! the new slot stopped, the attempt in the history and the one sentence
 //! that explains it.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::process::{self, Started, Stopped};
 use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, SlotStatus};
-use crate::text::{fmt_ms, out};
+use crate::text::{fmt_ms, now, out};
 use crate::{git, keeper, signals};
 
 use super::run::Run;
@@ -52,13 +52,7 @@ impl Run<'_> {
         self.lock.at_step("recording the swap");
         // Step 9: record.
         keeper::fold_restarts(&mut self.state, &config.root);
-        {
-            let o = self.state.slot_mut(old);
-            o.process = None;
-            o.started_at = None;
-        }
-        self.state.active = Some(target);
-        self.state.next_deploy = old;
+        self.state.slot_mut(old).forget_process();
         self.phases.total_ms = ms(self.started.elapsed());
         let phases = self.phases;
         self.state.push_history(HistoryEntry {
@@ -132,8 +126,7 @@ impl Run<'_> {
         }
         {
             let s = self.state.slot_mut(slot);
-            s.process = None;
-            s.started_at = None;
+            s.forget_process();
             s.status = match action {
                 // A rollback target still holds the release it held.
                 Action::Rollback => SlotStatus::Standby,
@@ -229,10 +222,6 @@ fn failure(
             format!("{stopped}the {what} of {short} was abandoned{serving}"),
         ),
     }
-}
-
-pub(super) fn now() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 pub(super) fn ms(d: Duration) -> u64 {

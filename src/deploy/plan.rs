@@ -118,8 +118,7 @@ pub fn reconcile(state: &mut State, alive: [bool; 2]) -> Vec<String> {
         if let Some(id) = &s.process {
             if !alive[slot.index()] {
                 said.push(format!("slot {slot}: recorded pid {} is gone", id.pid));
-                s.process = None;
-                s.started_at = None;
+                s.forget_process();
             }
         }
     }

@@ -66,7 +66,7 @@ impl<'a> Run<'a> {
     /// Make the state match the processes that really run (see
     /// `observe` and `plan::reconcile`). Returns whether anything changed.
     pub(super) fn reconcile(&mut self) -> bool {
-        let alive = observe::observe(self.config, &self.state, false).alive();
+        let alive = observe::alive(&self.state);
         let said = plan::reconcile(&mut self.state, alive);
         for line in &said {
             log::warn!("{line}");
@@ -111,13 +111,7 @@ impl<'a> Run<'a> {
         };
         flip(live)?;
         let other_runs = runs(was);
-        match steer::confirm(
-            config,
-            NginxMode::Switch,
-            live,
-            config.port(live),
-            other_runs,
-        ) {
+        match steer::confirm(config, NginxMode::Switch, live, other_runs) {
             Ok(_) => Ok(()),
             Err(not) if other_runs && not.picked == Some(steer::upstream_of(config, was)) => {
                 // nginx does not follow the switch: it serves from `was`.
@@ -169,9 +163,7 @@ impl<'a> Run<'a> {
         }
         keeper::fold_restarts(&mut self.state, &self.config.root);
         process::stop_group(id, self.config.stop.with(), None);
-        let s = self.state.slot_mut(slot);
-        s.process = None;
-        s.started_at = None;
+        self.state.slot_mut(slot).forget_process();
         self.save()
     }
 

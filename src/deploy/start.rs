@@ -14,9 +14,10 @@ use crate::text::fmt;
 use crate::{git, signals};
 use crate::{keeper, launch};
 
-use super::outcome::{ms, now, StepError};
+use super::outcome::{ms, StepError};
 use super::run::Run;
 use super::Attempt;
+use crate::text::now;
 
 impl Run<'_> {
     /// Step 4: stop our own leftover in `slot`; refuse a foreign listener.

@@ -86,7 +86,6 @@ impl Run<'_> {
     ) -> Result<()> {
         let (target, config) = (attempt.slot, self.config);
         let root = &config.root;
-        let port = config.port(target);
         let before = self.record_live(target, started)?;
         signals::fault_point("recorded");
         if let Some(sig) = signals::pending() {
@@ -104,7 +103,7 @@ impl Run<'_> {
             return Err(self.abort_env(attempt, reason, Some(started)));
         }
         signals::fault_point("flipped");
-        match steer::confirm(config, NginxMode::Switch, target, port, must_route) {
+        match steer::confirm(config, NginxMode::Switch, target, must_route) {
             Ok(_) => {
                 self.phases.route_ms = ms(t.elapsed());
                 log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
@@ -140,8 +139,7 @@ impl Run<'_> {
     ) -> Result<()> {
         let target = attempt.slot;
         let t = Instant::now();
-        let port = self.config.port(target);
-        match steer::confirm(self.config, NginxMode::RoundRobin, target, port, must_route) {
+        match steer::confirm(self.config, NginxMode::RoundRobin, target, must_route) {
             Ok(Routed::Seen) => {
                 self.phases.route_ms = ms(t.elapsed());
                 log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
@@ -196,15 +194,19 @@ impl Run<'_> {
         let signal = config.stop.signal;
         // Anything queued for the old slot after its stop signal came
         // from a request that took longer than the settle to arrive.
+        // (In round-robin mode nginx may still pick it: nothing to say.)
+        let switch_mode = self.mode == NginxMode::Switch;
         let mut late = 0;
         let mut watch = || {
-            if let Ok(Some(n)) = crate::ports::accept_queue(old_port) {
-                late = late.max(n);
+            if switch_mode {
+                if let Ok(Some(n)) = crate::ports::accept_queue(old_port) {
+                    late = late.max(n);
+                }
             }
             signals::fault_point("stopping");
         };
         let stopped = process::stop_group_watched(old_id, config.stop.with(), None, &mut watch);
-        if late > 0 && self.mode == NginxMode::Switch {
+        if late > 0 {
             log::warn!(
                 "slot {old}: {late} connection(s) reached port {old_port} after its stop signal: requests nginx routed there before the flip that took longer than stop.settle ({}) to arrive; if the server had stopped accepting, nginx answered them 502 (raise stop.settle above your longest upload)",
                 humantime::format_duration(config.stop.settle)

@@ -12,8 +12,9 @@ use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, SlotStatus};
 use crate::text::{fmt, out};
 use crate::{keeper, launch};
 
-use super::outcome::{ms, now};
+use super::outcome::ms;
 use super::run::Run;
+use crate::text::now;
 
 impl Run<'_> {
     /// `zdd up` for the live slot: start it again where it is, built, under

@@ -3,11 +3,11 @@
 //! state's history by zdd.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, State};
+use crate::text::now;
 
 /// What the keeper says about itself, for `status` (`ROOT/run/NAME.keeper`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -98,9 +98,4 @@ pub fn fold_restarts(state: &mut State, root: &Path) -> bool {
         changed = true;
     }
     changed
-}
-
-/// Now, as the keeper writes times (RFC 3339, seconds).
-pub(super) fn now() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }

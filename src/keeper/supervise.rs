@@ -13,11 +13,12 @@ use nix::libc;
 use nix::sys::signal::Signal;
 
 use super::sigwait::{block, unblock_all, wait, watched_signals};
-use super::status::{now, status_path, KeeperStatus};
+use super::status::{status_path, KeeperStatus};
 use super::{arm_signal, describe, KeepArgs};
 use crate::fsutil;
 use crate::process::Spec;
 use crate::text::fmt_ms;
+use crate::text::now;
 use crate::user::RunAs;
 
 /// The delay before the next start after an exit: 0 for the first, then

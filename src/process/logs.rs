@@ -19,8 +19,7 @@ pub fn open_log(path: &Path) -> std::io::Result<File> {
 /// Append a marker line to a log, so each start can be found in it.
 pub fn log_marker(path: &Path, text: &str) {
     if let Ok(mut f) = open_log(path) {
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-        let _ = writeln!(f, "=== zdd {now}: {text}");
+        let _ = writeln!(f, "=== zdd {}: {text}", crate::text::now());
     }
 }
 
