@@ -4,10 +4,31 @@
 //! healthy, answered by its own process group, the caller's own check (the
 //! verify hook) — and only then its keeper armed.
 
+use std::path::Path;
+
 use crate::config::Health;
 use crate::health::{self, Checker, Verified};
 use crate::keeper;
 use crate::process::{self, Started};
+
+/// The environment of an app (and of a slot's build and hooks): `PORT`,
+/// zdd's marks (`ZDD_ROOT`, `ZDD_SLOT`: see `process::mark_env`), then
+/// `extra` (`ZDD_COMMIT` for a slot, the config's `[env]`).
+pub fn app_env<'a>(
+    root: &Path,
+    name: &str,
+    port: u16,
+    extra: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<(String, String)> {
+    let mut env = vec![("PORT".to_string(), port.to_string())];
+    env.extend(process::mark_env(root, name));
+    env.extend(
+        extra
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    env
+}
 
 /// Verify an app just started on `port`: its health check passes, the
 /// answer came from its own group, then `then` (the caller's own check).

@@ -2,7 +2,6 @@
 //! says about its holder (pid, since, command, step) for `status`.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -172,12 +171,10 @@ impl Lock {
 }
 
 fn read_holder(path: &Path) -> Holder {
-    let mut s = String::new();
-    let _ = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .and_then(|mut f| f.read_to_string(&mut s));
+    let s = crate::root::read_nofollow(path)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let mut lines = s.lines();
     let pid = match lines.next().map(str::trim) {
         Some(p) if !p.is_empty() => p.to_string(),

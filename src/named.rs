@@ -28,8 +28,12 @@ pub struct Record {
     pub started_at: String,
 }
 
-/// Where records live when there is no config file.
-fn default_root() -> Result<PathBuf> {
+/// Where records live: the config's root, or without a config file
+/// `$ZDD_ROOT`, `$XDG_STATE_HOME/zdd`, `~/.local/state/zdd`.
+fn root_of(config: Option<&Config>) -> Result<PathBuf> {
+    if let Some(c) = config {
+        return Ok(c.root.clone());
+    }
     let var = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
@@ -44,6 +48,21 @@ fn default_root() -> Result<PathBuf> {
     var("HOME")
         .map(|h| h.join(".local/state/zdd"))
         .ok_or_else(|| Error::Usage("no config file and neither ZDD_ROOT nor HOME is set: cannot tell where to keep records".into()))
+}
+
+/// The stop of named processes: the config's, or the default one.
+fn stop_of(config: Option<&Config>) -> Stop {
+    config.map(|c| c.stop.clone()).unwrap_or_default()
+}
+
+/// Nothing listens on `port`, else why `name` was not started there.
+fn port_free(port: u16, name: &str) -> Result<()> {
+    match crate::ports::listeners(port, &[]).into_iter().next() {
+        None => Ok(()),
+        Some(listener) => Err(Error::Failed(format!(
+            "port {port} is taken by {listener}; {name} was not started"
+        ))),
+    }
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -131,10 +150,7 @@ pub fn start(
     if !dir.is_dir() {
         return Err(Error::Usage(format!("{} is not a folder", dir.display())));
     }
-    let root = match config {
-        Some(c) => c.root.clone(),
-        None => default_root()?,
-    };
+    let root = root_of(config)?;
     root::prepare(&root, &[root::RUN, root::LOGS])?;
     let path = record_path(&root, name);
     root::check_file(&path)?;
@@ -148,11 +164,7 @@ pub fn start(
             )));
         }
     }
-    if let Some(listener) = crate::ports::listeners(port, &[]).into_iter().next() {
-        return Err(Error::Failed(format!(
-            "port {port} is taken by {listener}; {name} was not started"
-        )));
-    }
+    port_free(port, name)?;
 
     let mut started = start_kept(config, &root, name, &dir, port, &command, false)?;
     let t = Instant::now();
@@ -169,7 +181,7 @@ pub fn start(
             Ok(())
         }
         Err(failure) => {
-            let stop = config.map(|c| c.stop.clone()).unwrap_or_default();
+            let stop = stop_of(config);
             process::stop_group(&started.id, stop.with(), Some(&mut started.child));
             let _ = std::fs::remove_file(&path);
             Err(Error::Failed(format!(
@@ -200,14 +212,13 @@ fn start_kept(
             dir.display()
         ),
     );
-    let mut env = vec![
-        ("PORT".to_string(), port.to_string()),
-        ("ZDD_SLOT".to_string(), name.to_string()),
-        ("ZDD_ROOT".to_string(), root.display().to_string()),
-    ];
-    if let Some(c) = config {
-        env.extend(c.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
+    let config_env = config.into_iter().flat_map(|c| &c.env);
+    let env = crate::launch::app_env(
+        root,
+        name,
+        port,
+        config_env.map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     let spec = Spec {
         command,
         dir,
@@ -215,12 +226,11 @@ fn start_kept(
         log: &log,
         run_as: config.and_then(|c| c.user.as_ref()),
     };
-    let stop = config.map(|c| c.stop.clone()).unwrap_or_default();
+    let stop = stop_of(config);
     let keep = keeper::Keep {
         name,
         root,
-        stop_signal: stop.signal,
-        stop_timeout: stop.timeout,
+        stop: stop.with(),
         armed,
         rollback: None,
     };
@@ -268,10 +278,7 @@ fn verify(
 /// run is started again as recorded, under a keeper that supervises it at
 /// once, and verified. Returns what failed.
 pub fn up(config: Option<&Config>, wait: LockWait) -> Vec<Error> {
-    let root = match config
-        .map(|c| Ok(c.root.clone()))
-        .unwrap_or_else(default_root)
-    {
+    let root = match root_of(config) {
         Ok(r) => r,
         Err(e) => return vec![e],
     };
@@ -316,12 +323,7 @@ fn up_one(config: Option<&Config>, root: &Path, name: &str) -> Result<()> {
             record.dir.display()
         )));
     }
-    if let Some(listener) = crate::ports::listeners(record.port, &[]).into_iter().next() {
-        return Err(Error::Failed(format!(
-            "port {} is taken by {listener}; {name} was not started",
-            record.port
-        )));
-    }
+    port_free(record.port, name)?;
     let mut started = start_kept(
         config,
         root,
@@ -358,10 +360,7 @@ pub fn stop(config: Option<&Config>, name: &str, wait: LockWait) -> Result<()> {
         })?;
         return stop_slot(config, slot, wait);
     }
-    let root = match config {
-        Some(c) => c.root.clone(),
-        None => default_root()?,
-    };
+    let root = root_of(config)?;
     let path = record_path(&root, name);
     let nothing = || {
         Error::Usage(format!(
@@ -376,7 +375,7 @@ pub fn stop(config: Option<&Config>, name: &str, wait: LockWait) -> Result<()> {
     root::prepare(&root, &[root::RUN])?;
     let _lock = Lock::acquire(&root, wait, &format!("zdd stop {name}"))?;
     let record = read_record(&path)?.ok_or_else(nothing)?;
-    let stop = config.map(|c| c.stop.clone()).unwrap_or_default();
+    let stop = stop_of(config);
     report_stop(name, &record.process, &stop);
     std::fs::remove_file(&path).map_err(Error::io("cannot remove", &path))?;
     Ok(())

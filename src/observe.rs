@@ -52,9 +52,7 @@ pub fn observe(config: &Config, state: &State, switch_mode: bool) -> Seen {
                 l.pid.and_then(process::read_stat).map(|st| st.pgrp) != pgid || pgid.is_none()
             })
             .collect();
-        let keeper = pgid.and_then(|pid| {
-            keeper::read_status(&config.root, slot.name()).filter(|k| k.keeper_pid == pid)
-        });
+        let keeper = pgid.and_then(|pid| keeper::read_status(&config.root, slot.name(), pid));
         SlotSeen {
             running,
             strangers,

@@ -5,7 +5,7 @@
 //! to follow (sshd's StrictModes, applied to a root-run deploy tool).
 
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -88,11 +88,7 @@ pub fn check_file(path: &Path) -> Result<()> {
 
 /// Open `path` for reading without following a symlink; `None` if missing.
 pub fn read_nofollow(path: &Path) -> Result<Option<String>> {
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path);
-    match opened {
+    match crate::fsutil::open_nofollow(path) {
         Ok(mut f) => {
             let mut text = String::new();
             io::Read::read_to_string(&mut f, &mut text).map_err(Error::io("cannot read", path))?;

@@ -25,6 +25,18 @@ pub fn install() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Send signal number `signo` to the process `pid` alone: for the
+/// real-time signals between zdd and its keepers, which nix's `Signal`
+/// does not name.
+pub fn send_number(pid: i32, signo: nix::libc::c_int) -> std::io::Result<()> {
+    // SAFETY: kill(2) with a signal number to one process.
+    if unsafe { nix::libc::kill(pid, signo) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Is `sig` set to be ignored right now?
 fn is_ignored(sig: Signal) -> bool {
     use nix::libc;

@@ -229,17 +229,13 @@ impl<'a> Run<'a> {
 
     /// The environment of the app, its build and hooks.
     pub(super) fn env(&self, slot: Slot, sha: &str, port: u16) -> Vec<(String, String)> {
-        let mut env = vec![
-            ("PORT".to_string(), port.to_string()),
-            ("ZDD_SLOT".to_string(), slot.name().to_string()),
-            ("ZDD_COMMIT".to_string(), sha.to_string()),
-            (
-                "ZDD_ROOT".to_string(),
-                self.config.root.display().to_string(),
-            ),
-        ];
-        env.extend(self.config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env
+        let config_env = self
+            .config
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        let extra = std::iter::once(("ZDD_COMMIT", sha)).chain(config_env);
+        crate::launch::app_env(&self.config.root, slot.name(), port, extra)
     }
 
     /// ", slot a still serves" or "".

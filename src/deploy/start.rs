@@ -181,8 +181,7 @@ impl Run<'_> {
             let keep = keeper::Keep {
                 name: target.name(),
                 root: &config.root,
-                stop_signal: config.stop.signal,
-                stop_timeout: config.stop.timeout,
+                stop: config.stop.with(),
                 armed,
                 rollback,
             };

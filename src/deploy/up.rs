@@ -100,8 +100,7 @@ impl Run<'_> {
     /// arm it if it is healthy; with no keeper (started by an older zdd),
     /// say how to put it under one.
     pub(super) fn up_running(&self, live: Slot, short: &str, pid: i32) -> Result<()> {
-        let kept =
-            keeper::read_status(&self.config.root, live.name()).filter(|k| k.keeper_pid == pid);
+        let kept = keeper::read_status(&self.config.root, live.name(), pid);
         match kept {
             Some(k) if k.armed_at.is_some() => {
                 out!("slot {live} runs {short} already (pid {pid})");

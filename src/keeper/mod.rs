@@ -25,17 +25,17 @@ mod status;
 mod supervise;
 
 use std::ffi::OsString;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::libc;
 use nix::sys::signal::Signal;
 
-use crate::process::{Spec, Started};
+use crate::process::{Spec, Started, StopWith};
 
-pub use status::{fold_restarts, read_status, status_path, KeeperStatus};
+pub use status::{fold_restarts, read_status, KeeperStatus};
 pub use supervise::run;
 
 /// How the keeper is started: the hidden `zdd keep` command line, written
@@ -169,8 +169,9 @@ pub struct Keep<'a> {
     /// The slot or named process.
     pub name: &'a str,
     pub root: &'a Path,
-    pub stop_signal: Signal,
-    pub stop_timeout: Duration,
+    /// The app's stop (a stop sent to the keeper alone is passed on to the
+    /// app after its timeout).
+    pub stop: StopWith,
     /// Supervise from the start (`zdd up`), not only once armed.
     pub armed: bool,
     /// Roll back after this many exits within this long of arming, with
@@ -188,8 +189,8 @@ pub fn spawn(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
         name: keep.name.to_string(),
         root: keep.root.to_path_buf(),
         log: spec.log.to_path_buf(),
-        stop_signal: keep.stop_signal,
-        stop_timeout: keep.stop_timeout,
+        stop_signal: keep.stop.signal,
+        stop_timeout: keep.stop.timeout,
         armed: keep.armed,
         run_as: spec.run_as.map(|u| u.name.clone()),
         rollback: keep
@@ -218,29 +219,14 @@ pub fn arm_signal() -> libc::c_int {
 
 /// Arm the keeper `pid`: from now on it restarts the app.
 pub fn arm(pid: i32) -> std::io::Result<()> {
-    // SAFETY: kill(2) with a real-time signal number to one process.
-    if unsafe { libc::kill(pid, arm_signal()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// "exit status: 1", "signal: 9 (SIGKILL)".
-pub fn describe(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit status: {c}"),
-        (None, Some(s)) => match Signal::try_from(s) {
-            Ok(sig) => format!("signal: {s} ({})", sig.as_str()),
-            Err(_) => format!("signal: {s}"),
-        },
-        _ => status.to_string(),
-    }
+    crate::signals::send_number(pid, arm_signal())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
 
     #[test]
     fn what_zdd_writes_the_keeper_reads() {
@@ -268,7 +254,8 @@ mod tests {
 
     #[test]
     fn exit_statuses_read_well() {
-        assert_eq!(describe(ExitStatus::from_raw(1 << 8)), "exit status: 1");
-        assert_eq!(describe(ExitStatus::from_raw(9)), "signal: 9 (SIGKILL)");
+        // std writes exit statuses the way the keeper's log lines quote them.
+        assert_eq!(ExitStatus::from_raw(1 << 8).to_string(), "exit status: 1");
+        assert_eq!(ExitStatus::from_raw(9).to_string(), "signal: 9 (SIGKILL)");
     }
 }

@@ -35,14 +35,17 @@ pub struct KeeperStatus {
 }
 
 /// Where the keeper of `name` writes its status.
-pub fn status_path(root: &Path, name: &str) -> PathBuf {
+pub(super) fn status_path(root: &Path, name: &str) -> PathBuf {
     root.join("run").join(format!("{name}.keeper"))
 }
 
-/// Read a keeper's status file, if there is one.
-pub fn read_status(root: &Path, name: &str) -> Option<KeeperStatus> {
+/// What the keeper `keeper_pid` of `name` says, if its status file is
+/// there and is that keeper's (not a stale one of an earlier keeper).
+pub fn read_status(root: &Path, name: &str, keeper_pid: i32) -> Option<KeeperStatus> {
     let text = crate::root::read_nofollow(&status_path(root, name)).ok()??;
-    toml::from_str(&text).ok()
+    toml::from_str::<KeeperStatus>(&text)
+        .ok()
+        .filter(|k| k.keeper_pid == keeper_pid)
 }
 
 /// Put the restarts the slots' keepers made since the last look into the
@@ -55,7 +58,7 @@ pub fn fold_restarts(state: &mut State, root: &Path) -> bool {
         let (Some(id), Some(commit)) = (s.process.clone(), s.commit.clone()) else {
             continue;
         };
-        let Some(k) = read_status(root, slot.name()).filter(|k| k.keeper_pid == id.pid) else {
+        let Some(k) = read_status(root, slot.name(), id.pid) else {
             continue;
         };
         let new = k.restarts.saturating_sub(s.restarts_recorded);

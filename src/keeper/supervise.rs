@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 
 use super::sigwait::{block, unblock_all, wait, watched_signals};
 use super::status::{status_path, KeeperStatus};
-use super::{arm_signal, describe, KeepArgs};
+use super::{arm_signal, KeepArgs};
 use crate::fsutil;
 use crate::process::Spec;
 use crate::text::fmt_ms;
@@ -60,7 +60,7 @@ pub fn run(args: &[OsString]) -> i32 {
             ..KeeperStatus::default()
         },
         armed_at: None,
-        exits: Vec::new(),
+        exits_in_window: 0,
         rollback_child: None,
         run_as,
         args,
@@ -76,8 +76,9 @@ struct Keeper {
     run_as: Option<RunAs>,
     status: KeeperStatus,
     armed_at: Option<Instant>,
-    /// When the app exited on its own, since arming.
-    exits: Vec<Instant>,
+    /// How often the app exited on its own within the rollback window
+    /// after arming.
+    exits_in_window: u32,
     /// The `zdd rollback` it started, until reaped.
     rollback_child: Option<Child>,
 }
@@ -176,7 +177,7 @@ impl Keeper {
                 app = None;
                 self.status.app_pid = None;
                 if stopping.is_some() {
-                    say(&format!("the app stopped ({})", describe(status)));
+                    say(&format!("the app stopped ({})", status));
                     self.save();
                     return 0;
                 }
@@ -247,7 +248,7 @@ impl Keeper {
         };
         if let Ok(Some(status)) = child.try_wait() {
             self.rollback_child = None;
-            let what = describe(status);
+            let what = status.to_string();
             if !status.success() {
                 say(&format!(
                     "zdd rollback ended with {what}; see the lines above"
@@ -295,7 +296,7 @@ impl Keeper {
     /// The app exited on its own: say so, count it, and maybe ask for a
     /// rollback.
     fn exited(&mut self, status: ExitStatus, up: Duration, wait: Duration) {
-        let what = describe(status);
+        let what = status.to_string();
         self.status.restarts += 1;
         self.status.last_exit = Some(what.clone());
         self.status.last_exit_at = Some(now());
@@ -309,33 +310,23 @@ impl Keeper {
                 format!("in {}", fmt_ms(wait.as_millis() as u64))
             }
         ));
-        let now = Instant::now();
         // Only exits inside the window count, and only until it asked once.
-        if let (Some((_, within, _)), Some(armed), None) =
-            (&self.args.rollback, self.armed_at, &self.status.rollback)
-        {
-            if now.duration_since(armed) <= *within {
-                self.exits.push(now);
-            }
-        }
-        if let (Some((after, within, _)), Some(armed), None) = (
+        if let (Some((after, within, config)), Some(armed), None) = (
             self.args.rollback.clone(),
             self.armed_at,
             &self.status.rollback,
         ) {
-            let recent = self
-                .exits
-                .iter()
-                .filter(|&&t| t.duration_since(armed) <= within)
-                .count() as u32;
-            if after > 0 && recent >= after {
+            let since_swap = armed.elapsed();
+            if since_swap <= within {
+                self.exits_in_window += 1;
+            }
+            if after > 0 && self.exits_in_window >= after {
                 let reason = format!(
-                    "exited {recent} times in {} after its swap; last: {what}",
-                    humantime::format_duration(Duration::from_secs(
-                        now.duration_since(armed).as_secs()
-                    ))
+                    "exited {} times in {} after its swap; last: {what}",
+                    self.exits_in_window,
+                    humantime::format_duration(Duration::from_secs(since_swap.as_secs()))
                 );
-                self.roll_back(&reason);
+                self.roll_back(&reason, within, &config);
             }
         }
         self.save();
@@ -343,11 +334,8 @@ impl Keeper {
 
     /// Ask for the rollback, once: `zdd rollback --wait`, in its own group
     /// (it stops this keeper's group), output to the log.
-    fn roll_back(&mut self, reason: &str) {
+    fn roll_back(&mut self, reason: &str, within: Duration, config: &Path) {
         self.status.rollback = Some(reason.to_string());
-        let Some((_, _, config)) = &self.args.rollback else {
-            return;
-        };
         say(&format!("rolling back: the release {reason}"));
         let exe = zdd_exe();
         let log = crate::process::open_log(&self.args.log);
@@ -356,7 +344,7 @@ impl Keeper {
             .arg(config)
             .arg("rollback")
             // Bounded: past the window the crash loop is old news.
-            .arg(format!("--wait={}ms", within_ms(&self.args)))
+            .arg(format!("--wait={}ms", within.as_millis()))
             .arg(OsString::from(format!("--because={reason}")))
             // Only while this keeper's app is the live one: a deploy may
             // have replaced it while the rollback waited for the lock.
@@ -406,10 +394,6 @@ fn zdd_exe() -> PathBuf {
         Some(path) => PathBuf::from(path),
         None => exe,
     }
-}
-
-fn within_ms(args: &KeepArgs) -> u128 {
-    args.rollback.as_ref().map_or(0, |(_, w, _)| w.as_millis())
 }
 
 /// End the keeper the way the app ended: same code, or same signal.

@@ -33,7 +33,7 @@ pub struct Stat {
 }
 
 /// Parse `/proc/PID/stat` text (the command name may hold spaces and ')').
-pub fn parse_stat(text: &str) -> Option<Stat> {
+fn parse_stat(text: &str) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After "pid (comm)": state is field 3, pgrp 5, starttime 22.
@@ -140,13 +140,22 @@ fn environ(pid: i32) -> Option<Vec<Vec<u8>>> {
     Some(raw.split(|&b| b == 0).map(<[u8]>::to_vec).collect())
 }
 
-/// The environment entries that mark a process zdd started for `name`
-/// (a slot or a named process) under `root`.
-pub fn marks(root: &Path, name: &str) -> Vec<String> {
-    vec![
-        format!("ZDD_ROOT={}", root.display()),
-        format!("ZDD_SLOT={name}"),
+/// The environment variables that mark a process zdd starts for `name`
+/// (a slot or a named process) under `root`: every app, build and hook
+/// gets them, and they tell zdd its own leftovers.
+pub fn mark_env(root: &Path, name: &str) -> [(String, String); 2] {
+    [
+        ("ZDD_ROOT".to_string(), root.display().to_string()),
+        ("ZDD_SLOT".to_string(), name.to_string()),
     ]
+}
+
+/// [`mark_env`] as `KEY=VALUE` entries, as `/proc/PID/environ` has them.
+pub fn marks(root: &Path, name: &str) -> Vec<String> {
+    mark_env(root, name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
 }
 
 /// If `pid` was started by zdd for `name` under `root` (its environment

@@ -24,13 +24,8 @@ pub fn log_marker(path: &Path, text: &str) {
 }
 
 /// The last `n` lines of a log file (reads at most its last 64 KiB).
-pub fn tail(path: &Path, n: usize) -> Vec<String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let Ok(mut f) = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-    else {
+fn tail(path: &Path, n: usize) -> Vec<String> {
+    let Ok(mut f) = crate::fsutil::open_nofollow(path) else {
         return Vec::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);

@@ -15,9 +15,9 @@ use nix::sys::signal::Signal;
 
 use crate::user::RunAs;
 
-pub use identity::{boot_id, group_members, leftover_group, marks, read_stat, ProcessId};
+pub use identity::{boot_id, group_members, leftover_group, mark_env, marks, read_stat, ProcessId};
 use identity::{group_has_members, is_keeper};
-pub use logs::{log_marker, log_path, open_log, tail, tail_note};
+pub use logs::{log_marker, log_path, open_log, tail_note};
 pub use stop::{stop_group, stop_group_watched, stop_notice_signal, StopWith, Stopped};
 
 /// What to run and where: shared by the app, the build and hooks.

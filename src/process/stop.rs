@@ -19,12 +19,7 @@ pub fn stop_notice_signal() -> nix::libc::c_int {
 
 /// Tell the keeper `pid` that its group is about to be stopped.
 fn notify_stop(pid: i32) -> std::io::Result<()> {
-    // SAFETY: kill(2) with a real-time signal number to one process.
-    if unsafe { nix::libc::kill(pid, stop_notice_signal()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::signals::send_number(pid, stop_notice_signal())
 }
 
 /// How a group is stopped: `signal` to the whole group, then SIGKILL to
