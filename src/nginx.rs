@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::config::{Config, NginxMode};
 use crate::error::{Error, Result};
 use crate::lock::{Lock, LockWait};
+use crate::slot::Slot;
 use crate::state::State;
 use crate::text::out;
 use crate::{fsutil, switch};
@@ -75,6 +76,9 @@ struct Context<'a> {
     standalone: bool,
     /// What `proxy_pass http://` takes: `$zdd_NAME` (switch) or `NAME`.
     upstream: String,
+    /// The two upstreams, slot a's primary and slot b's (`switch::upstream`).
+    upstream_a: String,
+    upstream_b: String,
     /// The nginx variable the switch sets, without `$`.
     switch_var: String,
     /// The file nginx tests: it exists while slot b is live.
@@ -134,6 +138,7 @@ fn render_in(config: &Config, mode: NginxMode, part: Part) -> Result<String> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
+    let switch_var = switch_var(config);
     let mut ctx = Context {
         name: &config.name,
         ports: config.ports,
@@ -147,10 +152,12 @@ fn render_in(config: &Config, mode: NginxMode, part: Part) -> Result<String> {
         mode: mode.as_str(),
         standalone: part != Part::Site,
         upstream: match mode {
-            NginxMode::Switch => format!("${}", switch_var(config)),
+            NginxMode::Switch => format!("${switch_var}"),
             NginxMode::RoundRobin => config.name.clone(),
         },
-        switch_var: switch_var(config),
+        upstream_a: switch::upstream(&config.name, Slot::A),
+        upstream_b: switch::upstream(&config.name, Slot::B),
+        switch_var,
         switch_file: switch_file(config)?,
         upstreams_conf: String::new(),
         snippet_conf: String::new(),
@@ -188,8 +195,10 @@ fn template_error(origin: &str, e: &minijinja::Error) -> Error {
 
 /// `zdd nginx [--part PART] [--write] [--reload]`.
 pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Result<()> {
+    // Once: with a custom template it takes a render to find out.
+    let mode = mode(config)?;
     if !write {
-        print!("{}", render(config, part.unwrap_or(Part::Site))?);
+        print!("{}", render_in(config, mode, part.unwrap_or(Part::Site))?);
         if reload {
             test_config(config)
                 .map_err(|m| Error::Usage(format!("nginx rejected its config\n{m}")))?;
@@ -222,7 +231,7 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
                 format!("{part:?}").to_lowercase()
             ))
         })?;
-        let text = render(config, part)?;
+        let text = render_in(config, mode, part)?;
         let previous = std::fs::read(output).ok();
         if previous.as_deref() == Some(text.as_bytes()) {
             log::info!("{} is up to date", output.display());
@@ -239,7 +248,7 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
         }
         written.push((output.clone(), previous));
     }
-    if mode(config)? == NginxMode::Switch {
+    if mode == NginxMode::Switch {
         align_switch(config);
         if let Some((folder, m)) = switch::hidden_by(&config.root) {
             log::warn!(

@@ -11,7 +11,7 @@ use crate::git;
 use crate::health::Checker;
 use crate::lock::{Holder, Lock};
 use crate::state::{HistoryEntry, Slot, SlotStatus, State};
-use crate::text::{fmt_ms, out};
+use crate::text::{fmt, fmt_ms, out};
 use crate::{keeper, observe};
 
 /// The JSON schema version of `status --json` and `history --json`.
@@ -93,13 +93,7 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
             let mut h = config.health.clone();
             h.request_timeout = h.request_timeout.min(Duration::from_secs(1));
             match Checker::new(&h, port).check() {
-                Ok(()) => (
-                    Some(true),
-                    Some(format!(
-                        "healthy ({})",
-                        fmt_ms(t.elapsed().as_millis() as u64)
-                    )),
-                ),
+                Ok(()) => (Some(true), Some(format!("healthy ({})", fmt(t.elapsed())))),
                 Err(e) => (Some(false), Some(format!("unhealthy: {e}"))),
             }
         } else {

@@ -68,6 +68,12 @@ fn dispatch(cli: Cli) -> Result<()> {
         })?;
         Config::load(&path)
     };
+    // For commands that also work without a config file.
+    let load_optional = || -> Result<Option<Config>> {
+        Config::locate(explicit)
+            .map(|p| Config::load(&p))
+            .transpose()
+    };
     match cli.command {
         Command::Deploy { commit, wait } => {
             deploy::deploy(&load()?, commit.as_deref(), wait.lock_wait())
@@ -82,29 +88,23 @@ fn dispatch(cli: Cli) -> Result<()> {
             because.as_deref(),
             if_live.as_deref(),
         ),
-        Command::Up { wait } => {
-            let config = Config::locate(explicit)
-                .map(|p| Config::load(&p))
-                .transpose()?;
-            deploy::up(config.as_ref(), wait.lock_wait())
-        }
+        Command::Up { wait } => deploy::up(load_optional()?.as_ref(), wait.lock_wait()),
         Command::Start {
             name,
             dir,
             port,
             cmd,
             wait,
-        } => {
-            let config = Config::locate(explicit)
-                .map(|p| Config::load(&p))
-                .transpose()?;
-            named::start(config.as_ref(), &name, &dir, port, &cmd, wait.lock_wait())
-        }
+        } => named::start(
+            load_optional()?.as_ref(),
+            &name,
+            &dir,
+            port,
+            &cmd,
+            wait.lock_wait(),
+        ),
         Command::Stop { name, wait } => {
-            let config = Config::locate(explicit)
-                .map(|p| Config::load(&p))
-                .transpose()?;
-            named::stop(config.as_ref(), &name, wait.lock_wait())
+            named::stop(load_optional()?.as_ref(), &name, wait.lock_wait())
         }
         Command::Status { json } => report::status(&load()?, json),
         Command::History { json } => report::history(&load()?, json),

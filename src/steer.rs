@@ -19,11 +19,6 @@ pub enum Routed {
     Waited,
 }
 
-/// The upstream the switch picks for `slot` (the `X-Zdd-Switch` value).
-pub fn upstream_of(config: &Config, slot: Slot) -> String {
-    format!("{}_{}", config.name, slot.name())
-}
-
 /// Why nginx was not seen routing to the new slot.
 #[derive(Debug)]
 pub struct NotRouted {
@@ -72,7 +67,7 @@ fn confirm_route(
         config.health.request_timeout,
     );
     let want = format!("127.0.0.1:{port}");
-    let want_upstream = upstream_of(config, slot);
+    let want_upstream = switch::upstream(&config.name, slot);
     let t = Instant::now();
     let mut last;
     loop {

@@ -16,6 +16,12 @@ use std::path::{Path, PathBuf};
 use crate::fsutil;
 use crate::slot::Slot;
 
+/// The upstream of app `name` whose primary is `slot`: the one the
+/// switch picks for it (the rendered config and the `X-Zdd-Switch` value).
+pub fn upstream(name: &str, slot: Slot) -> String {
+    format!("{name}_{}", slot.name())
+}
+
 /// The switch's folder under `root`.
 pub fn dir(root: &Path) -> PathBuf {
     root.join("switch")

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use toml::Spanned;
 
 use super::parse::Source;
@@ -59,7 +58,7 @@ impl Source<'_> {
         let defaults = Stop::default();
         Ok(Stop {
             signal: match s.signal {
-                None => Signal::SIGTERM,
+                None => defaults.signal,
                 Some(sig) => {
                     parse_signal(sig.get_ref()).map_err(|m| self.at(Some(sig.span()), m))?
                 }

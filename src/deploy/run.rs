@@ -113,7 +113,7 @@ impl<'a> Run<'a> {
         let other_runs = runs(was);
         match steer::confirm(config, NginxMode::Switch, live, other_runs) {
             Ok(_) => Ok(()),
-            Err(not) if other_runs && not.picked == Some(steer::upstream_of(config, was)) => {
+            Err(not) if other_runs && not.picked == Some(switch::upstream(&config.name, was)) => {
                 // nginx does not follow the switch: it serves from `was`.
                 flip(was)?;
                 log::warn!(
