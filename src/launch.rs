@@ -40,7 +40,7 @@ pub fn verify(
     port: u16,
     started: &mut Started,
     arm: bool,
-    then: impl FnOnce(&mut Started) -> Verified,
+    then: impl FnOnce() -> Verified,
 ) -> Verified {
     let checker = Checker::new(health, port);
     let verdict = match health::wait_ready(health, &checker, started) {
@@ -48,7 +48,7 @@ pub fn verify(
         // else that holds the port.
         Verified::Healthy => match answered_by(started, port) {
             Err(reason) => Verified::Foreign(reason),
-            Ok(()) => then(started),
+            Ok(()) => then(),
         },
         other => other,
     };

@@ -267,7 +267,7 @@ fn verify(
     arm: bool,
 ) -> std::result::Result<(), String> {
     let health = config.map(|c| c.health.clone()).unwrap_or_default();
-    match crate::launch::verify(&health, port, started, arm, |_| Verified::Healthy) {
+    match crate::launch::verify(&health, port, started, arm, || Verified::Healthy) {
         Verified::Healthy => Ok(()),
         Verified::Failed(reason) | Verified::Foreign(reason) => Err(reason),
         Verified::Interrupted(sig) => Err(format!("interrupted by {}", sig.as_str())),

@@ -229,7 +229,7 @@ impl Run<'_> {
             port,
             &mut started,
             !rehearsal,
-            |_| match hook.map(|hook| self.step(target, sha, port, "verify hook", hook)) {
+            || match hook.map(|hook| self.step(target, sha, port, "verify hook", hook)) {
                 None | Some(Ok(())) => Verified::Healthy,
                 Some(Err(StepError::Failed(m))) => Verified::Failed(m),
                 Some(Err(StepError::Environment(m))) => Verified::Foreign(m),

@@ -49,7 +49,7 @@ impl Run<'_> {
         self.state.slot_mut(live).status = SlotStatus::Live;
         self.save_or_stop(&mut started)?;
         // Its keeper supervises it from the start: nothing to arm.
-        let verdict = launch::verify(&self.config.health, port, &mut started, false, |_| {
+        let verdict = launch::verify(&self.config.health, port, &mut started, false, || {
             Verified::Healthy
         });
         // Running under its keeper either way: nginx sends it requests once

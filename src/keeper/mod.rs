@@ -25,9 +25,8 @@ mod status;
 mod supervise;
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use nix::libc;
@@ -184,7 +183,6 @@ pub struct Keep<'a> {
 /// folder, environment and log. The id is the keeper's, the group's.
 pub fn spawn(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
     let exe = std::env::current_exe()?;
-    let log = crate::process::open_log(spec.log)?;
     let args = KeepArgs {
         name: keep.name.to_string(),
         root: keep.root.to_path_buf(),
@@ -198,17 +196,10 @@ pub fn spawn(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
             .map(|(after, within, config)| (after, within, config.to_path_buf())),
         script: crate::process::app_script(spec),
     };
-    let mut cmd = Command::new(exe);
-    cmd.arg("keep")
-        .args(args.to_args())
-        .current_dir(spec.dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0);
-    for (k, v) in spec.env {
-        cmd.env(k, v);
-    }
+    let mut keep = Command::new(exe);
+    keep.arg("keep").args(args.to_args());
+    // The keeper runs as zdd's user; it switches its app's (`--run-as`).
+    let mut cmd = spec.around(keep, true)?;
     crate::process::identify(spec, cmd.spawn()?)
 }
 

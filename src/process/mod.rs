@@ -39,20 +39,9 @@ impl Spec<'_> {
     /// `sh -c COMMAND`, in its own process group or (`own_group` false, for
     /// the keeper's app) in the caller's.
     pub fn command_in_group(&self, script: &str, own_group: bool) -> std::io::Result<Command> {
-        let log = open_log(self.log)?;
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(script)
-            .current_dir(self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        if own_group {
-            cmd.process_group(0);
-        }
-        for (k, v) in self.env {
-            cmd.env(k, v);
-        }
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c").arg(script);
+        let mut cmd = self.around(sh, own_group)?;
         if let Some(user) = self.run_as {
             cmd.env("HOME", &user.home)
                 .env("USER", &user.name)
@@ -79,6 +68,24 @@ impl Spec<'_> {
                     Ok(())
                 });
             }
+        }
+        Ok(cmd)
+    }
+
+    /// `cmd` in the spec's folder and environment, stdin from /dev/null,
+    /// stdout and stderr appended to the log, in its own process group if
+    /// `own_group` (the user switch is [`Spec::command_in_group`]'s).
+    pub fn around(&self, mut cmd: Command, own_group: bool) -> std::io::Result<Command> {
+        let log = open_log(self.log)?;
+        cmd.current_dir(self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if own_group {
+            cmd.process_group(0);
+        }
+        for (k, v) in self.env {
+            cmd.env(k, v);
         }
         Ok(cmd)
     }
