@@ -1,19 +1,30 @@
 //! Git plumbing for slot checkouts, always by argv (never a shell):
-//! init, fetch, resolve a name to a commit, forced detached checkout.
+//! init, fetch, resolve a name to a commit, checkout.
 //!
 //! Each slot's repository lives in `ROOT/git/SLOT`, outside its work tree
 //! `ROOT/slots/SLOT`, and stays root's: with `user` set the app user owns
 //! the work tree, and must not be able to plant git config or hooks that
-//! the next deploy (as root) would run.
+//! the next deploy (as root) would run. Root's git (fetch, resolve, the
+//! record of what is checked out) works in the repository alone; what
+//! writes or deletes in the work tree (`read-tree -u`, `clean`) runs as the
+//! user who owns it, with git's index in `ROOT/git/SLOT.index/`, a folder
+//! of that user's. Root never writes in a tree its app's user can change:
+//! a tree of another owner (`user` changed) is removed by descriptors
+//! (`tree::remove`) and checked out afresh.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+use crate::user::RunAs;
 
 /// A slot's repository and work tree.
 #[derive(Debug, Clone)]
 pub struct Checkout {
     pub git_dir: PathBuf,
     pub work_tree: PathBuf,
+    /// Git's index for the work tree: a folder of the work tree's owner.
+    pub index_dir: PathBuf,
 }
 
 /// A COMMIT as a person or the config names it — a sha, tag or branch —
@@ -58,55 +69,66 @@ impl Checkout {
         Checkout {
             git_dir: root.join("git").join(slot),
             work_tree: root.join("slots").join(slot),
+            index_dir: root.join("git").join(format!("{slot}.index")),
         }
     }
 
-    /// Run `git --git-dir=G --work-tree=W ARGS...`; `Err` carries git's
-    /// own message on one line.
+    /// Run root's `git --git-dir=G ARGS...` in the repository alone (no
+    /// work tree); `Err` carries git's own message on one line.
     fn git(&self, args: &[&str]) -> Result<Output, String> {
-        let out = Command::new("git")
-            .arg("--git-dir")
+        let mut cmd = Command::new("git");
+        cmd.arg("--git-dir").arg(&self.git_dir).args(args);
+        run(cmd, args)
+    }
+
+    /// Run `git ARGS...` on the work tree, as `user` (the tree's owner; zdd's
+    /// own user when `None`): in a session of its own, the user's
+    /// environment, the index in [`Checkout::index_dir`], no config but the
+    /// repository's (root's) and these flags.
+    fn git_in_tree(&self, args: &[&str], user: Option<&RunAs>) -> Result<Output, String> {
+        let mut cmd = Command::new("git");
+        cmd.arg("--git-dir")
             .arg(&self.git_dir)
             .arg("--work-tree")
             .arg(&self.work_tree)
-            // The work tree may belong to the app user; the repository, which
-            // holds config and hooks, does not.
-            .args(["-c", "safe.directory=*", "-c", "advice.detachedHead=false"])
-            .args(args)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run git: {e}"))?;
-        if out.status.success() {
-            return Ok(out);
+            // The repository is root's; the user only reads it.
+            .args(["-c", "safe.directory=*", "-c", "core.fsmonitor=false"])
+            .args(["-c", "core.excludesFile=/dev/null"])
+            .args(args);
+        if let Some(user) = user {
+            crate::process::user_env(&mut cmd, user);
+            crate::process::become_user(&mut cmd, user);
         }
-        let msg = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> = msg
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        Err(if lines.is_empty() {
-            format!(
-                "git {} failed ({})",
-                args.first().unwrap_or(&""),
-                out.status
-            )
-        } else {
-            lines.join("; ")
-        })
+        crate::process::new_session(&mut cmd);
+        cmd.current_dir(&self.work_tree)
+            .env("GIT_INDEX_FILE", self.index_dir.join("index"))
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null");
+        run(cmd, args)
     }
 
-    /// Create the repository and the work tree if they do not exist yet.
-    pub fn ensure(&self) -> Result<(), String> {
-        std::fs::create_dir_all(&self.work_tree)
-            .map_err(|e| format!("cannot create {}: {e}", self.work_tree.display()))?;
+    /// Create the repository, the work tree and the index folder if they do
+    /// not exist yet; the last two belong to `user` (zdd's own user when
+    /// `None`). A work tree or index folder of another owner (`user` was
+    /// changed) is removed, without following anything in it, and made
+    /// afresh: root does not work in a tree someone else can change.
+    pub fn ensure(&self, user: Option<&RunAs>) -> Result<(), String> {
+        let owner = match user {
+            Some(u) => (u.uid, u.gid),
+            None => (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
+        };
+        for (dir, mode) in [(&self.work_tree, 0o755), (&self.index_dir, 0o700)] {
+            own_folder(dir, mode, owner)?;
+        }
         if self.git_dir.join("HEAD").exists() {
             return Ok(());
         }
+        // Readable by the work tree's owner whatever root's umask is.
         let out = Command::new("git")
-            .args(["init", "--quiet", "--bare"])
+            .args(["init", "--quiet", "--bare", "--shared=0644"])
             .arg(&self.git_dir)
             .stdin(Stdio::null())
             .output()
@@ -114,7 +136,7 @@ impl Checkout {
         if out.status.success() {
             Ok(())
         } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+            Err(crate::text::escape(String::from_utf8_lossy(&out.stderr).trim()).into_owned())
         }
     }
 
@@ -172,11 +194,14 @@ impl Checkout {
         Some(Commit { sha, subject })
     }
 
-    /// Check `sha` out detached and forced; remove untracked files but keep
-    /// ignored ones (build caches).
-    pub fn checkout(&self, sha: &str) -> Result<(), String> {
-        self.git(&["checkout", "--quiet", "--force", "--detach", sha, "--"])?;
-        self.git(&["clean", "--quiet", "--force", "-d"]).map(|_| ())
+    /// Check `sha` out in the work tree, forced, as `user`: tracked files
+    /// as the commit has them, untracked files removed, ignored ones (build
+    /// caches) kept. Then root records it as the repository's HEAD.
+    pub fn checkout(&self, sha: &str, user: Option<&RunAs>) -> Result<(), String> {
+        self.git_in_tree(&["read-tree", "--reset", "-u", sha], user)?;
+        self.git_in_tree(&["clean", "--quiet", "--force", "-d"], user)?;
+        self.git(&["update-ref", "--no-deref", "HEAD", sha])
+            .map(|_| ())
     }
 
     /// The commit checked out, read without running git.
@@ -185,6 +210,78 @@ impl Checkout {
         let text = text.trim();
         (text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())).then(|| text.to_string())
     }
+}
+
+/// Run a git command to its end with no input; `Err` carries git's own
+/// message on one line, escaped.
+fn run(mut cmd: Command, args: &[&str]) -> Result<Output, String> {
+    let out = cmd
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if out.status.success() {
+        return Ok(out);
+    }
+    let msg = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    Err(if lines.is_empty() {
+        format!(
+            "git {} failed ({})",
+            args.first().unwrap_or(&""),
+            out.status
+        )
+    } else {
+        crate::text::escape(&lines.join("; ")).into_owned()
+    })
+}
+
+/// `dir` exists as a folder of `owner`'s (uid, gid), made with `mode` if
+/// it did not; one of someone else's is removed first (`tree::remove`).
+/// Its parent is zdd's own (`root::prepare` checked it), so nobody can
+/// swap `dir` between these steps.
+fn own_folder(dir: &Path, mode: u32, owner: (u32, u32)) -> Result<(), String> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() && meta.uid() == owner.0 => return Ok(()),
+        Ok(meta) if meta.is_dir() => {
+            log::warn!(
+                "{} belongs to uid {}, not to uid {} who builds and runs the app (was `user` changed?); removing it and checking out afresh",
+                dir.display(),
+                meta.uid(),
+                owner.0
+            );
+            crate::tree::remove(dir)
+                .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+        }
+        Ok(_) => {
+            return Err(format!(
+                "{} is not a folder; zdd keeps a work tree there: remove it",
+                dir.display()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot look at {}: {e}", dir.display())),
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let give = || -> std::io::Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_DIRECTORY)
+            .open(dir)?;
+        std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1))?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+    };
+    give().map_err(|e| format!("cannot give {} to uid {}: {e}", dir.display(), owner.0))
 }
 
 /// The short form of a sha for messages.

@@ -209,5 +209,5 @@ fn describe_error(e: ureq::Error) -> String {
 
 fn snippet(body: &str) -> String {
     let one_line: String = body.trim().chars().take(120).collect();
-    format!("{:?}", one_line.replace('\n', " "))
+    format!("\"{}\"", crate::text::escape(&one_line))
 }

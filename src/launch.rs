@@ -1,27 +1,32 @@
 //! Starting an app so that it stays up, the one way that a deploy, a
-//! rollback, `zdd start` and `zdd up` all do it: under its keeper (see
-//! `keeper::spawn`), recorded at once by the caller, then verified —
-//! healthy, answered by its own process group, the caller's own check (the
-//! verify hook) — and only then its keeper armed.
+//! rollback, `zdd start` and `zdd up` all do it: what earlier runs left of
+//! it stopped first, then under its keeper (see `keeper::spawn`), recorded
+//! at once by the caller, then verified — healthy, answered by its own
+//! processes, the caller's own check (the verify hook) — and only then its
+//! keeper armed.
 
 use std::path::Path;
 
 use crate::config::Health;
 use crate::health::{self, Checker, Verified};
 use crate::keeper;
-use crate::process::{self, Started};
+use crate::process::{self, ProcessId, Started, StopWith};
 
 /// The environment of an app (and of a slot's build and hooks): `PORT`,
-/// zdd's marks (`ZDD_ROOT`, `ZDD_SLOT`: see `process::mark_env`), then
-/// `extra` (`ZDD_COMMIT` for a slot, the config's `[env]`).
+/// `ZDD_ROOT`, `ZDD_SLOT` (the slot or the name of a `zdd start` process;
+/// for the app only, never proof of anything), then `extra` (`ZDD_COMMIT`
+/// for a slot, the config's `[env]`).
 pub fn app_env<'a>(
     root: &Path,
     name: &str,
     port: u16,
     extra: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Vec<(String, String)> {
-    let mut env = vec![("PORT".to_string(), port.to_string())];
-    env.extend(process::mark_env(root, name));
+    let mut env = vec![
+        ("PORT".to_string(), port.to_string()),
+        ("ZDD_ROOT".to_string(), root.display().to_string()),
+        ("ZDD_SLOT".to_string(), name.to_string()),
+    ];
     env.extend(
         extra
             .into_iter()
@@ -75,9 +80,39 @@ fn answered_by(started: &mut Started, port: u16) -> Result<(), String> {
     let pgid = started.id.pid;
     match crate::ports::listeners(port, &[pgid]).into_iter().next() {
         None => Err(format!("nothing listens on port {port} any more")),
-        Some(l) if l.pid.and_then(process::read_stat).map(|st| st.pgrp) == Some(pgid) => Ok(()),
+        Some(l) if l.pid.is_some_and(|pid| started.id.owns(pid)) => Ok(()),
         Some(l) => Err(format!(
             "the health check was answered on port {port} by {l}, not by the new app (pid {pgid})"
         )),
+    }
+}
+
+/// Before `name` starts again: stop what zdd's earlier runs provably left
+/// of it besides its `recorded` keeper — a keeper zdd never recorded
+/// (killed just after starting it; its own status file proves it), and
+/// what is left in its app's cgroup with no keeper to vouch for it.
+pub fn stop_leftovers(root: &Path, name: &str, recorded: Option<i32>, with: StopWith) {
+    let what = match crate::slot::Slot::parse(name) {
+        Some(slot) => format!("slot {slot}"),
+        None => name.to_string(),
+    };
+    if let Some(id) = keeper::unrecorded(root, name, recorded) {
+        log::warn!(
+            "{what}: keeper pid {} from an interrupted run still runs (it was never recorded); stopping it",
+            id.pid
+        );
+        process::stop_group(&id, with, None);
+    }
+    if let Some(cgroup) = process::fence::app_cgroup_path(root, name) {
+        let remnants = ProcessId::remnants(cgroup);
+        let left = remnants.members(&process::Table::now());
+        if !left.is_empty() {
+            log::warn!(
+                "{what}: {} process(es) of an earlier app still run in its cgroup ({}); stopping them",
+                left.len(),
+                process::fence::describe(&left).join(", ")
+            );
+            process::stop_group(&remnants, with, None);
+        }
     }
 }

@@ -11,7 +11,8 @@
 //!   `keeper` (the process that keeps an app up),
 //!   `process` (spawn, prove, stop a group), `health`, `git`, `ports`;
 //! - what zdd keeps: `state` (the state file), `lock`, `root` (ownership and
-//!   symlink rules), `fsutil` (atomic writes);
+//!   symlink rules), `fsutil` (atomic writes), `tree` (removing a tree
+//!   another user can change);
 //! - plain data and leaves: `config`, `slot`, `user`, `signals`, `error`,
 //!   `text`.
 
@@ -40,6 +41,7 @@ pub mod state;
 pub mod steer;
 pub mod switch;
 pub mod text;
+pub mod tree;
 pub mod user;
 
 pub use run::run;

@@ -156,7 +156,8 @@ pub fn start(
     root::check_file(&path)?;
     root::check_file(&process::log_path(&root, name))?;
     let _lock = Lock::acquire(&root, wait, &format!("zdd start {name}"))?;
-    if let Some(old) = read_record(&path)? {
+    let old = read_record(&path)?;
+    if let Some(old) = &old {
         if old.process.group_is_ours() {
             return Err(Error::Failed(format!(
                 "{name} is already running (pid {}, port {}); stop it first with `zdd stop {name}`",
@@ -164,6 +165,8 @@ pub fn start(
             )));
         }
     }
+    let recorded = old.map(|r| r.process.pid);
+    crate::launch::stop_leftovers(&root, name, recorded, stop_of(config).with());
     port_free(port, name)?;
 
     let mut started = start_kept(config, &root, name, &dir, port, &command, false)?;
@@ -323,6 +326,8 @@ fn up_one(config: Option<&Config>, root: &Path, name: &str) -> Result<()> {
             record.dir.display()
         )));
     }
+    let with = stop_of(config).with();
+    crate::launch::stop_leftovers(root, name, Some(record.process.pid), with);
     port_free(record.port, name)?;
     let mut started = start_kept(
         config,
@@ -404,7 +409,15 @@ fn stop_slot(config: &Config, slot: Slot, wait: LockWait) -> Result<()> {
 }
 
 fn report_stop(what: &str, id: &ProcessId, stop: &Stop) {
-    match process::stop_group(id, stop.with(), None) {
+    let report = process::stop_group_watched(id, stop.with(), None, &mut || {});
+    if !report.outside.is_empty() {
+        out!(
+            "{what}: its app had left {} process(es) outside its process group, stopped with it: {}",
+            report.outside.len(),
+            report.outside.join(", ")
+        );
+    }
+    match report.how {
         Stopped::NotRunning => out!("{what} was not running"),
         Stopped::Exited(d) => out!("stopped {what} (pid {}) after {}", id.pid, fmt_ms(d.as_millis() as u64)),
         Stopped::Killed(d) => out!(

@@ -175,8 +175,14 @@ fn render_in(config: &Config, mode: NginxMode, part: Part) -> Result<String> {
     }
     let (template, origin) = match &config.nginx.template {
         Some(path) => (
-            std::fs::read_to_string(path)
-                .map_err(|e| Error::Usage(format!("nginx.template {}: {e}", path.display())))?,
+            crate::root::read_trusted(path).map_err(|e| {
+                Error::Usage(match e {
+                    crate::root::Untrusted::Io(e) => {
+                        format!("nginx.template {}: {e}", path.display())
+                    }
+                    crate::root::Untrusted::Refused(why) => format!("nginx.template {why}"),
+                })
+            })?,
             path.display().to_string(),
         ),
         None => (SITE_TEMPLATE.to_string(), "built-in template".to_string()),
@@ -331,17 +337,29 @@ fn test_config(config: &Config) -> std::result::Result<(), String> {
     } else {
         let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stdout));
-        Err(text.trim().to_string())
+        // nginx quotes the files it read: one escaped line per line.
+        Err(text
+            .trim()
+            .lines()
+            .map(|l| crate::text::escape(l).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n"))
     }
 }
 
+/// SIGHUP to nginx's master, from `nginx.pid_file`: a file only root (or
+/// zdd's user) could have written, naming a process that is an nginx
+/// master right now (a stale file may name a reused pid).
 fn signal_master(config: &Config) -> Result<()> {
     let path = &config.nginx.pid_file;
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::Failed(format!(
+    let text = crate::root::read_trusted(path).map_err(|e| match e {
+        crate::root::Untrusted::Io(e) => Error::Failed(format!(
             "cannot read nginx's pid file {} (nginx.pid_file): {e}; is nginx running? If it runs with its own nginx.conf, set nginx.pid_file to the `pid` that config names (`nginx -T 2>/dev/null | grep -m1 '^pid'` for the system nginx)",
             path.display()
-        ))
+        )),
+        crate::root::Untrusted::Refused(why) => {
+            Error::Usage(format!("nginx's pid file (nginx.pid_file) {why}"))
+        }
     })?;
     let pid: i32 = text
         .trim()
@@ -349,6 +367,17 @@ fn signal_master(config: &Config) -> Result<()> {
         .ok()
         .filter(|&p| p > 1)
         .ok_or_else(|| Error::Failed(format!("{} does not hold a pid", path.display())))?;
+    let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !title.starts_with(b"nginx: master process") {
+        return Err(Error::Failed(format!(
+            "pid {pid} from {} is not nginx's master process (it is {}); the file is stale: is nginx running?",
+            path.display(),
+            match crate::ports::command_of(pid) {
+                Some(c) => format!("`{}`", crate::text::escape(&c)),
+                None => "gone".to_string(),
+            }
+        )));
+    }
     kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
         Error::Failed(format!(
             "cannot signal nginx (pid {pid} from {}): {e}",

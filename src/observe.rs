@@ -7,7 +7,7 @@
 use crate::config::Config;
 use crate::keeper::{self, KeeperStatus};
 use crate::ports::{self, Listener};
-use crate::process;
+use crate::process::{self, ProcessId};
 use crate::state::{Slot, SlotStatus, State};
 use crate::switch;
 
@@ -16,10 +16,15 @@ use crate::switch;
 pub struct SlotSeen {
     /// Its recorded process group runs, provably zdd's.
     pub running: bool,
-    /// Who listens on its port outside that group.
-    pub strangers: Vec<Listener>,
+    /// Who listens on its port and is not provably of it, described.
+    pub strangers: Vec<String>,
     /// What its keeper says, if the recorded process is a keeper.
     pub keeper: Option<KeeperStatus>,
+    /// A keeper of it that runs unrecorded (zdd was killed just after
+    /// starting it).
+    pub unrecorded: Option<i32>,
+    /// Processes left in its app's cgroup that no keeper vouches for.
+    pub remnants: Vec<String>,
 }
 
 /// Both slots and the switch as they really are.
@@ -42,21 +47,33 @@ pub fn alive(state: &State) -> [bool; 2] {
 /// Look at what runs for `state` (and at the switch, in switch mode).
 pub fn observe(config: &Config, state: &State, switch_mode: bool) -> Seen {
     let alive = alive(state);
+    let root = &config.root;
     let slots = Slot::BOTH.map(|slot| {
         let s = state.slot(slot);
         let running = alive[slot.index()];
-        let pgid = s.process.as_ref().filter(|_| running).map(|id| id.pid);
+        let id = s.process.as_ref().filter(|_| running);
+        let pgid = id.map(|id| id.pid);
         let strangers = ports::listeners(config.port(slot), &pgid.into_iter().collect::<Vec<_>>())
             .into_iter()
-            .filter(|l| {
-                l.pid.and_then(process::read_stat).map(|st| st.pgrp) != pgid || pgid.is_none()
-            })
+            .filter(|l: &Listener| !l.pid.is_some_and(|pid| id.is_some_and(|id| id.owns(pid))))
+            .map(|l| l.described(root, slot.name()))
             .collect();
-        let keeper = pgid.and_then(|pid| keeper::read_status(&config.root, slot.name(), pid));
+        let keeper = pgid.and_then(|pid| keeper::read_status(root, slot.name(), pid));
+        let recorded = s.process.as_ref().map(|id| id.pid);
+        let unrecorded = keeper::unrecorded(root, slot.name(), recorded).map(|id| id.pid);
+        let remnants = match (process::fence::app_cgroup_path(root, slot.name()), running) {
+            (Some(cgroup), false) => {
+                let left = ProcessId::remnants(cgroup).members(&process::Table::now());
+                process::fence::describe(&left)
+            }
+            _ => Vec::new(),
+        };
         SlotSeen {
             running,
             strangers,
             keeper,
+            unrecorded,
+            remnants,
         }
     });
     let switch = switch_mode
@@ -85,8 +102,20 @@ impl Seen {
             }
             for l in &seen.strangers {
                 drift.push(format!(
-                    "slot {slot}: port {} is held by {l}, which the state does not record",
+                    "slot {slot}: port {} is held by {l}, which zdd cannot prove it started",
                     s.port
+                ));
+            }
+            if let Some(pid) = seen.unrecorded {
+                drift.push(format!(
+                    "slot {slot}: keeper pid {pid} from an interrupted run still runs, not in the state; the next `zdd deploy` stops it"
+                ));
+            }
+            if !seen.remnants.is_empty() {
+                drift.push(format!(
+                    "slot {slot}: {} process(es) of a stopped app still run in its cgroup ({}); the next `zdd deploy` stops them",
+                    seen.remnants.len(),
+                    seen.remnants.join(", ")
                 ));
             }
             if state.active == Some(slot) && !seen.running {

@@ -20,10 +20,33 @@ pub struct Listener {
 impl std::fmt::Display for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.pid, &self.command) {
-            (Some(pid), Some(c)) => write!(f, "pid {pid} ({c})"),
+            (Some(pid), Some(c)) => write!(f, "pid {pid} ({})", crate::text::escape(c)),
             (Some(pid), None) => write!(f, "pid {pid}"),
             _ => f.write_str("a process zdd cannot see"),
         }
+    }
+}
+
+impl Listener {
+    /// "pid N (user U: command)" for a message about a port of `name`
+    /// under `root`, saying when the process claims to be zdd's (its
+    /// environment carries `root`'s marks) though nothing proves it.
+    pub fn described(&self, root: &std::path::Path, name: &str) -> String {
+        let Some(pid) = self.pid else {
+            return self.to_string();
+        };
+        let user = crate::process::user_of(pid).unwrap_or_else(|| "?".into());
+        let command = self
+            .command
+            .as_deref()
+            .map(|c| format!(": {}", crate::text::escape(c)))
+            .unwrap_or_default();
+        let claim = if crate::process::claims(pid, root, name) {
+            format!(" (its environment says it is {name}'s under {}, which proves nothing: a keeper of zdd's would vouch for it)", root.display())
+        } else {
+            String::new()
+        };
+        format!("pid {pid} (user {user}{command}){claim}")
     }
 }
 
@@ -163,7 +186,9 @@ fn all_pids() -> impl Iterator<Item = i32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
 }
 
-fn command_of(pid: i32) -> Option<String> {
+/// The command line of `pid`, its arguments joined by spaces (unescaped:
+/// the process wrote it).
+pub fn command_of(pid: i32) -> Option<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .ok()
         .map(|c| {

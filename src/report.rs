@@ -169,7 +169,7 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
             serde_json::to_string_pretty(&report).expect("status serializes")
         );
     } else {
-        print!("{}", status_text(&report));
+        print!("{}", crate::text::printable(&status_text(&report)));
     }
     Ok(())
 }

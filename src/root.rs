@@ -109,6 +109,132 @@ pub fn refused(path: &Path, e: io::Error) -> Error {
     }
 }
 
+/// Read a file that steers what zdd does (its config, a custom nginx
+/// template, nginx's pid file): only one that nobody but root and the user
+/// running zdd could have written. The path is resolved one component at a
+/// time, symlinks included, and every folder on the way must belong to
+/// root or that user and be writable by no one else (unless sticky, like
+/// `/tmp`); the file itself must belong to root or that user and be
+/// writable by neither group nor others. Else exit 2 naming the file (as
+/// `what`) and the fix; a file that is not there is [`Untrusted::Io`].
+pub fn read_trusted(path: &Path) -> std::result::Result<String, Untrusted> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let resolved = resolve_trusted(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&resolved)
+        .map_err(Untrusted::Io)?;
+    let meta = file.metadata().map_err(Untrusted::Io)?;
+    if !meta.is_file() {
+        return Err(Untrusted::Refused(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(Untrusted::Refused(format!(
+            "{} belongs to uid {}, not to root or to the user running zdd (uid {me}), who alone may steer zdd: `chown {me} {}`",
+            path.display(),
+            meta.uid(),
+            resolved.display()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(Untrusted::Refused(format!(
+            "{} is writable by group or others (mode {:04o}), who could make zdd run anything as its user: `chmod go-w {}`",
+            path.display(),
+            meta.mode() & 0o7777,
+            resolved.display()
+        )));
+    }
+    let mut text = String::new();
+    io::Read::read_to_string(&mut file, &mut text).map_err(Untrusted::Io)?;
+    Ok(text)
+}
+
+/// Why [`read_trusted`] did not return the text.
+#[derive(Debug)]
+pub enum Untrusted {
+    /// It could not be read (missing, unreadable).
+    Io(io::Error),
+    /// Others could have written it or swapped it: the sentence says which
+    /// and the fix.
+    Refused(String),
+}
+
+/// Follow `path` to the file it names, one component at a time, checking
+/// each folder passed through (see [`read_trusted`]).
+fn resolve_trusted(path: &Path) -> std::result::Result<PathBuf, Untrusted> {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let absolute = std::path::absolute(path).map_err(Untrusted::Io)?;
+    let mut pending: VecDeque<PathBuf> = absolute
+        .components()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
+    let mut current = PathBuf::from("/");
+    let mut hops = 0;
+    while let Some(part) = pending.pop_front() {
+        match part.components().next() {
+            Some(Component::RootDir) => {
+                current = PathBuf::from("/");
+                trusted_folder(path, &current)?;
+                continue;
+            }
+            Some(Component::CurDir) | None => continue,
+            Some(Component::ParentDir) => {
+                current.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let next = current.join(&part);
+        let meta = std::fs::symlink_metadata(&next).map_err(Untrusted::Io)?;
+        if meta.file_type().is_symlink() {
+            hops += 1;
+            if hops > 40 {
+                return Err(Untrusted::Io(io::Error::from_raw_os_error(
+                    nix::libc::ELOOP,
+                )));
+            }
+            let target = std::fs::read_link(&next).map_err(Untrusted::Io)?;
+            for c in target.components().rev() {
+                pending.push_front(PathBuf::from(c.as_os_str()));
+            }
+            continue;
+        }
+        if pending.is_empty() {
+            return Ok(next);
+        }
+        trusted_folder(path, &next)?;
+        current = next;
+    }
+    Ok(current)
+}
+
+/// A folder on the way to `file`: root's or the running user's, writable
+/// by no one else unless sticky.
+fn trusted_folder(file: &Path, dir: &Path) -> std::result::Result<(), Untrusted> {
+    let meta = std::fs::metadata(dir).map_err(Untrusted::Io)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let owner_ok = meta.uid() == 0 || meta.uid() == me;
+    let sticky = meta.mode() & 0o1000 != 0;
+    if owner_ok && (meta.mode() & 0o022 == 0 || sticky) {
+        return Ok(());
+    }
+    Err(Untrusted::Refused(format!(
+        "{}: the folder {} on its way is {} (mode {:04o}, uid {}), so others could swap the file: `chmod go-w {}`, or keep the file elsewhere",
+        file.display(),
+        dir.display(),
+        if owner_ok { "writable by group or others" } else { "not owned by root or by the user running zdd" },
+        meta.mode() & 0o7777,
+        meta.uid(),
+        dir.display()
+    )))
+}
+
 /// Before zdd changes anything, a folder it cannot use is bad input (exit
 /// 2): nothing was changed.
 fn usage<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -265,6 +391,49 @@ mod tests {
         let e = read_nofollow(&real.join("state.toml")).unwrap_err();
         assert_eq!(e.code(), 2);
         assert!(read_nofollow(&real.join("none")).unwrap().is_none());
+    }
+
+    #[test]
+    fn only_files_nobody_else_could_write_steer_zdd() {
+        let t = top();
+        let file = t.path().join("zdd.toml");
+        std::fs::write(&file, "name = \"x\"\n").unwrap();
+        chmod(&file, 0o644);
+        assert_eq!(read_trusted(&file).unwrap(), "name = \"x\"\n");
+        let refused = |p: &Path| match read_trusted(p) {
+            Err(Untrusted::Refused(m)) => m,
+            other => panic!("{}: {other:?}", p.display()),
+        };
+        chmod(&file, 0o666);
+        let e = refused(&file);
+        assert!(
+            e.contains("is writable by group or others (mode 0666)"),
+            "{e}"
+        );
+        assert!(e.contains(&format!("chmod go-w {}", file.display())), "{e}");
+        chmod(&file, 0o644);
+
+        // A symlink is followed, and the folders it leads through checked.
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        chmod(&open, 0o777);
+        let link = open.join("zdd.toml");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let e = refused(&link);
+        assert!(
+            e.contains(&format!("the folder {} on its way", open.display())),
+            "{e}"
+        );
+        let safe_link = t.path().join("link.toml");
+        std::os::unix::fs::symlink("open/../zdd.toml", &safe_link).unwrap();
+        let e = refused(&safe_link);
+        assert!(e.contains("open on its way"), "through it: {e}");
+        chmod(&open, 0o1777);
+        assert!(read_trusted(&link).is_ok(), "sticky, like /tmp");
+        assert!(matches!(
+            read_trusted(&t.path().join("missing")),
+            Err(Untrusted::Io(e)) if e.kind() == io::ErrorKind::NotFound
+        ));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use crate::{config, deploy, error, init, keeper, named, nginx, report, signals};
 /// Parse the command line, run the command, print any error once, and
 /// return the exit code.
 pub fn run() -> i32 {
+    // Before anything else runs: no child inherits what zdd was given.
+    crate::process::seal_inherited_descriptors();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "keep") {
         // The keeper (zdd starts it): its own small loop, no clap, no log
@@ -40,7 +42,7 @@ pub fn run() -> i32 {
     let code = match dispatch(cli) {
         Ok(()) => error::exit::OK,
         Err(e) => {
-            eprintln!("zdd: {e}");
+            eprintln!("zdd: {}", crate::text::printable(&e.to_string()));
             e.code()
         }
     };
@@ -139,16 +141,15 @@ fn init_logging(verbose: u8, quiet: bool) {
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or(format!("warn,zdd={level}")),
     )
-    .format(|buf, record| match record.level() {
-        log::Level::Info => writeln!(buf, "zdd: {}", record.args()),
-        log::Level::Warn => writeln!(buf, "zdd: warning: {}", record.args()),
-        log::Level::Error => writeln!(buf, "zdd: error: {}", record.args()),
-        level => writeln!(
-            buf,
-            "zdd: {}: {}",
-            level.as_str().to_lowercase(),
-            record.args()
-        ),
+    .format(|buf, record| {
+        let text = record.args().to_string();
+        let text = crate::text::printable(&text);
+        match record.level() {
+            log::Level::Info => writeln!(buf, "zdd: {text}"),
+            log::Level::Warn => writeln!(buf, "zdd: warning: {text}"),
+            log::Level::Error => writeln!(buf, "zdd: error: {text}"),
+            level => writeln!(buf, "zdd: {}: {text}", level.as_str().to_lowercase()),
+        }
     })
     .target(env_logger::Target::Stderr)
     .init();

@@ -295,7 +295,8 @@ mod tests {
             pid: 42,
             start_time: 7,
             boot_id: "x".into(),
-            marks: vec!["ZDD_SLOT=b".into()],
+            cgroup: Some("/sys/fs/cgroup/zdd/shop-1a2b3c4d/b".into()),
+            marks: Vec::new(),
         });
         for i in 0..(HISTORY_LIMIT + 5) {
             s.push_history(HistoryEntry {
@@ -318,6 +319,23 @@ mod tests {
             loaded.history.last().unwrap().at,
             format!("t{}", HISTORY_LIMIT + 4)
         );
+    }
+
+    #[test]
+    fn a_state_file_of_an_earlier_zdd_with_marks_still_loads() {
+        // zdd before 0.2 recorded environment marks, and trusted them.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.toml");
+        std::fs::write(
+            &path,
+            "version = 1\nactive = \"a\"\nnext_deploy = \"b\"\n\n[slots.a]\nport = 3001\nstatus = \"live\"\n\n[slots.a.process]\npid = 42\nstart_time = 7\nboot_id = \"x\"\nmarks = [\"ZDD_ROOT=/srv\", \"ZDD_SLOT=a\"]\n\n[slots.b]\nport = 3002\nstatus = \"empty\"\n",
+        )
+        .unwrap();
+        let s = State::load(&path, [3001, 3002]).unwrap();
+        assert_eq!(s.slots.a.process.as_ref().unwrap().pid, 42);
+        s.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("marks"), "never written again: {text}");
     }
 
     #[test]

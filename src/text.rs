@@ -1,17 +1,66 @@
-//! Small text helpers for what users read: the `out!` line on stdout, and
-//! durations and times written the way every message writes them.
+//! Small text helpers for what users read: the `out!` line on stdout,
+//! durations and times written the way every message writes them, and the
+//! escaping of text that came from outside zdd (an app's argv and output,
+//! git's and nginx's messages) so that it can never steer a terminal.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
-/// A result line on stdout. A closed stdout (`zdd status | head -1`) is
-/// not an error worth a panic: the work is done either way.
+/// A result line on stdout, made [`printable`]. A closed stdout (`zdd
+/// status | head -1`) is not an error worth a panic: the work is done
+/// either way.
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        let line = format!($($arg)*);
+        let _ = writeln!(std::io::stdout(), "{}", $crate::text::printable(&line));
     }};
 }
 pub(crate) use out;
+
+/// Text from outside zdd on one line: every control character (newline and
+/// tab too), DEL, the C1 controls and the bidirectional overrides written
+/// as a visible escape (`\n`, `\r`, `\t`, `\x1b`, `\u{202e}`), the way
+/// `ls -b` and `systemctl` show such names. Nothing it returns can move the
+/// cursor, end a line or set a terminal's title.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    escape_but(text, &[])
+}
+
+/// The last line of defence for everything zdd prints: [`escape`], but
+/// zdd's own line breaks (`\n`) and indents (`\t`) stay as they are.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    escape_but(text, &['\n', '\t'])
+}
+
+fn escape_but<'a>(text: &'a str, keep: &[char]) -> Cow<'a, str> {
+    let unsafe_char = |c: char| !keep.contains(&c) && needs_escape(c);
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !unsafe_char(c) {
+            out.push(c);
+            continue;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// C0 and C1 controls, DEL, and the Unicode marks that reorder or hide
+/// text on screen (bidirectional embeddings, overrides and isolates).
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
 
 /// `850ms`, `12.3s`.
 pub fn fmt_ms(ms: u64) -> String {
@@ -35,6 +84,21 @@ pub fn now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outside_text_cannot_steer_the_terminal() {
+        // An argv that tried to print a fake line and set the title.
+        let forged = "x\n\x1b[32mstate matches\x1b[0m\r\x1b]0;owned\x07\u{202e}";
+        let e = escape(forged);
+        assert_eq!(
+            e,
+            "x\\n\\x1b[32mstate matches\\x1b[0m\\r\\x1b]0;owned\\x07\\u{202e}"
+        );
+        assert!(!e.chars().any(needs_escape));
+        assert!(matches!(escape("plain text, é"), Cow::Borrowed(_)));
+        // zdd's own lines keep their breaks; an ESC among them does not pass.
+        assert_eq!(printable("a\n\tb\x1bc\u{9b}"), "a\n\tb\\x1bc\\x9b");
+    }
 
     #[test]
     fn durations_read_short() {

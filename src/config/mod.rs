@@ -200,11 +200,16 @@ impl Config {
         }
     }
 
-    /// Read and resolve a config file.
+    /// Read and resolve a config file: one that only root or the user
+    /// running zdd could have written (`root::read_trusted`), since it says
+    /// what zdd runs.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
-            path: path.to_path_buf(),
-            source,
+        let text = crate::root::read_trusted(path).map_err(|e| match e {
+            crate::root::Untrusted::Io(source) => Error::ConfigRead {
+                path: path.to_path_buf(),
+                source,
+            },
+            crate::root::Untrusted::Refused(why) => Error::Usage(format!("config file {why}")),
         })?;
         let mut config = Config::parse(path, &text)?;
         // Absolute: keepers run `zdd rollback --config PATH` from a slot.

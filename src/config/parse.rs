@@ -112,6 +112,19 @@ impl Source<'_> {
                     ),
                 ));
             }
+            let name = key.get_ref();
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err(self.at(
+                    Some(key.span()),
+                    format!("[env] name {name:?} cannot be an environment variable name (empty, or holds '=' or NUL)"),
+                ));
+            }
+            if value.contains('\0') {
+                return Err(self.at(
+                    Some(key.span()),
+                    format!("[env] {name} holds a NUL character, which no environment variable can hold"),
+                ));
+            }
             env.insert(key.into_inner(), value);
         }
         Ok(env)

@@ -127,6 +127,15 @@ impl Source<'_> {
         let server_name = self
             .nginx_param(&n.server_name, "nginx.server_name", "")?
             .unwrap_or_else(|| "_".into());
+        if let (Some(v), Some(at)) = (&n.server_name, dangling_backslash(&server_name)) {
+            return Err(self.at(
+                Some(v.span()),
+                format!(
+                    "nginx.server_name = {server_name:?} has a \\ at {} that escapes what follows it in nginx's config (the `;` that ends the directive); a \\ must escape a visible character, as in a regex's `\\.`",
+                    at + 1
+                ),
+            ));
+        }
         let probe_host = server_name
             .split_whitespace()
             .next()
@@ -176,6 +185,23 @@ impl Source<'_> {
             test_command: n.test_command.unwrap_or_else(|| "nginx -t".into()),
         })
     }
+}
+
+/// Where a `\\` in `text` escapes nothing visible (it ends the text or
+/// stands before a space): nginx would then read the next character — the
+/// `;` zdd puts after the value — as part of the name. `\\\\` is one escaped
+/// backslash; `\\.` in a regex name is fine.
+fn dangling_backslash(text: &str) -> Option<usize> {
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some((_, next)) if !next.is_whitespace() => {}
+                _ => return Some(i),
+            }
+        }
+    }
+    None
 }
 
 /// `http://HOST[:PORT]/PATH`: what zdd's plain-HTTP probe can ask.

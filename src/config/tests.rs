@@ -197,6 +197,34 @@ fn nginx_parameters_cannot_break_out_of_their_directive() {
 }
 
 #[test]
+fn a_backslash_that_would_escape_the_end_of_server_name_is_refused() {
+    // Rendered as `server_name good.example a\;`, it swallowed the next line.
+    for value in ["good.example a\\\\", "a\\\\ b", "a\\\\\\\\\\\\"] {
+        let e = err(&format!(
+            "name = \"s\"\nstart = \"x\"\n[nginx]\nserver_name = \"{value}\"\n"
+        ));
+        assert!(
+            e.starts_with("/etc/zdd/zdd.toml:4:15: nginx.server_name = ")
+                && e.contains("escapes what follows it"),
+            "{value}: {e}"
+        );
+    }
+    // One escaped backslash, or a regex's `\.`, escapes something visible.
+    assert!(parse("name = \"s\"\nstart = \"x\"\n[nginx]\nserver_name = \"a\\\\\\\\\"\n").is_ok());
+}
+
+#[test]
+fn env_names_and_values_must_fit_an_environment() {
+    let e = err("name = \"s\"\nstart = \"x\"\n[env]\nSECRET = \"a\\u0000b\"\n");
+    assert!(
+        e.starts_with("/etc/zdd/zdd.toml:4:1: [env] SECRET holds a NUL character"),
+        "{e}"
+    );
+    let e = err("name = \"s\"\nstart = \"x\"\n[env]\n\"A=B\" = \"1\"\n");
+    assert!(e.contains("cannot be an environment variable name"), "{e}");
+}
+
+#[test]
 fn probe_url_must_be_plain_http() {
     for bad in [
         "not a url",

@@ -14,10 +14,10 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::git;
 use crate::lock::LockWait;
 use crate::state::{Action, Slot, SlotStatus};
 use crate::text::{fmt, out};
-use crate::{fsutil, git};
 
 use outcome::{ms, StepError};
 use plan::Decision;
@@ -227,7 +227,9 @@ impl Run<'_> {
         self.lock
             .at_step(&format!("fetching {repo} into slot {target}"));
         let t = Instant::now();
-        checkout.ensure().map_err(Error::Failed)?;
+        checkout
+            .ensure(self.config.user.as_ref())
+            .map_err(Error::Failed)?;
         let fetched = checkout.fetch(repo);
         self.check_signal("nothing was deployed")?;
         fetched.map_err(|e| Error::Failed(format!("cannot fetch {repo}: {e}")))?;
@@ -271,16 +273,9 @@ impl Run<'_> {
         self.lock
             .at_step(&format!("checking out {short} in slot {target}"));
         let t = Instant::now();
-        if let Err(e) = checkout.checkout(sha) {
+        // As the work tree's owner: the user who builds and runs the app.
+        if let Err(e) = checkout.checkout(sha, config.user.as_ref()) {
             return Err(self.abort_env(attempt, format!("cannot check out {short}: {e}"), None));
-        }
-        if let Some(user) = &config.user {
-            // The build and the app run as this user and write in the slot.
-            let dir = &checkout.work_tree;
-            if let Err(e) = fsutil::chown_tree(dir, user.uid, user.gid) {
-                let reason = format!("cannot give {} to user {}: {e}", dir.display(), user.name);
-                return Err(self.abort_env(attempt, reason, None));
-            }
         }
         self.phases.fetch_ms = ms(resolved.fetch_time + t.elapsed());
         log::info!("slot {target}: checked out {short} in {}", fmt(t.elapsed()));

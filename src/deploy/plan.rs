@@ -166,6 +166,7 @@ mod tests {
             pid: n,
             start_time: 1,
             boot_id: "boot".into(),
+            cgroup: None,
             marks: Vec::new(),
         })
     }

@@ -205,6 +205,7 @@ impl<'a> Run<'a> {
         let checkout = git::Checkout::new(&self.config.root, slot.name());
         root::check_no_symlink(&checkout.git_dir)?;
         root::check_no_symlink(&checkout.work_tree)?;
+        root::check_no_symlink(&checkout.index_dir)?;
         Ok(checkout)
     }
 

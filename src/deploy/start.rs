@@ -20,25 +20,24 @@ use super::Attempt;
 use crate::text::now;
 
 impl Run<'_> {
-    /// Step 4: stop our own leftover in `slot`; refuse a foreign listener.
+    /// Step 4: stop what zdd's own earlier runs left in `slot` — its
+    /// recorded process, a keeper zdd never recorded (killed just after
+    /// starting it), what is left in the app's cgroup — and refuse a port
+    /// held by anything else, which is never signalled.
     pub(super) fn clear_port(&mut self, slot: Slot) -> Result<()> {
         let port = self.config.port(slot);
-        if let Some(id) = self.state.slot(slot).process.clone() {
-            self.stop_earlier_run(slot, &id)?;
+        let recorded = self.state.slot(slot).process.clone();
+        if let Some(id) = &recorded {
+            self.stop_earlier_run(slot, id)?;
         }
-        for listener in crate::ports::listeners(port, &[]) {
-            let leftover = listener
-                .pid
-                .and_then(|pid| process::leftover_group(pid, &self.config.root, slot.name()));
-            if let Some(id) = leftover {
-                log::warn!("slot {slot}: {listener} on port {port} was started by an earlier zdd; stopping it");
-                process::stop_group(&id, self.config.stop.with(), None);
-            }
-        }
-        // Whatever still listens is not zdd's to stop.
+        let root = &self.config.root;
+        let recorded = recorded.as_ref().map(|id| id.pid);
+        launch::stop_leftovers(root, slot.name(), recorded, self.config.stop.with());
+        // Whatever still listens is not provably zdd's: never signalled.
         if let Some(listener) = crate::ports::listeners(port, &[]).into_iter().next() {
             return Err(Error::Failed(format!(
-                "port {port} of slot {slot} is taken by {listener}, which zdd did not start; stop it or change `ports` (nothing was changed{})",
+                "port {port} of slot {slot} is taken by {}, which zdd cannot prove it started; stop it or change `ports` (nothing was changed{})",
+                listener.described(root, slot.name()),
                 self.serving_note()
             )));
         }

@@ -212,7 +212,14 @@ impl Run<'_> {
                 humantime::format_duration(config.stop.settle)
             );
         }
-        match stopped {
+        if !stopped.outside.is_empty() {
+            log::info!(
+                "slot {old}: its app had left {} process(es) outside its process group, stopped with it: {}",
+                stopped.outside.len(),
+                stopped.outside.join(", ")
+            );
+        }
+        match stopped.how {
             Stopped::Exited(d) => log::info!("slot {old}: pid {} exited {} after {signal}", old_id.pid, fmt(d)),
             Stopped::Killed(d) => log::warn!(
                 "slot {old}: pid {} did not exit within {} of {signal}; killed its process group ({} in all)",

@@ -20,6 +20,7 @@
 //! [`arm`]); `supervise` is the keeper process itself, `sigwait` its
 //! signal plumbing, `status` the file it writes and what zdd makes of it.
 
+mod reap;
 mod sigwait;
 mod status;
 mod supervise;
@@ -34,7 +35,7 @@ use nix::sys::signal::Signal;
 
 use crate::process::{Spec, Started, StopWith};
 
-pub use status::{fold_restarts, read_status, KeeperStatus};
+pub use status::{fold_restarts, read_status, unrecorded, KeeperStatus};
 pub use supervise::run;
 
 /// How the keeper is started: the hidden `zdd keep` command line, written
@@ -57,6 +58,8 @@ pub struct KeepArgs {
     pub armed: bool,
     /// Run the app as this user.
     pub run_as: Option<String>,
+    /// Run the app in this cgroup (`process::fence`).
+    pub cgroup: Option<PathBuf>,
     /// Roll back after this many exits within `.1` of arming, running
     /// `zdd rollback` with the config file `.2`.
     pub rollback: Option<(u32, Duration, PathBuf)>,
@@ -85,6 +88,9 @@ impl KeepArgs {
         if let Some(user) = &self.run_as {
             a.extend(["--run-as".into(), user.into()]);
         }
+        if let Some(cgroup) = &self.cgroup {
+            a.extend(["--cgroup".into(), cgroup.into()]);
+        }
         if let Some((after, within, config)) = &self.rollback {
             a.extend([
                 "--rollback-after".into(),
@@ -106,6 +112,7 @@ impl KeepArgs {
         let mut stop_timeout = None;
         let (mut armed, mut run_as, mut after, mut within, mut config) =
             (false, None, None, None, None);
+        let mut cgroup = None;
         let mut script = None;
         while let Some(arg) = it.next() {
             let arg = arg.to_str().ok_or("arguments must be UTF-8")?;
@@ -135,6 +142,7 @@ impl KeepArgs {
                     ))
                 }
                 "--run-as" => run_as = Some(text()?),
+                "--cgroup" => cgroup = Some(PathBuf::from(value)),
                 "--rollback-after" => after = Some(text()?.parse().map_err(|_| "bad count")?),
                 "--rollback-within-ms" => {
                     within = Some(Duration::from_millis(
@@ -146,14 +154,30 @@ impl KeepArgs {
             }
         }
         let missing = |what: &str| format!("{what} is missing");
+        let name: String = name.ok_or_else(|| missing("--name"))?;
+        // It names files in ROOT/run: a slot or a `zdd start` name, no path.
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "--name {name:?} is not a slot or process name ([A-Za-z0-9_-]+)"
+            ));
+        }
+        let root: PathBuf = root.ok_or_else(|| missing("--root"))?;
+        if !root.is_absolute() {
+            return Err(format!("--root {} is not an absolute path", root.display()));
+        }
         Ok(KeepArgs {
-            name: name.ok_or_else(|| missing("--name"))?,
-            root: root.ok_or_else(|| missing("--root"))?,
+            name,
+            root,
             log: log.ok_or_else(|| missing("--log"))?,
             stop_signal: stop.ok_or_else(|| missing("--stop-signal"))?,
             stop_timeout: stop_timeout.ok_or_else(|| missing("--stop-timeout-ms"))?,
             armed,
             run_as,
+            cgroup,
             rollback: match (after, within, config) {
                 (Some(a), Some(w), Some(c)) => Some((a, w, c)),
                 _ => None,
@@ -179,10 +203,13 @@ pub struct Keep<'a> {
 }
 
 /// Start the app under its keeper (`zdd keep`, zdd itself): the keeper
-/// leads a new process group and starts the app in it, with the same
-/// folder, environment and log. The id is the keeper's, the group's.
+/// leads a new session and process group and starts the app in it (and in
+/// the app's cgroup, where the system offers one), with the same folder,
+/// environment and log. The id is the keeper's, the group's, with the
+/// cgroup.
 pub fn spawn(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
     let exe = std::env::current_exe()?;
+    let cgroup = crate::process::fence::app_cgroup(keep.root, keep.name);
     let args = KeepArgs {
         name: keep.name.to_string(),
         root: keep.root.to_path_buf(),
@@ -191,6 +218,7 @@ pub fn spawn(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
         stop_timeout: keep.stop.timeout,
         armed: keep.armed,
         run_as: spec.run_as.map(|u| u.name.clone()),
+        cgroup: cgroup.clone(),
         rollback: keep
             .rollback
             .map(|(after, within, config)| (after, within, config.to_path_buf())),
@@ -200,7 +228,7 @@ pub fn spawn(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
     keep.arg("keep").args(args.to_args());
     // The keeper runs as zdd's user; it switches its app's (`--run-as`).
     let mut cmd = spec.around(keep, true)?;
-    crate::process::identify(spec, cmd.spawn()?)
+    crate::process::identify(cmd.spawn()?, cgroup)
 }
 
 /// The signal zdd sends the keeper (alone, never the group) to arm it.
@@ -229,6 +257,7 @@ mod tests {
             stop_timeout: Duration::from_secs(30),
             armed: true,
             run_as: Some("www-data".into()),
+            cgroup: Some("/sys/fs/cgroup/zdd/shop-1a2b3c4d/a".into()),
             rollback: Some((3, Duration::from_secs(300), "/etc/zdd/zdd.toml".into())),
             script: "exec node server.js --port \"$PORT\"".into(),
         };
@@ -236,11 +265,19 @@ mod tests {
         let plain = KeepArgs {
             armed: false,
             run_as: None,
+            cgroup: None,
             rollback: None,
             ..args
         };
         assert_eq!(KeepArgs::from_args(&plain.to_args()).unwrap(), plain);
         assert!(KeepArgs::from_args(&["--name".into()]).is_err());
+        // A name is never a path: it names the keeper's file in ROOT/run.
+        for bad in ["../../x", "a/b", "", "."] {
+            let mut args = plain.to_args();
+            args[1] = bad.into();
+            let e = KeepArgs::from_args(&args).unwrap_err();
+            assert!(e.contains("is not a slot or process name"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::process::ProcessId;
 use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, State};
 use crate::text::now;
 
@@ -13,6 +14,13 @@ use crate::text::now;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeeperStatus {
     pub keeper_pid: i32,
+    /// The keeper's start time and boot (`/proc/PID/stat`): with the pid,
+    /// what proves a keeper that zdd never recorded (zdd was killed just
+    /// after it started it) is zdd's.
+    #[serde(default)]
+    pub keeper_start_time: u64,
+    #[serde(default)]
+    pub boot_id: String,
     /// The app running now, if one is, and since when.
     pub app_pid: Option<i32>,
     pub app_started_at: Option<String>,
@@ -32,6 +40,10 @@ pub struct KeeperStatus {
     /// ended.
     pub rollback: Option<String>,
     pub rollback_exit: Option<String>,
+    /// What its app left running when it stopped (`pid N (command)`),
+    /// stopped with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outlived: Vec<String>,
 }
 
 /// Where the keeper of `name` writes its status.
@@ -46,6 +58,23 @@ pub fn read_status(root: &Path, name: &str, keeper_pid: i32) -> Option<KeeperSta
     toml::from_str::<KeeperStatus>(&text)
         .ok()
         .filter(|k| k.keeper_pid == keeper_pid)
+}
+
+/// A keeper of `name` that still runs but is not `recorded` — zdd was
+/// killed after it started it and before it recorded it — as its status
+/// file proves it: that file is the keeper's own (root's, in `run/`),
+/// and names its pid, start time and boot.
+pub fn unrecorded(root: &Path, name: &str, recorded: Option<i32>) -> Option<ProcessId> {
+    let text = crate::root::read_nofollow(&status_path(root, name)).ok()??;
+    let k: KeeperStatus = toml::from_str(&text).ok()?;
+    let id = ProcessId {
+        pid: k.keeper_pid,
+        start_time: k.keeper_start_time,
+        boot_id: k.boot_id,
+        cgroup: None,
+        marks: Vec::new(),
+    };
+    (Some(id.pid) != recorded && k.keeper_start_time > 0 && id.leader_alive()).then_some(id)
 }
 
 /// Put the restarts the slots' keepers made since the last look into the

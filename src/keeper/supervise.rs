@@ -1,22 +1,24 @@
 //! The keeper process (`zdd keep`): start the app, wait for signals
-//! without polling, start it again when it exits on its own (backing off),
-//! pass a stop on, and ask for a rollback when it crash-loops once armed.
+//! without polling, start it again when it exits on its own (backing off)
+//! while it is still wanted, pass a stop on, and ask for a rollback when it
+//! crash-loops once armed.
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::libc;
-use nix::sys::signal::Signal;
 
+use super::reap;
 use super::sigwait::{block, unblock_all, wait, watched_signals};
 use super::status::{status_path, KeeperStatus};
 use super::{arm_signal, KeepArgs};
 use crate::fsutil;
-use crate::process::Spec;
+use crate::process::{fence, Spec};
 use crate::text::fmt_ms;
 use crate::text::now;
 use crate::user::RunAs;
@@ -35,6 +37,11 @@ pub fn next_delay(previous: Option<Duration>, reset: bool) -> Duration {
 /// How long an app must run for the delay to start over.
 const RESET_AFTER: Duration = Duration::from_secs(10);
 
+/// How long a keeper may wait for zdd to record it (zdd records a keeper
+/// right after it starts it, within milliseconds) before it takes a
+/// missing record for one that is gone.
+const RECORD_GRACE: Duration = Duration::from_secs(10);
+
 /// `zdd keep ARGS...`: keep the app running; returns the exit code.
 pub fn run(args: &[OsString]) -> i32 {
     let args = match KeepArgs::from_args(args) {
@@ -52,19 +59,32 @@ pub fn run(args: &[OsString]) -> i32 {
             return 1;
         }
     };
+    // Orphans among the app's descendants become the keeper's children:
+    // it sees, reaps and stops all of them.
+    if let Err(e) = fence::become_subreaper() {
+        say(&format!(
+            "cannot become the subreaper of the app's processes: {e}"
+        ));
+    }
     let watched = watched_signals(args.stop_signal);
     block(&watched);
+    let me = std::process::id() as i32;
     let mut keeper = Keeper {
         status: KeeperStatus {
-            keeper_pid: std::process::id() as i32,
+            keeper_pid: me,
+            keeper_start_time: crate::process::read_stat(me).map_or(0, |st| st.start_time),
+            boot_id: crate::process::boot_id(),
             ..KeeperStatus::default()
         },
         armed_at: None,
         exits_in_window: 0,
-        rollback_child: None,
+        rollback_pid: None,
         run_as,
+        born: Instant::now(),
+        record_seen: false,
         args,
     };
+    keeper.save();
     if keeper.args.armed {
         keeper.arm();
     }
@@ -80,7 +100,10 @@ struct Keeper {
     /// after arming.
     exits_in_window: u32,
     /// The `zdd rollback` it started, until reaped.
-    rollback_child: Option<Child>,
+    rollback_pid: Option<i32>,
+    /// When the keeper started, and whether it has seen zdd's record of it.
+    born: Instant,
+    record_seen: bool,
 }
 
 impl Keeper {
@@ -91,7 +114,7 @@ impl Keeper {
     }
 
     fn supervise(&mut self, watched: &libc::sigset_t) -> i32 {
-        let mut app: Option<(Child, Instant)> = None;
+        let mut app: Option<(i32, Instant)> = None;
         let mut restart_at = Some(Instant::now());
         let mut delay: Option<Duration> = None;
         // Since when it stops, and whether it passed the stop on itself.
@@ -100,13 +123,19 @@ impl Keeper {
         loop {
             if stopping.is_none() && restart_at.is_some_and(|at| at <= Instant::now()) {
                 restart_at = None;
+                // A restart, not the first start: is the app still wanted?
+                if let Some(why) = delay.and_then(|_| self.unwanted()) {
+                    say(&format!("{why}; not starting the app again"));
+                    self.save();
+                    return 0;
+                }
                 match self.start() {
-                    Ok(child) => {
-                        self.status.app_pid = Some(child.id() as i32);
+                    Ok(pid) => {
+                        self.status.app_pid = Some(pid);
                         self.status.app_started_at = Some(now());
                         self.status.backoff_ms = None;
                         self.save();
-                        app = Some((child, Instant::now()));
+                        app = Some((pid, Instant::now()));
                     }
                     Err(e) if self.armed_at.is_none() => {
                         say(&format!("cannot start the app: {e}"));
@@ -163,26 +192,30 @@ impl Keeper {
                     _ => {} // meant for the app, which has it too
                 }
             }
+            let mut exited = None;
             if child_event {
-                self.reap_rollback();
+                for child in reap::reap_all() {
+                    match app {
+                        Some((pid, started)) if pid == child.pid => {
+                            exited = Some((child.status, started.elapsed()));
+                        }
+                        _ if Some(child.pid) == self.rollback_pid => {
+                            self.rollback_ended(child.status)
+                        }
+                        _ => {} // an orphan handed to the keeper, reaped
+                    }
+                }
             }
-            let exited = match app.as_mut() {
-                Some((child, started)) if child_event => match child.try_wait() {
-                    Ok(Some(status)) => Some((status, started.elapsed())),
-                    _ => None,
-                },
-                _ => None,
-            };
             if let Some((status, up)) = exited {
                 app = None;
                 self.status.app_pid = None;
-                if stopping.is_some() {
-                    say(&format!("the app stopped ({})", status));
-                    self.save();
-                    return 0;
+                if let Some(since) = stopping {
+                    return self.end_stop(Some(status), since);
                 }
                 if self.armed_at.is_none() {
-                    // Probation: zdd is watching; it decides.
+                    // Probation: zdd is watching; it decides. Nothing the
+                    // app started outlives it.
+                    self.clear_remnants();
                     self.save();
                     exit_like(status);
                 }
@@ -194,9 +227,7 @@ impl Keeper {
             }
             if let Some(since) = stopping {
                 if app.is_none() {
-                    say("stopped while the app was not running");
-                    self.save();
-                    return 0;
+                    return self.end_stop(None, since);
                 }
                 // A stop that came to the keeper alone (not to the group)
                 // never reached the app: pass it on, once, after the time
@@ -210,77 +241,187 @@ impl Keeper {
                         self.args.stop_signal
                     ));
                     let _ = nix::sys::signal::killpg(nix::unistd::getpgrp(), self.args.stop_signal);
+                    for (pid, start) in reap::descendants(self.rollback_pid) {
+                        if crate::process::read_stat(pid)
+                            .is_some_and(|st| st.pgrp != nix::unistd::getpgrp().as_raw())
+                        {
+                            fence::signal_exact(pid, start, self.args.stop_signal as i32);
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// The app's main process is gone; anything it left in the group (a
-    /// worker holding its port) would make the next start fail: kill it.
-    fn clear_remnants(&self) {
-        let me = std::process::id() as i32;
-        let pgid = nix::unistd::getpgrp().as_raw();
-        let left: Vec<i32> = crate::process::group_members(pgid)
-            .filter(|&pid| pid != me)
-            .collect();
-        if left.is_empty() {
-            return;
+    /// The stop is done once the app and everything it started are gone:
+    /// wait for what outlived it until the stop timeout, then kill it; say
+    /// what there was, and end.
+    fn end_stop(&mut self, status: Option<ExitStatus>, since: Instant) -> i32 {
+        let deadline = since + self.args.stop_timeout;
+        let left = reap::outlived(self.rollback_pid, self.args.cgroup.as_deref(), deadline);
+        match status {
+            Some(status) => say(&format!("the app stopped ({status})")),
+            None => say("stopped while the app was not running"),
         }
-        say(&format!(
-            "the app left {} process(es) in its group ({left:?}); killing them before it starts again",
-            left.len()
-        ));
-        for pid in &left {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+        if !left.is_empty() {
+            say(&format!(
+                "the app left {} process(es) running, stopped with it: {}",
+                left.len(),
+                left.join(", ")
+            ));
+            self.status.outlived = left;
         }
-        let t = Instant::now();
-        while crate::process::group_members(pgid).any(|pid| pid != me)
-            && t.elapsed() < Duration::from_secs(2)
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.save();
+        0
     }
 
-    /// The `zdd rollback` it started, if it ended: say how.
-    fn reap_rollback(&mut self) {
-        let Some(child) = self.rollback_child.as_mut() else {
-            return;
-        };
-        if let Ok(Some(status)) = child.try_wait() {
-            self.rollback_child = None;
-            let what = status.to_string();
-            if !status.success() {
-                say(&format!(
-                    "zdd rollback ended with {what}; see the lines above"
-                ));
+    /// Is the app still wanted? Not when its root is gone (deleted) or
+    /// zdd's record no longer names this keeper (a state or record that
+    /// was replaced, or never written by a zdd killed just after starting
+    /// it). `Some` says why not.
+    fn unwanted(&mut self) -> Option<String> {
+        let root = &self.args.root;
+        if !root.is_dir() {
+            return Some(format!("its root {} is gone", root.display()));
+        }
+        match self.recorded() {
+            Some(true) => {
+                self.record_seen = true;
+                None
             }
-            self.status.rollback_exit = Some(what);
-            self.save();
+            Some(false) if self.record_seen || self.born.elapsed() >= RECORD_GRACE => {
+                Some(format!(
+                    "zdd's record of {} ({}) does not name this keeper (pid {}): it was stopped or replaced behind its back",
+                    self.what(),
+                    self.record_path().display(),
+                    self.status.keeper_pid
+                ))
+            }
+            // Not recorded yet, or unreadable for now: go on.
+            _ => None,
         }
     }
 
-    /// Start the app in the keeper's group, with its stop signal as the
-    /// parent-death signal.
-    fn start(&self) -> std::io::Result<Child> {
+    /// "slot a" or "web".
+    fn what(&self) -> String {
+        match crate::slot::Slot::parse(&self.args.name) {
+            Some(slot) => format!("slot {slot}"),
+            None => self.args.name.clone(),
+        }
+    }
+
+    /// Where zdd records this keeper: the state file for a slot,
+    /// `run/NAME.toml` for a named process.
+    fn record_path(&self) -> PathBuf {
+        match crate::slot::Slot::parse(&self.args.name) {
+            Some(_) => self.args.root.join("state.toml"),
+            None => self
+                .args
+                .root
+                .join("run")
+                .join(format!("{}.toml", self.args.name)),
+        }
+    }
+
+    /// Does zdd's record name this keeper? `None` when it cannot tell.
+    fn recorded(&self) -> Option<bool> {
+        let text = match crate::root::read_nofollow(&self.record_path()) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Some(false),
+            Err(_) => return None,
+        };
+        let value: toml::Table = toml::from_str(&text).ok()?;
+        let process = match crate::slot::Slot::parse(&self.args.name) {
+            Some(slot) => value
+                .get("slots")?
+                .get(slot.name())?
+                .get("process")
+                .cloned(),
+            None => value.get("process").cloned(),
+        };
+        let pid = process.and_then(|p| p.get("pid")?.as_integer());
+        Some(pid == Some(i64::from(self.status.keeper_pid)))
+    }
+
+    /// The app's main process is gone; anything it left (a worker holding
+    /// its port, a daemon it started) would make the next start fail or
+    /// outlive it: kill it all.
+    fn clear_remnants(&self) {
+        let left = reap::kill_descendants(
+            self.rollback_pid,
+            self.args.cgroup.as_deref(),
+            Duration::from_secs(2),
+        );
+        if !left.is_empty() {
+            say(&format!(
+                "the app left {} process(es) ({}); killed them",
+                left.len(),
+                left.join(", ")
+            ));
+        }
+    }
+
+    /// The `zdd rollback` it started ended: say how.
+    fn rollback_ended(&mut self, status: ExitStatus) {
+        self.rollback_pid = None;
+        let what = status.to_string();
+        if !status.success() {
+            say(&format!(
+                "zdd rollback ended with {what}; see the lines above"
+            ));
+        }
+        self.status.rollback_exit = Some(what);
+        self.save();
+    }
+
+    /// Start the app in the keeper's group (and the app's cgroup), as its
+    /// user, with its stop signal as the parent-death signal. Returns its
+    /// pid; it is reaped with the keeper's other children.
+    fn start(&self) -> std::io::Result<i32> {
         let dir = std::env::current_dir()?;
+        // zdd gave the keeper exactly the app's environment: pass it on.
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
         let spec = Spec {
             command: &self.args.script,
             dir: &dir,
-            env: &[],
+            env: &env,
             log: &self.args.log,
             run_as: self.run_as.as_ref(),
         };
-        let mut cmd = spec.command_in_group(&self.args.script, false)?;
+        let procs = match &self.args.cgroup {
+            Some(cg) => Some(fence::cgroup_procs(cg).map_err(|e| {
+                std::io::Error::other(format!("cannot join the cgroup {}: {e}", cg.display()))
+            })?),
+            None => None,
+        };
+        let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c").arg(&self.args.script);
+        // SAFETY: sigprocmask and write(2) are async-signal-safe. The app
+        // must not inherit the keeper's blocked signals (std does not reset
+        // the mask); it joins its cgroup while still root.
+        unsafe {
+            sh.pre_exec(move || {
+                unblock_all();
+                match procs_fd {
+                    Some(fd) => fence::join_cgroup(fd),
+                    None => Ok(()),
+                }
+            });
+        }
+        let mut cmd = spec.around(sh, false)?;
+        if let Some(user) = self.run_as.as_ref() {
+            crate::process::become_user(&mut cmd, user);
+        }
         let parent = std::process::id() as libc::pid_t;
         let death = self.args.stop_signal as libc::c_int;
-        // SAFETY: sigprocmask, prctl and getppid are async-signal-safe system
-        // calls. The app must not inherit the keeper's blocked signals (std
-        // does not reset the mask). The parent-death signal is set after the
-        // uid change (which clears it), and checked against a keeper that
-        // died before it was set.
+        // SAFETY: prctl and getppid are async-signal-safe system calls. The
+        // parent-death signal is set after the uid change (which clears
+        // it), and checked against a keeper that died before it was set.
         unsafe {
             cmd.pre_exec(move || {
-                unblock_all();
                 if libc::prctl(libc::PR_SET_PDEATHSIG, death as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -290,7 +431,9 @@ impl Keeper {
                 Ok(())
             });
         }
-        cmd.spawn()
+        let child = cmd.spawn()?;
+        drop(procs);
+        Ok(child.id() as i32)
     }
 
     /// The app exited on its own: say so, count it, and maybe ask for a
@@ -374,7 +517,7 @@ impl Keeper {
         }
         match cmd.spawn() {
             // Not waited for here: reaped on its SIGCHLD.
-            Ok(child) => self.rollback_child = Some(child),
+            Ok(child) => self.rollback_pid = Some(child.id() as i32),
             Err(e) => say(&format!("cannot run zdd rollback: {e}")),
         }
     }

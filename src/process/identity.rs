@@ -1,13 +1,18 @@
-//! Which processes are zdd's: a recorded id (pid, `/proc/PID/stat` start
-//! time, boot) proves a group is the one zdd started, never a reused pid;
-//! the marks in a process's environment find leftovers of a run that died.
+//! Which processes are zdd's, proven from what zdd recorded and from what
+//! the kernel says — never from what a process can set about itself (its
+//! environment, its argv, the group it joins). A recorded leader (pid,
+//! `/proc/PID/stat` start time, boot id) that still runs is zdd's; so is
+//! every member of the session it leads (zdd starts every leader with
+//! `setsid`, and no process outside a session can enter it), every
+//! descendant of it by parent links, and every member of the app's cgroup
+//! (see `fence`), which only root can put a process in.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
-use nix::sys::signal::killpg;
-use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+
+use super::fence;
 
 /// A process as zdd recorded it: pid plus what makes it unique over time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,9 +23,13 @@ pub struct ProcessId {
     pub start_time: u64,
     /// `/proc/sys/kernel/random/boot_id` when it started.
     pub boot_id: String,
-    /// `KEY=VALUE` entries of its environment that mark it as zdd's
-    /// (`ZDD_ROOT`, `ZDD_SLOT`): what proves a group whose leader is gone.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The cgroup its app runs in, where the system offers one (`fence`):
+    /// what proves the app's processes zdd's once their keeper is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    /// Environment marks that zdd before 0.2 recorded and trusted; read
+    /// from old state files, never written, never used.
+    #[serde(default, skip_serializing)]
     pub marks: Vec<String>,
 }
 
@@ -28,18 +37,32 @@ pub struct ProcessId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
     pub state: char,
+    pub ppid: i32,
     pub pgrp: i32,
+    pub session: i32,
+    /// The controlling terminal (0: none).
+    pub tty_nr: i32,
     pub start_time: u64,
+}
+
+impl Stat {
+    pub fn is_zombie(&self) -> bool {
+        self.state == 'Z' || self.state == 'X'
+    }
 }
 
 /// Parse `/proc/PID/stat` text (the command name may hold spaces and ')').
 fn parse_stat(text: &str) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After "pid (comm)": state is field 3, pgrp 5, starttime 22.
+    // After "pid (comm)": state is field 3, ppid 4, pgrp 5, session 6,
+    // tty_nr 7, starttime 22.
     Some(Stat {
         state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
         pgrp: fields.get(2)?.parse().ok()?,
+        session: fields.get(3)?.parse().ok()?,
+        tty_nr: fields.get(4)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,
     })
 }
@@ -56,6 +79,71 @@ pub fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+/// Every process on the machine, looked at once: pid to its stat.
+pub struct Table(HashMap<i32, Stat>);
+
+impl Table {
+    pub fn now() -> Table {
+        let pids = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
+        Table(pids.filter_map(|p| Some((p, read_stat(p)?))).collect())
+    }
+
+    pub fn get(&self, pid: i32) -> Option<&Stat> {
+        self.0.get(&pid)
+    }
+
+    /// The living descendants of `root` by parent links (not `root`
+    /// itself), leaving out the subtrees of `skip`: zdd itself, when a
+    /// keeper's rollback is what stops that keeper.
+    pub fn descendants(&self, root: i32, skip: &[i32]) -> Vec<(i32, u64)> {
+        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+        for (&pid, st) in &self.0 {
+            children.entry(st.ppid).or_default().push(pid);
+        }
+        let mut found = Vec::new();
+        let mut todo = vec![root];
+        while let Some(parent) = todo.pop() {
+            for &child in children.get(&parent).into_iter().flatten() {
+                if skip.contains(&child) || child == root {
+                    continue;
+                }
+                todo.push(child);
+                let st = &self.0[&child];
+                if !st.is_zombie() {
+                    found.push((child, st.start_time));
+                }
+            }
+        }
+        found
+    }
+
+    /// Is `pid` `ancestor` or below it, by parent links?
+    pub fn is_within(&self, pid: i32, ancestor: i32) -> bool {
+        let mut at = pid;
+        for _ in 0..4096 {
+            if at == ancestor {
+                return true;
+            }
+            match self.0.get(&at) {
+                Some(st) if st.ppid > 0 && st.ppid != at => at = st.ppid,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Living members of process group `pgid`.
+    pub fn group(&self, pgid: i32) -> impl Iterator<Item = i32> + '_ {
+        self.0
+            .iter()
+            .filter(move |(_, st)| st.pgrp == pgid && !st.is_zombie())
+            .map(|(&pid, _)| pid)
+    }
+}
+
 impl ProcessId {
     /// Identify a running process now.
     pub fn of(pid: i32) -> Option<ProcessId> {
@@ -63,123 +151,165 @@ impl ProcessId {
             pid,
             start_time: st.start_time,
             boot_id: boot_id(),
+            cgroup: None,
             marks: Vec::new(),
         })
     }
 
-    /// Does the process group zdd started still exist, provably the same?
-    ///
-    /// The leader counts only if its start time and boot match. A group whose
-    /// leader is gone counts only if a member started no earlier than the
-    /// leader and carries zdd's marks in its environment: after the whole
-    /// group died, its number may name someone else's group.
-    pub fn group_is_ours(&self) -> bool {
+    /// The recorded leader itself, if it is still there (alive, or a
+    /// zombie not yet reaped, which still holds its pid): same pid, same
+    /// start time, same boot.
+    fn leader(&self, table: Option<&Table>) -> Option<Stat> {
         if self.pid <= 1 || self.boot_id != boot_id() {
-            return false;
+            return None;
         }
-        match read_stat(self.pid) {
-            Some(st) if st.start_time == self.start_time && st.pgrp == self.pid => {
-                // A zombie leader only counts while living members remain.
-                st.state != 'Z' || group_has_members(self.pid)
-            }
-            Some(_) => false,
-            None => !self.marks.is_empty() && self.marked_members().next().is_some(),
-        }
+        let st = match table {
+            Some(t) => t.get(self.pid).copied(),
+            None => read_stat(self.pid),
+        }?;
+        (st.start_time == self.start_time).then_some(st)
     }
 
-    /// Living members of the group that carry this process's marks.
-    fn marked_members(&self) -> impl Iterator<Item = i32> + '_ {
-        group_members(self.pid).filter(move |&pid| {
-            read_stat(pid).is_some_and(|st| st.start_time >= self.start_time)
-                && environ(pid).is_some_and(|env| {
-                    self.marks
-                        .iter()
-                        .all(|m| env.iter().any(|v| v == m.as_bytes()))
-                })
-        })
+    /// What is left in an app's cgroup once no keeper vouches for it: a
+    /// record with no leader, proven by the cgroup alone.
+    pub fn remnants(cgroup: PathBuf) -> ProcessId {
+        ProcessId {
+            pid: 0,
+            start_time: 0,
+            boot_id: boot_id(),
+            cgroup: Some(cgroup),
+            marks: Vec::new(),
+        }
     }
 
     /// Is the leader itself alive (not a zombie) and ours?
     pub fn leader_alive(&self) -> bool {
-        self.boot_id == boot_id()
-            && read_stat(self.pid)
-                .is_some_and(|st| st.start_time == self.start_time && st.state != 'Z')
+        self.leader(None).is_some_and(|st| !st.is_zombie())
+    }
+
+    /// Every living process that is provably of this record (see the
+    /// module's proof), as pid and start time, leader first. zdd itself
+    /// and what it started are left out when they are inside it: a
+    /// keeper's rollback is that keeper's descendant, and stops its slot.
+    pub fn members(&self, table: &Table) -> Vec<(i32, u64)> {
+        let mut found: Vec<(i32, u64)> = Vec::new();
+        let add = |pid: i32, st: &Stat, found: &mut Vec<(i32, u64)>| {
+            if !st.is_zombie() && !found.iter().any(|&(p, _)| p == pid) {
+                found.push((pid, st.start_time));
+            }
+        };
+        if let Some(leader) = self.leader(Some(table)) {
+            let me = std::process::id() as i32;
+            let inside = table.is_within(me, self.pid)
+                || table.get(me).is_some_and(|st| st.session == self.pid);
+            let mine: Vec<i32> = match inside {
+                true => std::iter::once(me)
+                    .chain(table.descendants(me, &[]).into_iter().map(|d| d.0))
+                    .collect(),
+                false => Vec::new(),
+            };
+            add(self.pid, &leader, &mut found);
+            for (pid, _) in table.descendants(self.pid, &mine) {
+                add(pid, &table.0[&pid], &mut found);
+            }
+            // A session leader's session holds only its descendants, even
+            // those whose parent died and were handed to init.
+            if leader.session == self.pid {
+                for (&pid, st) in &table.0 {
+                    if st.session == self.pid && !mine.contains(&pid) {
+                        add(pid, st, &mut found);
+                    }
+                }
+            }
+        }
+        if let Some(cgroup) = &self.cgroup {
+            for pid in fence::cgroup_members(cgroup) {
+                if let Some(st) = table.get(pid) {
+                    add(pid, st, &mut found);
+                }
+            }
+        }
+        found
+    }
+
+    /// Is `pid` provably of this record?
+    pub fn owns(&self, pid: i32) -> bool {
+        let table = Table::now();
+        self.members(&table).iter().any(|&(p, _)| p == pid)
+    }
+
+    /// Does it still run, provably zdd's: the leader, or (a zombie leader
+    /// not yet reaped) living members of its session or of its group. What
+    /// is left in its app's cgroup once its leader is gone does not count
+    /// (see [`ProcessId::remnants`]); stopping it stops that too.
+    pub fn group_is_ours(&self) -> bool {
+        match self.leader(None) {
+            None => return false,
+            Some(st) if !st.is_zombie() => return true,
+            Some(_) => {}
+        }
+        let leader_only = ProcessId {
+            cgroup: None,
+            ..self.clone()
+        };
+        !leader_only.members(&Table::now()).is_empty()
+    }
+
+    /// The recorded process group, if signalling it as a whole reaches
+    /// only processes of this record: its leader is still there and every
+    /// living member of the group is provably of it (always so for a
+    /// session leader: no one outside a session can join its groups).
+    pub fn whole_group(&self, table: &Table) -> bool {
+        let Some(leader) = self.leader(Some(table)) else {
+            return false;
+        };
+        if leader.pgrp != self.pid {
+            return false;
+        }
+        let members = self.members(table);
+        table
+            .group(self.pid)
+            .all(|pid| members.iter().any(|&(p, _)| p == pid))
     }
 }
 
-/// Any process (zombies aside) left in process group `pgid`?
-pub fn group_has_members(pgid: i32) -> bool {
-    if pgid <= 1 {
-        return false;
-    }
-    match killpg(Pid::from_raw(pgid), None) {
-        Err(Errno::ESRCH) => false,
-        // Members exist (or are not ours to probe); look for a living one.
-        _ => group_members(pgid).next().is_some(),
-    }
-}
-
-/// Pids of the non-zombie processes in group `pgid`.
-pub fn group_members(pgid: i32) -> impl Iterator<Item = i32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(move |&pid| read_stat(pid).is_some_and(|st| st.pgrp == pgid && st.state != 'Z'))
-}
-
-/// Is `pid` a keeper (`zdd keep ...`)?
+/// Is `pid` a keeper (`zdd keep ...`)? Its command line says so, and it
+/// runs as the user running zdd: an app run as its own user cannot pass
+/// for one. (Used to choose which signal to send a process already proven
+/// zdd's, never to prove anything.)
 pub fn is_keeper(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
+    use std::os::unix::fs::MetadataExt;
+    let mine = std::fs::metadata(format!("/proc/{pid}"))
+        .is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw());
+    mine && std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"keep".as_slice()))
 }
 
-/// The environment of `pid` as `KEY=VALUE` byte strings.
-fn environ(pid: i32) -> Option<Vec<Vec<u8>>> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    Some(raw.split(|&b| b == 0).map(<[u8]>::to_vec).collect())
+/// Who `pid` runs as, by name if the user database knows it.
+pub fn user_of(pid: i32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata(format!("/proc/{pid}")).ok()?.uid();
+    Some(
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("uid {uid}"), |u| u.name),
+    )
 }
 
-/// The environment variables that mark a process zdd starts for `name`
-/// (a slot or a named process) under `root`: every app, build and hook
-/// gets them, and they tell zdd its own leftovers.
-pub fn mark_env(root: &Path, name: &str) -> [(String, String); 2] {
-    [
-        ("ZDD_ROOT".to_string(), root.display().to_string()),
-        ("ZDD_SLOT".to_string(), name.to_string()),
-    ]
-}
-
-/// [`mark_env`] as `KEY=VALUE` entries, as `/proc/PID/environ` has them.
-pub fn marks(root: &Path, name: &str) -> Vec<String> {
-    mark_env(root, name)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect()
-}
-
-/// If `pid` was started by zdd for `name` under `root` (its environment
-/// says so), its process group: a leftover of an interrupted run.
-pub fn leftover_group(pid: i32, root: &Path, name: &str) -> Option<ProcessId> {
-    let marks = marks(root, name);
-    let env = environ(pid)?;
-    if !marks.iter().all(|m| env.iter().any(|v| v == m.as_bytes())) {
-        return None;
-    }
-    let member = read_stat(pid)?;
-    if member.pgrp <= 1 {
-        return None;
-    }
-    Some(match ProcessId::of(member.pgrp) {
-        Some(leader) => leader,
-        // The leader is gone: the group is proven by this member.
-        None => ProcessId {
-            pid: member.pgrp,
-            start_time: member.start_time,
-            boot_id: boot_id(),
-            marks,
-        },
-    })
+/// What `pid`'s environment claims about it, for messages only: zdd sets
+/// `ZDD_ROOT` and `ZDD_SLOT` for every app, and any process can set them
+/// too, so they prove nothing.
+pub fn claims(pid: i32, root: &Path, name: &str) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let want = [
+        format!("ZDD_ROOT={}", root.display()),
+        format!("ZDD_SLOT={name}"),
+    ];
+    let vars: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+    want.iter().all(|w| vars.contains(&w.as_bytes()))
 }
 
 #[cfg(test)]
@@ -188,10 +318,11 @@ mod tests {
 
     #[test]
     fn parse_stat_handles_odd_names() {
-        let text = "1234 (we ird) name)) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 100 18446744073709551615";
+        let text = "1234 (we ird) name)) S 1 1234 1230 34817 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 100 18446744073709551615";
         let st = parse_stat(text).unwrap();
         assert_eq!(st.state, 'S');
-        assert_eq!(st.pgrp, 1234);
+        assert_eq!((st.ppid, st.pgrp, st.session), (1, 1234, 1230));
+        assert_eq!(st.tty_nr, 34817);
         assert_eq!(st.start_time, 987654);
     }
 
@@ -207,5 +338,35 @@ mod tests {
         assert!(!reused.group_is_ours());
         let init = ProcessId { pid: 1, ..me };
         assert!(!init.group_is_ours(), "pid 1 is never ours");
+    }
+
+    #[test]
+    fn descendants_follow_parent_links_and_leave_out_what_is_skipped() {
+        let stat = |ppid| Stat {
+            state: 'S',
+            ppid,
+            pgrp: 10,
+            session: 10,
+            tty_nr: 0,
+            start_time: 5,
+        };
+        let table = Table(HashMap::from([
+            (10, stat(1)),
+            (11, stat(10)),
+            (12, stat(11)),
+            (13, stat(10)), // a rollback zdd...
+            (14, stat(13)), // ...and what it started
+            (
+                15,
+                Stat {
+                    state: 'Z',
+                    ..stat(10)
+                },
+            ),
+            (20, stat(1)),
+        ]));
+        let mut found: Vec<i32> = table.descendants(10, &[13]).iter().map(|d| d.0).collect();
+        found.sort();
+        assert_eq!(found, [11, 12], "zombies and skipped subtrees left out");
     }
 }

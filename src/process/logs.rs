@@ -40,7 +40,8 @@ fn tail(path: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// "\nlast lines of LOG:\n  ..." to end a failure message, or nothing.
+/// "\nlast lines of LOG:\n  ..." to end a failure message, or nothing;
+/// each line escaped (the app wrote it).
 pub fn tail_note(path: &Path) -> String {
     let lines = tail(path, 15);
     if lines.is_empty() {
@@ -51,7 +52,7 @@ pub fn tail_note(path: &Path) -> String {
         path.display(),
         lines
             .iter()
-            .map(|l| format!("  {l}"))
+            .map(|l| format!("  {}", crate::text::escape(l)))
             .collect::<Vec<_>>()
             .join("\n")
     )

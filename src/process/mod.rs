@@ -2,6 +2,7 @@
 //! run builds and hooks to completion. `identity` proves which groups are
 //! zdd's, `stop` stops one, `logs` owns the log files.
 
+pub mod fence;
 mod identity;
 mod logs;
 mod stop;
@@ -15,10 +16,9 @@ use nix::sys::signal::Signal;
 
 use crate::user::RunAs;
 
-pub use identity::{boot_id, group_members, leftover_group, mark_env, marks, read_stat, ProcessId};
-use identity::{group_has_members, is_keeper};
+pub use identity::{boot_id, claims, is_keeper, read_stat, user_of, ProcessId, Stat, Table};
 pub use logs::{log_marker, log_path, open_log, tail_note};
-pub use stop::{stop_group, stop_group_watched, stop_notice_signal, StopWith, Stopped};
+pub use stop::{stop_group, stop_group_watched, stop_notice_signal, StopReport, StopWith, Stopped};
 
 /// What to run and where: shared by the app, the build and hooks.
 pub struct Spec<'a> {
@@ -30,51 +30,29 @@ pub struct Spec<'a> {
 }
 
 impl Spec<'_> {
-    /// `sh -c COMMAND` in its own process group, stdin from /dev/null,
+    /// `sh -c COMMAND` in a session of its own, stdin from /dev/null,
     /// stdout and stderr appended to the log.
     fn command(&self, script: &str) -> std::io::Result<Command> {
         self.command_in_group(script, true)
     }
 
-    /// `sh -c COMMAND`, in its own process group or (`own_group` false, for
-    /// the keeper's app) in the caller's.
+    /// `sh -c COMMAND`, in a session (and process group) of its own or
+    /// (`own_group` false, for the keeper's app) in the caller's.
     pub fn command_in_group(&self, script: &str, own_group: bool) -> std::io::Result<Command> {
         let mut sh = Command::new("/bin/sh");
         sh.arg("-c").arg(script);
         let mut cmd = self.around(sh, own_group)?;
         if let Some(user) = self.run_as {
-            cmd.env("HOME", &user.home)
-                .env("USER", &user.name)
-                .env("LOGNAME", &user.name);
-            // std can set uid and gid but not supplementary groups (it drops
-            // them all), so all three are set here, in the child, in the
-            // order that works: groups, gid, uid. Only syscalls run here.
-            let groups: Vec<nix::unistd::Gid> = user
-                .groups
-                .iter()
-                .map(|&g| nix::unistd::Gid::from_raw(g))
-                .collect();
-            let (uid, gid) = (
-                nix::unistd::Uid::from_raw(user.uid),
-                nix::unistd::Gid::from_raw(user.gid),
-            );
-            // SAFETY: setgroups, setgid and setuid are async-signal-safe
-            // system calls; `groups` was allocated before the fork.
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::unistd::setgroups(&groups)?;
-                    nix::unistd::setgid(gid)?;
-                    nix::unistd::setuid(uid)?;
-                    Ok(())
-                });
-            }
+            become_user(&mut cmd, user);
         }
         Ok(cmd)
     }
 
     /// `cmd` in the spec's folder and environment, stdin from /dev/null,
-    /// stdout and stderr appended to the log, in its own process group if
-    /// `own_group` (the user switch is [`Spec::command_in_group`]'s).
+    /// stdout and stderr appended to the log, in a session of its own if
+    /// `own_group` (the user switch is [`Spec::command_in_group`]'s). With
+    /// `user` set, the environment is the user's, not zdd's: see
+    /// [`user_env`].
     pub fn around(&self, mut cmd: Command, own_group: bool) -> std::io::Result<Command> {
         let log = open_log(self.log)?;
         cmd.current_dir(self.dir)
@@ -82,7 +60,10 @@ impl Spec<'_> {
             .stdout(log.try_clone()?)
             .stderr(log);
         if own_group {
-            cmd.process_group(0);
+            new_session(&mut cmd);
+        }
+        if let Some(user) = self.run_as {
+            user_env(&mut cmd, user);
         }
         for (k, v) in self.env {
             cmd.env(k, v);
@@ -91,13 +72,104 @@ impl Spec<'_> {
     }
 }
 
-/// The marks (`ZDD_ROOT`, `ZDD_SLOT`) a process started by `spec` carries.
-fn marks_of(spec: &Spec) -> Vec<String> {
-    spec.env
+/// Start `cmd` in a session of its own (`setsid`): a new session and
+/// process group, no controlling terminal. Nothing it runs can reach the
+/// terminal zdd was started from (TIOCSTI into the operator's shell), and
+/// no process outside the session can join its group (`setpgid` stays
+/// within a session), so every member of the group is a descendant.
+pub fn new_session(cmd: &mut Command) {
+    // SAFETY: setsid is an async-signal-safe system call.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+}
+
+/// Run `cmd` as `user`: its groups, gid and uid (set in the child, after
+/// every other step that needs root).
+pub fn become_user(cmd: &mut Command, user: &RunAs) {
+    // std can set uid and gid but not supplementary groups (it drops them
+    // all), so all three are set here, in the child, in the order that
+    // works: groups, gid, uid. Only syscalls run here.
+    let groups: Vec<nix::unistd::Gid> = user
+        .groups
         .iter()
-        .filter(|(k, _)| k == "ZDD_ROOT" || k == "ZDD_SLOT")
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect()
+        .map(|&g| nix::unistd::Gid::from_raw(g))
+        .collect();
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(user.uid),
+        nix::unistd::Gid::from_raw(user.gid),
+    );
+    // SAFETY: setgroups, setgid and setuid are async-signal-safe system
+    // calls; `groups` was allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(gid)?;
+            nix::unistd::setuid(uid)?;
+            Ok(())
+        });
+    }
+}
+
+/// What a process run as `user` finds in its environment: not zdd's (root's
+/// variables are root's, as sudo's `env_reset` has it), but `HOME`,
+/// `USER`, `LOGNAME` of the user, and from zdd's own only `PATH`, the
+/// locale (`LANG`, `LANGUAGE`, `LC_*`) and `TZ`. The caller adds the app's.
+pub fn user_env(cmd: &mut Command, user: &RunAs) {
+    cmd.env_clear();
+    for (key, value) in std::env::vars_os() {
+        let Some(name) = key.to_str() else { continue };
+        let kept = matches!(name, "PATH" | "LANG" | "LANGUAGE" | "TZ")
+            || name.starts_with("LC_")
+            // The tests' switches reach the keeper (debug builds only).
+            || (cfg!(debug_assertions) && name.starts_with("ZDD_TEST_"));
+        if kept {
+            cmd.env(key, value);
+        }
+    }
+    cmd.env("HOME", &user.home)
+        .env("USER", &user.name)
+        .env("LOGNAME", &user.name);
+}
+
+/// Mark every descriptor above 2 close-on-exec, first thing: whatever zdd
+/// was started with (`zdd deploy 7</etc/shadow`, a wrapper's flock on fd
+/// 9) stays zdd's and reaches no child — keeper, app, build, hook or git —
+/// which get stdin, stdout and stderr only, as systemd and s6 give their
+/// services.
+pub fn seal_inherited_descriptors() {
+    use nix::libc;
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return;
+    }
+    // Older kernels (before 5.11): one descriptor at a time.
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number; a closed one is EBADF.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
 }
 
 /// A process zdd started in this run: we can also reap it.
@@ -132,19 +204,23 @@ pub fn spawn_app(spec: &Spec) -> std::io::Result<Started> {
 
 /// Spawn `sh -c script` for `spec` and identify it at once.
 fn spawn(spec: &Spec, script: &str) -> std::io::Result<Started> {
-    identify(spec, spec.command(script)?.spawn()?)
+    identify(spec.command(script)?.spawn()?, None)
 }
 
-/// The id of a process just spawned for `spec`, with zdd's marks.
-pub(crate) fn identify(spec: &Spec, child: Child) -> std::io::Result<Started> {
+/// The id of a process just spawned, whose app runs in `cgroup` if any.
+pub(crate) fn identify(
+    child: Child,
+    cgroup: Option<std::path::PathBuf>,
+) -> std::io::Result<Started> {
     let pid = child.id() as i32;
     let mut id = ProcessId::of(pid).unwrap_or(ProcessId {
         pid,
         start_time: 0,
         boot_id: boot_id(),
+        cgroup: None,
         marks: Vec::new(),
     });
-    id.marks = marks_of(spec);
+    id.cgroup = cgroup;
     Ok(Started { id, child })
 }
 

@@ -1,14 +1,17 @@
-//! Stopping a group, the one way zdd does it: prove it is zdd's, tell its
-//! keeper, signal the whole group, wait with a timeout, then SIGKILL.
+//! Stopping what zdd started, the one way zdd does it: prove each process
+//! zdd's (`identity`), tell its keeper, send the stop signal to every one
+//! of them — the whole group at once when it holds only zdd's, and each
+//! process outside it (its app's escaped descendants) by pidfd — wait with
+//! a timeout, then SIGKILL all of it, the app's cgroup included.
 
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use super::{group_has_members, is_keeper, poll_interval, ProcessId};
+use super::identity::{is_keeper, Table};
+use super::{fence, poll_interval, ProcessId};
 
 /// The signal zdd sends a keeper (alone) just before it sends the stop
 /// signal to its group: whatever signal that is, the keeper then knows its
@@ -50,7 +53,7 @@ impl StopWith {
 /// How stopping a group went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
-    /// It was not running (or not provably ours): nothing was signalled.
+    /// Nothing of it ran (or nothing provably zdd's): nothing was signalled.
     NotRunning,
     /// It exited after the stop signal.
     Exited(Duration),
@@ -58,27 +61,49 @@ pub enum Stopped {
     Killed(Duration),
 }
 
-/// The one way zdd stops a group: prove it is zdd's, tell its keeper if it
-/// has one, send the stop signal to the whole group, wait up to the
-/// timeout for every member to exit, then SIGKILL the group. `child` reaps
+/// How a stop went, and what it found outside the process group: the
+/// app's descendants that had left it (`setsid`), stopped with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopReport {
+    pub how: Stopped,
+    /// `pid N (command)` of each, escaped.
+    pub outside: Vec<String>,
+}
+
+/// The one way zdd stops what it started: prove it, tell its keeper if it
+/// has one, send the stop signal to all of it, wait up to the timeout for
+/// every process of it to exit, then SIGKILL what is left. `child` reaps
 /// the leader if zdd spawned it.
 pub fn stop_group(id: &ProcessId, with: StopWith, child: Option<&mut Child>) -> Stopped {
-    stop_group_watched(id, with, child, &mut || {})
+    stop_group_watched(id, with, child, &mut || {}).how
 }
 
 /// [`stop_group`], calling `watch` after the signal and then between
-/// looks at the group until it is gone.
+/// looks until nothing of it is left, and saying what it found outside the
+/// process group.
 pub fn stop_group_watched(
     id: &ProcessId,
     with: StopWith,
     mut child: Option<&mut Child>,
     watch: &mut dyn FnMut(),
-) -> Stopped {
+) -> StopReport {
     let StopWith { signal, timeout } = with;
-    if !id.group_is_ours() {
-        return Stopped::NotRunning;
+    let table = Table::now();
+    let mut known = Known(id.members(&table));
+    if known.0.is_empty() {
+        return StopReport {
+            how: Stopped::NotRunning,
+            outside: Vec::new(),
+        };
     }
-    let pgid = Pid::from_raw(id.pid);
+    // Described now: once stopped, their command lines are gone.
+    let outside: Vec<(i32, u64)> = known
+        .0
+        .iter()
+        .copied()
+        .filter(|&(pid, _)| table.get(pid).is_none_or(|st| st.pgrp != id.pid))
+        .collect();
+    let outside = fence::describe(&outside);
     let started = Instant::now();
     // A keeper leads the group: tell it first, so that it takes the app's
     // exit for the stop it is, whatever the signal (config may have changed
@@ -86,65 +111,174 @@ pub fn stop_group_watched(
     if id.leader_alive() && is_keeper(id.pid) {
         let _ = notify_stop(id.pid);
     }
-    if killpg(pgid, signal) == Err(Errno::ESRCH) {
-        return Stopped::NotRunning;
-    }
-    let mut gone = || {
+    signal_all(id, &table, &known.0, signal);
+    let mut gone = |known: &mut Known| {
         watch();
         if let Some(c) = child.as_deref_mut() {
             let _ = c.try_wait();
         }
-        !group_has_members(id.pid)
+        known.refresh(id);
+        known.0.is_empty()
+    };
+    let finish = |how| {
+        // Nothing of it runs any more: its cgroup goes too (if empty).
+        if let Some(cgroup) = &id.cgroup {
+            fence::remove_cgroup(cgroup);
+        }
+        StopReport {
+            how,
+            outside: outside.clone(),
+        }
     };
     while started.elapsed() < timeout {
-        if gone() {
-            return Stopped::Exited(started.elapsed());
+        if gone(&mut known) {
+            return finish(Stopped::Exited(started.elapsed()));
         }
         std::thread::sleep(poll_interval(started.elapsed()));
     }
-    if gone() {
-        return Stopped::Exited(started.elapsed());
+    if gone(&mut known) {
+        return finish(Stopped::Exited(started.elapsed()));
     }
     log::warn!(
         "process group {} did not exit within {} of {signal}; sending SIGKILL",
         id.pid,
         humantime::format_duration(timeout)
     );
-    let _ = killpg(pgid, Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !gone() && Instant::now() < deadline {
+    loop {
+        if let Some(cgroup) = &id.cgroup {
+            fence::kill_cgroup(cgroup);
+        }
+        signal_all(id, &Table::now(), &known.0, Signal::SIGKILL);
+        if gone(&mut known) || Instant::now() >= deadline {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Stopped::Killed(started.elapsed())
+    finish(Stopped::Killed(started.elapsed()))
+}
+
+/// The processes of a stop, once proven: what [`ProcessId::members`] finds
+/// now, plus what it found before and the descendants of those (a leader
+/// reaped mid-stop no longer vouches for its group, but what it vouched
+/// for is still zdd's), each still the same process (pid, start time).
+struct Known(Vec<(i32, u64)>);
+
+impl Known {
+    fn refresh(&mut self, id: &ProcessId) {
+        let table = Table::now();
+        let alive = |&(pid, start): &(i32, u64)| {
+            table
+                .get(pid)
+                .is_some_and(|st| st.start_time == start && !st.is_zombie())
+        };
+        self.0.retain(alive);
+        let me = std::process::id() as i32;
+        let mut more = id.members(&table);
+        for &(pid, _) in &self.0 {
+            more.extend(table.descendants(pid, &[me]));
+        }
+        for m in more {
+            if !self.0.iter().any(|&(p, _)| p == m.0) {
+                self.0.push(m);
+            }
+        }
+    }
+}
+
+/// `signal` to every process of `id`: the process group at once if it
+/// holds only zdd's processes (always, for a session of zdd's), and each
+/// process outside it through a pidfd. A group that holds a process zdd
+/// cannot prove its own is never signalled as a whole.
+fn signal_all(id: &ProcessId, table: &Table, members: &[(i32, u64)], signal: Signal) {
+    let whole = id.whole_group(table);
+    if whole {
+        let _ = killpg(Pid::from_raw(id.pid), signal);
+    } else if id.leader_alive() {
+        let strangers: Vec<(i32, u64)> = table
+            .group(id.pid)
+            .filter(|pid| !members.iter().any(|&(p, _)| p == *pid))
+            .map(|pid| (pid, 0))
+            .collect();
+        if !strangers.is_empty() {
+            log::warn!(
+                "process group {} holds {}, which zdd cannot prove its own; signalling zdd's processes one at a time",
+                id.pid,
+                fence::describe(&strangers).join(", ")
+            );
+        }
+    }
+    for &(pid, start) in members {
+        let in_group = table.get(pid).is_some_and(|st| st.pgrp == id.pid);
+        if !(whole && in_group) {
+            fence::signal_exact(pid, start, signal as i32);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::{group_members, spawn_app, Spec};
+    use crate::process::{spawn_app, Spec};
+
+    fn spec<'a>(command: &'a str, dir: &'a std::path::Path, log: &'a std::path::Path) -> Spec<'a> {
+        Spec {
+            command,
+            dir,
+            env: &[],
+            log,
+            run_as: None,
+        }
+    }
 
     #[test]
     fn stop_group_kills_children_that_ignore_the_signal() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("x.log");
-        let spec = Spec {
-            command: "sh -c \"trap '' TERM; sleep 30 & sleep 30\"",
-            dir: dir.path(),
-            env: &[],
-            log: &log,
-            run_as: None,
-        };
-        let mut started = spawn_app(&spec).unwrap();
+        let command = "sh -c \"trap '' TERM; sleep 30 & sleep 30\"";
+        let mut started = spawn_app(&spec(command, dir.path(), &log)).unwrap();
         let id = started.id.clone();
         std::thread::sleep(Duration::from_millis(100));
-        assert!(group_members(id.pid).count() >= 2);
+        assert!(Table::now().group(id.pid).count() >= 2);
         let with = StopWith {
             signal: Signal::SIGTERM,
             timeout: Duration::from_millis(200),
         };
         let r = stop_group(&id, with, Some(&mut started.child));
         assert!(matches!(r, Stopped::Killed(_)), "{r:?}");
-        assert!(!group_has_members(id.pid));
+        assert_eq!(Table::now().group(id.pid).count(), 0);
         assert_eq!(stop_group(&id, with, None), Stopped::NotRunning);
+    }
+
+    #[test]
+    fn a_descendant_that_left_the_group_is_stopped_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("x.log");
+        let command = "setsid sleep 31 & exec sleep 30";
+        let mut started = spawn_app(&spec(command, dir.path(), &log)).unwrap();
+        let id = started.id.clone();
+        let escaped = || {
+            let table = Table::now();
+            id.members(&table)
+                .into_iter()
+                .filter(|&(p, _)| table.get(p).is_some_and(|st| st.pgrp != id.pid))
+                .count()
+        };
+        let t = Instant::now();
+        while escaped() == 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let with = StopWith {
+            signal: Signal::SIGTERM,
+            timeout: Duration::from_secs(5),
+        };
+        let r = stop_group_watched(&id, with, Some(&mut started.child), &mut || {});
+        assert!(matches!(r.how, Stopped::Exited(_)), "{r:?}");
+        assert_eq!(r.outside.len(), 1, "{r:?}");
+        assert!(r.outside[0].contains("sleep 31"), "{r:?}");
+        assert!(
+            id.members(&Table::now()).is_empty(),
+            "nothing of it is left"
+        );
     }
 }

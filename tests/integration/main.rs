@@ -7,6 +7,7 @@ mod core;
 mod examples;
 mod faults;
 mod guards;
+mod hostile;
 mod keeper;
 mod operator;
 mod servers;

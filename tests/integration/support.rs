@@ -691,6 +691,24 @@ pub fn is_keeper(pid: i32) -> bool {
 impl Drop for Project {
     fn drop(&mut self) {
         self.kill_all_now();
+        // The cgroups zdd made for this root's apps go too, once empty.
+        let root = self.root();
+        let mut names = vec!["a".to_string(), "b".to_string()];
+        if let Ok(run) = std::fs::read_dir(root.join("run")) {
+            names.extend(
+                run.flatten().filter_map(|e| {
+                    Some(e.file_name().to_str()?.strip_suffix(".toml")?.to_string())
+                }),
+            );
+        }
+        for name in names {
+            if let Some(cgroup) = zdd::process::fence::app_cgroup_path(&root, &name) {
+                wait_until(Duration::from_secs(2), || {
+                    zdd::process::fence::remove_cgroup(&cgroup);
+                    !cgroup.exists()
+                });
+            }
+        }
     }
 }
 

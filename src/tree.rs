@@ -1,0 +1,234 @@
+//! Trees that another user can change (a work tree the app's user owns):
+//! zdd, often root, never walks them by path. [`remove`] deletes one by
+//! directory descriptors, as GNU `rm` does — each folder opened with
+//! `O_NOFOLLOW | O_DIRECTORY` relative to its parent's descriptor, each
+//! entry unlinked relative to its folder's — so that a folder swapped for a
+//! symlink while the walk runs is removed as the symlink it is, and
+//! nothing outside the tree (nor on another filesystem) is touched.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fstat, Mode};
+use nix::unistd::{unlinkat, UnlinkatFlags};
+
+/// Remove `path` and everything below it without following a symlink.
+/// Its parent folder must be one nobody else can write (zdd's own).
+pub fn remove(path: &Path) -> io::Result<()> {
+    remove_watched(path, &mut |_| {})
+}
+
+/// [`remove`], calling `entering` with each folder's path (for messages
+/// only: the walk never uses it) once it is open and before it is read —
+/// where a test swaps things under it.
+pub fn remove_watched(path: &Path, entering: &mut dyn FnMut(&Path)) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{} names no entry", path.display())))?;
+    let parent_fd = open_dir(None, &cstring(parent.as_os_str().as_bytes())?)?;
+    let dev = fstat(parent_fd.as_raw_fd())?.st_dev;
+    let name = cstring(name.as_bytes())?;
+    let mut walk = Walk { dev, entering };
+    walk.remove_entry(parent_fd.as_raw_fd(), &name, path)
+}
+
+struct Walk<'a> {
+    /// The filesystem the tree is on: a mount point inside is not entered.
+    dev: u64,
+    entering: &'a mut dyn FnMut(&Path),
+}
+
+impl Walk<'_> {
+    /// Remove the entry `name` of the open folder `dir` (at `shown`).
+    fn remove_entry(&mut self, dir: RawFd, name: &CStr, shown: &Path) -> io::Result<()> {
+        // A few rounds: the tree's owner may swap or refill it meanwhile.
+        for _ in 0..16 {
+            match unlinkat(Some(dir), name, UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+                Err(Errno::EISDIR | Errno::EPERM) => {}
+                Err(e) => return Err(annotate(e, shown)),
+            }
+            // A folder: open it where it is, never through a symlink.
+            let child = match open_dir(Some(dir), name) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc_enoent()) => return Ok(()),
+                // Swapped for a symlink or a file since: unlink that.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(nix::libc::ELOOP | nix::libc::ENOTDIR)
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(annotate_io(e, shown)),
+            };
+            if fstat(child.as_raw_fd())?.st_dev != self.dev {
+                return Err(io::Error::other(format!(
+                    "{} is on another filesystem (a mount point); zdd does not remove it",
+                    shown.display()
+                )));
+            }
+            (self.entering)(shown);
+            self.empty(child.as_raw_fd(), shown)?;
+            match unlinkat(Some(dir), name, UnlinkatFlags::RemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+                // Refilled, or swapped for a file or symlink: again.
+                Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::ENOTDIR) => continue,
+                Err(e) => return Err(annotate(e, shown)),
+            }
+        }
+        Err(io::Error::other(format!(
+            "{} keeps changing while zdd removes it",
+            shown.display()
+        )))
+    }
+
+    /// Remove every entry of the open folder `dir`.
+    fn empty(&mut self, dir: RawFd, shown: &Path) -> io::Result<()> {
+        loop {
+            let names = list(dir)?;
+            if names.is_empty() {
+                return Ok(());
+            }
+            for name in names {
+                let child = shown.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
+                self.remove_entry(dir, &name, &child)?;
+            }
+        }
+    }
+}
+
+/// The entries of the open folder `dir`, `.` and `..` aside.
+fn list(dir: RawFd) -> io::Result<Vec<CString>> {
+    // Dir takes its descriptor: give it a close-on-exec copy.
+    let copy = nix::fcntl::fcntl(dir, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))?;
+    let mut listing = nix::dir::Dir::from_fd(copy)?;
+    let mut names = Vec::new();
+    for entry in listing.iter() {
+        let name = entry?.file_name().to_owned();
+        if name.as_bytes() != b"." && name.as_bytes() != b".." {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Open the folder `name` (relative to `dir`, or the cwd) without
+/// following a symlink.
+fn open_dir(dir: Option<RawFd>, name: &CStr) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = openat(dir, name, flags, Mode::empty())?;
+    // SAFETY: openat just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::other("a path with a NUL byte"))
+}
+
+fn libc_enoent() -> i32 {
+    nix::libc::ENOENT
+}
+
+fn annotate(e: Errno, path: &Path) -> io::Error {
+    annotate_io(e.into(), path)
+}
+
+fn annotate_io(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every path below `dir` with its file content.
+    fn contents(dir: &Path) -> Vec<(String, String)> {
+        let mut all = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                all.extend(contents(&p));
+            } else {
+                all.push((
+                    p.display().to_string(),
+                    std::fs::read_to_string(&p).unwrap(),
+                ));
+            }
+        }
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn removes_a_tree_and_no_symlink_target() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("precious"), "keep").unwrap();
+        let tree = t.path().join("tree");
+        std::fs::create_dir_all(tree.join("a/b/c")).unwrap();
+        std::fs::write(tree.join("a/b/c/f"), "x").unwrap();
+        std::fs::write(tree.join("top"), "x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), tree.join("a/link")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("precious"), tree.join("flink")).unwrap();
+        remove(&tree).unwrap();
+        assert!(!tree.exists());
+        assert_eq!(contents(outside.path()).len(), 1);
+        assert!(remove(&tree).is_ok(), "already gone is fine");
+    }
+
+    #[test]
+    fn a_folder_swapped_for_a_symlink_mid_walk_is_removed_as_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join("deep")).unwrap();
+        std::fs::write(outside.path().join("deep/precious"), "keep").unwrap();
+        let before = contents(outside.path());
+        let tree = t.path().join("tree");
+        std::fs::create_dir_all(tree.join("junk/sub")).unwrap();
+        std::fs::write(tree.join("junk/sub/f"), "x").unwrap();
+        // What the attack did: once zdd is inside `tree`, and before it
+        // reaches `junk`, `junk` becomes a symlink to a folder of root's.
+        let junk = tree.join("junk");
+        let target = outside.path().to_path_buf();
+        let mut swapped = false;
+        remove_watched(&tree, &mut |at| {
+            if at == tree && !swapped {
+                std::fs::remove_dir_all(&junk).unwrap();
+                std::os::unix::fs::symlink(&target, &junk).unwrap();
+                swapped = true;
+            }
+        })
+        .unwrap();
+        assert!(swapped);
+        assert!(!tree.exists());
+        assert_eq!(contents(outside.path()), before, "nothing outside changed");
+
+        // Later: `junk` is open and being emptied when it is moved aside
+        // and a symlink put in its place.
+        std::fs::create_dir_all(tree.join("junk/sub")).unwrap();
+        std::fs::write(tree.join("junk/sub/f"), "x").unwrap();
+        let mut swapped = false;
+        remove_watched(&tree, &mut |at| {
+            if at == junk && !swapped {
+                std::fs::rename(&junk, tree.join("moved")).unwrap();
+                std::os::unix::fs::symlink(&target, &junk).unwrap();
+                swapped = true;
+            }
+        })
+        .unwrap();
+        assert!(swapped);
+        assert!(!tree.exists());
+        assert_eq!(contents(outside.path()), before, "nothing outside changed");
+    }
+}
