@@ -13,6 +13,7 @@
 //! (`tree::remove`) and checked out afresh.
 
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -78,6 +79,15 @@ impl Checkout {
     fn git(&self, args: &[&str]) -> Result<Output, String> {
         let mut cmd = Command::new("git");
         cmd.arg("--git-dir").arg(&self.git_dir).args(args);
+        // What it writes (fetched objects) the work tree's owner reads,
+        // whatever root's umask is.
+        // SAFETY: umask(2) is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::libc::umask(0o022);
+                Ok(())
+            });
+        }
         run(cmd, args)
     }
 
@@ -100,11 +110,20 @@ impl Checkout {
             crate::process::become_user(&mut cmd, user);
         }
         crate::process::new_session(&mut cmd);
+        // The system's config is root's (filters such as git-lfs's live
+        // there); the user's own does not steer what is checked out.
         cmd.current_dir(&self.work_tree)
             .env("GIT_INDEX_FILE", self.index_dir.join("index"))
-            .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null");
-        run(cmd, args)
+        run(cmd, args).map_err(|e| match user {
+            Some(u) if e.contains("Permission denied") => format!(
+                "{e} (as {}, who checks it out: the repository {} must be readable by that user: `chmod -R a+rX {}`)",
+                u.name,
+                self.git_dir.display(),
+                self.git_dir.display()
+            ),
+            _ => e,
+        })
     }
 
     /// Create the repository, the work tree and the index folder if they do
@@ -124,6 +143,12 @@ impl Checkout {
             own_folder(dir, mode, owner)?;
         }
         if self.git_dir.join("HEAD").exists() {
+            // A repository of an earlier zdd: readable by the work tree's
+            // owner from now on too.
+            let config = std::fs::read_to_string(self.git_dir.join("config")).unwrap_or_default();
+            if !config.to_ascii_lowercase().contains("sharedrepository") {
+                self.git(&["config", "core.sharedRepository", "0644"])?;
+            }
             return Ok(());
         }
         // Readable by the work tree's owner whatever root's umask is.

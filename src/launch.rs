@@ -103,7 +103,8 @@ pub fn stop_leftovers(root: &Path, name: &str, recorded: Option<i32>, with: Stop
         );
         process::stop_group(&id, with, None);
     }
-    if let Some(cgroup) = process::fence::app_cgroup_path(root, name) {
+    let cgroup = process::fence::app_cgroup_path(root, name);
+    if let Some(cgroup) = cgroup.filter(|cg| !process::fence::cgroup_members(cg).is_empty()) {
         let remnants = ProcessId::remnants(cgroup);
         let left = remnants.members(&process::Table::now());
         if !left.is_empty() {

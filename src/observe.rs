@@ -61,7 +61,9 @@ pub fn observe(config: &Config, state: &State, switch_mode: bool) -> Seen {
         let keeper = pgid.and_then(|pid| keeper::read_status(root, slot.name(), pid));
         let recorded = s.process.as_ref().map(|id| id.pid);
         let unrecorded = keeper::unrecorded(root, slot.name(), recorded).map(|id| id.pid);
-        let remnants = match (process::fence::app_cgroup_path(root, slot.name()), running) {
+        let cgroup = process::fence::app_cgroup_path(root, slot.name())
+            .filter(|cg| !process::fence::cgroup_members(cg).is_empty());
+        let remnants = match (cgroup, running) {
             (Some(cgroup), false) => {
                 let left = ProcessId::remnants(cgroup).members(&process::Table::now());
                 process::fence::describe(&left)

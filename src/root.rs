@@ -176,6 +176,14 @@ fn resolve_trusted(path: &Path) -> std::result::Result<PathBuf, Untrusted> {
         .collect();
     let mut current = PathBuf::from("/");
     let mut hops = 0;
+    let me = nix::unistd::geteuid().as_raw();
+    // In a sticky folder others can write (`/tmp`), only what root or the
+    // user running zdd put there counts, as `fs.protected_symlinks` and
+    // `protected_hardlinks` would have it.
+    let shared = |dir: &Path| {
+        std::fs::metadata(dir)
+            .is_ok_and(|m| m.mode() & 0o1002 == 0o1002 || m.mode() & 0o1020 == 0o1020)
+    };
     while let Some(part) = pending.pop_front() {
         match part.components().next() {
             Some(Component::RootDir) => {
@@ -193,6 +201,14 @@ fn resolve_trusted(path: &Path) -> std::result::Result<PathBuf, Untrusted> {
         let next = current.join(&part);
         let meta = std::fs::symlink_metadata(&next).map_err(Untrusted::Io)?;
         if meta.file_type().is_symlink() {
+            if shared(&current) && meta.uid() != 0 && meta.uid() != me {
+                return Err(Untrusted::Refused(format!(
+                    "{}: the symlink {} belongs to uid {} in a folder others can write",
+                    path.display(),
+                    next.display(),
+                    meta.uid()
+                )));
+            }
             hops += 1;
             if hops > 40 {
                 return Err(Untrusted::Io(io::Error::from_raw_os_error(
@@ -206,6 +222,13 @@ fn resolve_trusted(path: &Path) -> std::result::Result<PathBuf, Untrusted> {
             continue;
         }
         if pending.is_empty() {
+            if shared(&current) && meta.nlink() > 1 {
+                return Err(Untrusted::Refused(format!(
+                    "{} has {} hard links and sits in a folder others can write, so it may be another file: keep it elsewhere",
+                    path.display(),
+                    meta.nlink()
+                )));
+            }
             return Ok(next);
         }
         trusted_folder(path, &next)?;
@@ -434,6 +457,35 @@ mod tests {
             read_trusted(&t.path().join("missing")),
             Err(Untrusted::Io(e)) if e.kind() == io::ErrorKind::NotFound
         ));
+    }
+
+    #[test]
+    fn in_a_folder_others_can_write_only_our_own_links_count() {
+        let t = top();
+        let shared = t.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        chmod(&shared, 0o1777);
+        let file = t.path().join("zdd.toml");
+        std::fs::write(&file, "x").unwrap();
+        chmod(&file, 0o644);
+        // A hard link to a file of ours, made in a shared folder.
+        let hard = shared.join("hard.toml");
+        std::fs::hard_link(&file, &hard).unwrap();
+        assert!(
+            matches!(read_trusted(&hard), Err(Untrusted::Refused(m)) if m.contains("hard links"))
+        );
+        // A symlink someone else made there.
+        let link = shared.join("link.toml");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(read_trusted(&link).is_ok(), "our own symlink");
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::lchown(&link, Some(65534), None).unwrap();
+            let e = read_trusted(&link);
+            assert!(
+                matches!(&e, Err(Untrusted::Refused(m)) if m.contains("belongs to uid 65534 in a folder others can write")),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn a_state_file_of_an_earlier_zdd_with_marks_still_loads() {
-        // zdd before 0.2 recorded environment marks, and trusted them.
+        // Earlier versions of zdd recorded environment marks, and trusted them.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.toml");
         std::fs::write(

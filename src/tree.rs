@@ -37,7 +37,11 @@ pub fn remove_watched(path: &Path, entering: &mut dyn FnMut(&Path)) -> io::Resul
     let parent_fd = open_dir(None, &cstring(parent.as_os_str().as_bytes())?)?;
     let dev = fstat(parent_fd.as_raw_fd())?.st_dev;
     let name = cstring(name.as_bytes())?;
-    let mut walk = Walk { dev, entering };
+    let mut walk = Walk {
+        dev,
+        entering,
+        depth: 0,
+    };
     walk.remove_entry(parent_fd.as_raw_fd(), &name, path)
 }
 
@@ -45,13 +49,21 @@ struct Walk<'a> {
     /// The filesystem the tree is on: a mount point inside is not entered.
     dev: u64,
     entering: &'a mut dyn FnMut(&Path),
+    /// How many folders deep the walk is (one descriptor open per level).
+    depth: usize,
 }
+
+/// How deep a tree zdd removes (real work trees, `node_modules` included,
+/// stay far below; each level holds a descriptor open).
+const MAX_DEPTH: usize = 256;
+/// How often zdd empties a folder that its owner keeps refilling.
+const ROUNDS: usize = 16;
 
 impl Walk<'_> {
     /// Remove the entry `name` of the open folder `dir` (at `shown`).
     fn remove_entry(&mut self, dir: RawFd, name: &CStr, shown: &Path) -> io::Result<()> {
         // A few rounds: the tree's owner may swap or refill it meanwhile.
-        for _ in 0..16 {
+        for _ in 0..ROUNDS {
             match unlinkat(Some(dir), name, UnlinkatFlags::NoRemoveDir) {
                 Ok(()) | Err(Errno::ENOENT) => return Ok(()),
                 Err(Errno::EISDIR | Errno::EPERM) => {}
@@ -78,8 +90,17 @@ impl Walk<'_> {
                     shown.display()
                 )));
             }
+            if self.depth >= MAX_DEPTH {
+                return Err(io::Error::other(format!(
+                    "{} is more than {MAX_DEPTH} folders deep; zdd does not remove it",
+                    shown.display()
+                )));
+            }
             (self.entering)(shown);
-            self.empty(child.as_raw_fd(), shown)?;
+            self.depth += 1;
+            let emptied = self.empty(child.as_raw_fd(), shown);
+            self.depth -= 1;
+            emptied?;
             match unlinkat(Some(dir), name, UnlinkatFlags::RemoveDir) {
                 Ok(()) | Err(Errno::ENOENT) => return Ok(()),
                 // Refilled, or swapped for a file or symlink: again.
@@ -95,7 +116,7 @@ impl Walk<'_> {
 
     /// Remove every entry of the open folder `dir`.
     fn empty(&mut self, dir: RawFd, shown: &Path) -> io::Result<()> {
-        loop {
+        for _ in 0..ROUNDS {
             let names = list(dir)?;
             if names.is_empty() {
                 return Ok(());
@@ -105,6 +126,10 @@ impl Walk<'_> {
                 self.remove_entry(dir, &name, &child)?;
             }
         }
+        Err(io::Error::other(format!(
+            "{} keeps being refilled while zdd removes it",
+            shown.display()
+        )))
     }
 }
 

@@ -84,7 +84,6 @@ pub fn run(args: &[OsString]) -> i32 {
         record_seen: false,
         args,
     };
-    keeper.save();
     if keeper.args.armed {
         keeper.arm();
     }
@@ -258,7 +257,12 @@ impl Keeper {
     /// what there was, and end.
     fn end_stop(&mut self, status: Option<ExitStatus>, since: Instant) -> i32 {
         let deadline = since + self.args.stop_timeout;
-        let left = reap::outlived(self.rollback_pid, self.args.cgroup.as_deref(), deadline);
+        let cgroup = self.args.cgroup.clone();
+        let mut reaped = Vec::new();
+        let left = reap::outlived(self.rollback_pid, cgroup.as_deref(), deadline, &mut |r| {
+            reaped.push(r)
+        });
+        self.reaped_meanwhile(reaped);
         match status {
             Some(status) => say(&format!("the app stopped ({status})")),
             None => say("stopped while the app was not running"),
@@ -346,18 +350,31 @@ impl Keeper {
     /// The app's main process is gone; anything it left (a worker holding
     /// its port, a daemon it started) would make the next start fail or
     /// outlive it: kill it all.
-    fn clear_remnants(&self) {
+    fn clear_remnants(&mut self) {
+        let mut reaped = Vec::new();
         let left = reap::kill_descendants(
             self.rollback_pid,
             self.args.cgroup.as_deref(),
             Duration::from_secs(2),
+            &mut |r| reaped.push(r),
         );
+        self.reaped_meanwhile(reaped);
         if !left.is_empty() {
             say(&format!(
                 "the app left {} process(es) ({}); killed them",
                 left.len(),
                 left.join(", ")
             ));
+        }
+    }
+
+    /// Children reaped while it stopped the app's leftovers: the rollback
+    /// it started may be among them (the app was dealt with already).
+    fn reaped_meanwhile(&mut self, reaped: Vec<reap::Reaped>) {
+        for child in reaped {
+            if Some(child.pid) == self.rollback_pid {
+                self.rollback_ended(child.status);
+            }
         }
     }
 
@@ -378,6 +395,14 @@ impl Keeper {
     /// user, with its stop signal as the parent-death signal. Returns its
     /// pid; it is reaped with the keeper's other children.
     fn start(&self) -> std::io::Result<i32> {
+        if let Some(cgroup) = &self.args.cgroup {
+            // Created inside its cgroup where the kernel can (5.7).
+            // (`_open` stays open until the child has its own copies.)
+            let (exec, _open) = self.exec()?;
+            if let Some(pid) = fence::spawn_in_cgroup(cgroup, &exec)? {
+                return Ok(pid);
+            }
+        }
         let dir = std::env::current_dir()?;
         // zdd gave the keeper exactly the app's environment: pass it on.
         let env: Vec<(String, String)> = std::env::vars_os()
@@ -425,8 +450,9 @@ impl Keeper {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, death as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // The keeper is gone (no allocation here, after the fork).
                 if libc::getppid() != parent {
-                    return Err(std::io::Error::other("the keeper is gone"));
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())
             });
@@ -434,6 +460,39 @@ impl Keeper {
         let child = cmd.spawn()?;
         drop(procs);
         Ok(child.id() as i32)
+    }
+
+    /// The app as [`fence::spawn_in_cgroup`] starts it: `sh -c SCRIPT` in
+    /// the keeper's folder with the keeper's environment (zdd gave it the
+    /// app's), stdin from /dev/null, output to the log, as its user; with
+    /// the files it names by descriptor.
+    fn exec(&self) -> std::io::Result<(fence::Exec, [std::fs::File; 2])> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c = |b: &[u8]| CString::new(b).map_err(|_| std::io::Error::other("a NUL byte"));
+        let null = std::fs::File::open("/dev/null")?;
+        let log = crate::process::open_log(&self.args.log)?;
+        let exec = fence::Exec {
+            program: c(b"/bin/sh")?,
+            argv: vec![c(b"/bin/sh")?, c(b"-c")?, c(self.args.script.as_bytes())?],
+            envp: std::env::vars_os()
+                .filter_map(|(k, v)| {
+                    let mut kv = k.as_bytes().to_vec();
+                    kv.push(b'=');
+                    kv.extend_from_slice(v.as_bytes());
+                    CString::new(kv).ok()
+                })
+                .collect(),
+            dir: c(std::env::current_dir()?.as_os_str().as_bytes())?,
+            stdio: [null.as_raw_fd(), log.as_raw_fd(), log.as_raw_fd()],
+            user: self
+                .run_as
+                .as_ref()
+                .map(|u| (u.groups.clone(), u.gid, u.uid)),
+            death_signal: self.args.stop_signal as libc::c_int,
+            parent: std::process::id() as libc::pid_t,
+        };
+        Ok((exec, [null, log]))
     }
 
     /// The app exited on its own: say so, count it, and maybe ask for a
@@ -490,14 +549,21 @@ impl Keeper {
             .arg(format!("--wait={}ms", within.as_millis()))
             .arg(OsString::from(format!("--because={reason}")))
             // Only while this keeper's app is the live one: a deploy may
-            // have replaced it while the rollback waited for the lock.
+            // have replaced it before the rollback got the lock. (A deploy
+            // that stops this keeper stops a rollback still waiting for the
+            // lock too: it is in the keeper's session.)
             .arg(format!(
                 "--if-live={}:{}",
                 self.args.name, self.status.keeper_pid
             ));
         cmd.stdin(Stdio::null()).process_group(0);
-        for key in ["PORT", "ZDD_SLOT", "ZDD_COMMIT", "ZDD_ROOT"] {
-            cmd.env_remove(key);
+        // It runs as root: none of the app's environment (the keeper holds
+        // the app's, its user's `HOME` among it), only what zdd needs.
+        crate::process::plain_env(&mut cmd);
+        if let Ok(Some(me)) = nix::unistd::User::from_uid(nix::unistd::geteuid()) {
+            cmd.env("HOME", me.dir)
+                .env("USER", &me.name)
+                .env("LOGNAME", me.name);
         }
         // Not one of the slot's processes, but zdd's all the same.
         cmd.env("ZDD_ROLLBACK_OF", &self.args.root);

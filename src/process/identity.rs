@@ -27,8 +27,8 @@ pub struct ProcessId {
     /// what proves the app's processes zdd's once their keeper is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
-    /// Environment marks that zdd before 0.2 recorded and trusted; read
-    /// from old state files, never written, never used.
+    /// Environment marks that earlier versions of zdd recorded and
+    /// trusted; read from their state files, never written, never used.
     #[serde(default, skip_serializing)]
     pub marks: Vec<String>,
 }
@@ -84,11 +84,26 @@ pub struct Table(HashMap<i32, Stat>);
 
 impl Table {
     pub fn now() -> Table {
+        use std::io::Read;
         let pids = std::fs::read_dir("/proc")
             .into_iter()
             .flatten()
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
-        Table(pids.filter_map(|p| Some((p, read_stat(p)?))).collect())
+        // One buffer for all: this runs in the loops that wait for a stop.
+        let mut path = String::with_capacity(32);
+        let mut text = String::with_capacity(512);
+        let mut stat = |pid: i32| {
+            use std::fmt::Write;
+            path.clear();
+            text.clear();
+            let _ = write!(path, "/proc/{pid}/stat");
+            std::fs::File::open(&path)
+                .ok()?
+                .read_to_string(&mut text)
+                .ok()?;
+            parse_stat(&text)
+        };
+        Table(pids.filter_map(|p| Some((p, stat(p)?))).collect())
     }
 
     pub fn get(&self, pid: i32) -> Option<&Stat> {
@@ -96,9 +111,22 @@ impl Table {
     }
 
     /// The living descendants of `root` by parent links (not `root`
-    /// itself), leaving out the subtrees of `skip`: zdd itself, when a
-    /// keeper's rollback is what stops that keeper.
+    /// itself), leaving out the subtrees of `skip` (zdd itself, when a
+    /// keeper's rollback is what stops that keeper) and of every other
+    /// keeper below it: a keeper leads a session of its own and fences its
+    /// own app, and one whose parent died (a keeper's `zdd rollback`
+    /// killed after it started the new slot) is handed to the nearest
+    /// subreaper, which may be the old slot's keeper.
     pub fn descendants(&self, root: i32, skip: &[i32]) -> Vec<(i32, u64)> {
+        self.descendants_but(root, skip, &|pid, st| st.session == pid && is_keeper(pid))
+    }
+
+    fn descendants_but(
+        &self,
+        root: i32,
+        skip: &[i32],
+        fenced: &dyn Fn(i32, &Stat) -> bool,
+    ) -> Vec<(i32, u64)> {
         let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
         for (&pid, st) in &self.0 {
             children.entry(st.ppid).or_default().push(pid);
@@ -107,11 +135,11 @@ impl Table {
         let mut todo = vec![root];
         while let Some(parent) = todo.pop() {
             for &child in children.get(&parent).into_iter().flatten() {
-                if skip.contains(&child) || child == root {
+                let st = &self.0[&child];
+                if skip.contains(&child) || child == root || fenced(child, st) {
                     continue;
                 }
                 todo.push(child);
-                let st = &self.0[&child];
                 if !st.is_zombie() {
                     found.push((child, st.start_time));
                 }
@@ -232,10 +260,31 @@ impl ProcessId {
         found
     }
 
-    /// Is `pid` provably of this record?
+    /// Is `pid` provably of this record? Asked of a few processes (who
+    /// listens on a port): by their own stat and parent links, without a
+    /// look at every process.
     pub fn owns(&self, pid: i32) -> bool {
-        let table = Table::now();
-        self.members(&table).iter().any(|&(p, _)| p == pid)
+        if let Some(leader) = self.leader(None) {
+            let Some(st) = read_stat(pid) else {
+                return false;
+            };
+            if pid == self.pid || (leader.session == self.pid && st.session == self.pid) {
+                return true;
+            }
+            let mut at = st;
+            for _ in 0..4096 {
+                if at.ppid == self.pid {
+                    return true;
+                }
+                match read_stat(at.ppid) {
+                    Some(parent) if at.ppid > 1 => at = parent,
+                    _ => break,
+                }
+            }
+        }
+        self.cgroup
+            .as_ref()
+            .is_some_and(|cg| fence::cgroup_members(cg).contains(&pid))
     }
 
     /// Does it still run, provably zdd's: the leader, or (a zombie leader
@@ -365,8 +414,23 @@ mod tests {
             ),
             (20, stat(1)),
         ]));
-        let mut found: Vec<i32> = table.descendants(10, &[13]).iter().map(|d| d.0).collect();
+        let no_keepers = |_: i32, _: &Stat| false;
+        let mut found: Vec<i32> = table
+            .descendants_but(10, &[13], &no_keepers)
+            .iter()
+            .map(|d| d.0)
+            .collect();
         found.sort();
         assert_eq!(found, [11, 12], "zombies and skipped subtrees left out");
+        // Another keeper handed to this one (its parent died) is not of it,
+        // nor is its app.
+        let keeper_13 = |pid: i32, _: &Stat| pid == 13;
+        let mut found: Vec<i32> = table
+            .descendants_but(10, &[], &keeper_13)
+            .iter()
+            .map(|d| d.0)
+            .collect();
+        found.sort();
+        assert_eq!(found, [11, 12]);
     }
 }

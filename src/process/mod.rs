@@ -119,6 +119,15 @@ pub fn become_user(cmd: &mut Command, user: &RunAs) {
 /// `USER`, `LOGNAME` of the user, and from zdd's own only `PATH`, the
 /// locale (`LANG`, `LANGUAGE`, `LC_*`) and `TZ`. The caller adds the app's.
 pub fn user_env(cmd: &mut Command, user: &RunAs) {
+    plain_env(cmd);
+    cmd.env("HOME", &user.home)
+        .env("USER", &user.name)
+        .env("LOGNAME", &user.name);
+}
+
+/// Clear `cmd`'s environment but for `PATH`, the locale (`LANG`,
+/// `LANGUAGE`, `LC_*`) and `TZ` of zdd's own.
+pub fn plain_env(cmd: &mut Command) {
     cmd.env_clear();
     for (key, value) in std::env::vars_os() {
         let Some(name) = key.to_str() else { continue };
@@ -130,9 +139,6 @@ pub fn user_env(cmd: &mut Command, user: &RunAs) {
             cmd.env(key, value);
         }
     }
-    cmd.env("HOME", &user.home)
-        .env("USER", &user.name)
-        .env("LOGNAME", &user.name);
 }
 
 /// Mark every descriptor above 2 close-on-exec, first thing: whatever zdd

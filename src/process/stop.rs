@@ -112,13 +112,13 @@ pub fn stop_group_watched(
         let _ = notify_stop(id.pid);
     }
     signal_all(id, &table, &known.0, signal);
+    let signalled = started.elapsed();
     let mut gone = |known: &mut Known| {
         watch();
         if let Some(c) = child.as_deref_mut() {
             let _ = c.try_wait();
         }
-        known.refresh(id);
-        known.0.is_empty()
+        known.all_gone(id)
     };
     let finish = |how| {
         // Nothing of it runs any more: its cgroup goes too (if empty).
@@ -130,8 +130,16 @@ pub fn stop_group_watched(
             outside: outside.clone(),
         }
     };
+    let mut looks = 0;
     while started.elapsed() < timeout {
+        looks += 1;
         if gone(&mut known) {
+            log::debug!(
+                "process group {}: signalled in {:?}, gone after {:?} and {looks} looks",
+                id.pid,
+                signalled,
+                started.elapsed()
+            );
             return finish(Stopped::Exited(started.elapsed()));
         }
         std::thread::sleep(poll_interval(started.elapsed()));
@@ -158,13 +166,37 @@ pub fn stop_group_watched(
     finish(Stopped::Killed(started.elapsed()))
 }
 
-/// The processes of a stop, once proven: what [`ProcessId::members`] finds
-/// now, plus what it found before and the descendants of those (a leader
+/// The processes of a stop, once proven: what [`ProcessId::members`] finds,
+/// plus what it found before and the descendants of those (a leader
 /// reaped mid-stop no longer vouches for its group, but what it vouched
 /// for is still zdd's), each still the same process (pid, start time).
 struct Known(Vec<(i32, u64)>);
 
 impl Known {
+    /// Is everything of `id` gone? Looks at the processes it knows first
+    /// (a stat each, cheap enough to ask every millisecond), and at its
+    /// cgroup; only once those are gone at every process, for any that
+    /// came meanwhile.
+    fn all_gone(&mut self, id: &ProcessId) -> bool {
+        self.0.retain(|&(pid, start)| {
+            super::read_stat(pid).is_some_and(|st| st.start_time == start && !st.is_zombie())
+        });
+        if !self.0.is_empty() {
+            return false;
+        }
+        if id
+            .cgroup
+            .as_deref()
+            .is_some_and(|cg| !fence::cgroup_members(cg).is_empty())
+        {
+            self.refresh(id);
+            return self.0.is_empty();
+        }
+        self.refresh(id);
+        self.0.is_empty()
+    }
+
+    /// Look at every process for what is of `id`.
     fn refresh(&mut self, id: &ProcessId) {
         let table = Table::now();
         let alive = |&(pid, start): &(i32, u64)| {
@@ -173,10 +205,14 @@ impl Known {
                 .is_some_and(|st| st.start_time == start && !st.is_zombie())
         };
         self.0.retain(alive);
-        let me = std::process::id() as i32;
         let mut more = id.members(&table);
-        for &(pid, _) in &self.0 {
-            more.extend(table.descendants(pid, &[me]));
+        // A leader still there vouches for all below it; once it is gone,
+        // what it vouched for still does for its own children.
+        if !id.leader_alive() {
+            let me = std::process::id() as i32;
+            for &(pid, _) in &self.0 {
+                more.extend(table.descendants(pid, &[me]));
+            }
         }
         for m in more {
             if !self.0.iter().any(|&(p, _)| p == m.0) {

@@ -412,6 +412,14 @@ fn app_with_an_escaped_helper(p: &Project, port: u16) -> String {
     )
 }
 
+/// Is `pid` in a cgroup of zdd's (`CGROUP2/zdd/...`)?
+fn in_zdd_cgroup(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("0::/zdd/"))
+}
+
 fn escaped_helper_is_stopped_with_its_slot(env: &[(&str, &str)]) {
     let p = Project::new("");
     let helper_port = free_port();
@@ -426,6 +434,11 @@ fn escaped_helper_is_stopped_with_its_slot(env: &[(&str, &str)]) {
         .expect("the helper listens");
     let (session, _) = session_and_tty(helper);
     assert_eq!(session, helper, "the helper left the app's session");
+    let fenced =
+        is_root() && cgroup_offered() && !env.iter().any(|(k, _)| *k == "ZDD_TEST_NO_CGROUP");
+    for pid in [helper, p.app_pids()[0]] {
+        assert_eq!(in_zdd_cgroup(pid), fenced, "pid {pid} in the app's cgroup");
+    }
     let r = p.zdd_env(&["stop", "a"], env);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
@@ -446,6 +459,12 @@ fn escaped_helper_is_stopped_with_its_slot(env: &[(&str, &str)]) {
 #[test]
 fn an_escaped_descendant_is_stopped_with_its_slot_in_a_cgroup() {
     escaped_helper_is_stopped_with_its_slot(&[]);
+}
+
+#[test]
+fn an_escaped_descendant_is_stopped_with_its_slot_in_a_cgroup_joined_after_the_fork() {
+    // Kernels before 5.7 have no clone3 into a cgroup: the app joins it.
+    escaped_helper_is_stopped_with_its_slot(&[("ZDD_TEST_NO_CLONE3", "1")]);
 }
 
 #[test]
