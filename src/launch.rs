@@ -103,17 +103,12 @@ pub fn stop_leftovers(root: &Path, name: &str, recorded: Option<i32>, with: Stop
         );
         process::stop_group(&id, with, None);
     }
-    let cgroup = process::fence::app_cgroup_path(root, name);
-    if let Some(cgroup) = cgroup.filter(|cg| !process::fence::cgroup_members(cg).is_empty()) {
-        let remnants = ProcessId::remnants(cgroup);
-        let left = remnants.members(&process::Table::now());
-        if !left.is_empty() {
-            log::warn!(
-                "{what}: {} process(es) of an earlier app still run in its cgroup ({}); stopping them",
-                left.len(),
-                process::fence::describe(&left).join(", ")
-            );
-            process::stop_group(&remnants, with, None);
-        }
+    if let Some((remnants, left)) = ProcessId::remnants(root, name) {
+        log::warn!(
+            "{what}: {} process(es) of an earlier app still run in its cgroup ({}); stopping them",
+            left.len(),
+            process::fence::describe(&left).join(", ")
+        );
+        process::stop_group(&remnants, with, None);
     }
 }

@@ -59,16 +59,17 @@ pub fn observe(config: &Config, state: &State, switch_mode: bool) -> Seen {
             .map(|l| l.described(root, slot.name()))
             .collect();
         let keeper = pgid.and_then(|pid| keeper::read_status(root, slot.name(), pid));
+        // The status file that names the running keeper names no other.
         let recorded = s.process.as_ref().map(|id| id.pid);
-        let unrecorded = keeper::unrecorded(root, slot.name(), recorded).map(|id| id.pid);
-        let cgroup = process::fence::app_cgroup_path(root, slot.name())
-            .filter(|cg| !process::fence::cgroup_members(cg).is_empty());
-        let remnants = match (cgroup, running) {
-            (Some(cgroup), false) => {
-                let left = ProcessId::remnants(cgroup).members(&process::Table::now());
-                process::fence::describe(&left)
-            }
-            _ => Vec::new(),
+        let unrecorded = match keeper {
+            Some(_) => None,
+            None => keeper::unrecorded(root, slot.name(), recorded).map(|id| id.pid),
+        };
+        let remnants = match running {
+            true => Vec::new(),
+            false => ProcessId::remnants(root, slot.name())
+                .map(|(_, left)| process::fence::describe(&left))
+                .unwrap_or_default(),
         };
         SlotSeen {
             running,

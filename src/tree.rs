@@ -212,8 +212,9 @@ mod tests {
         assert!(remove(&tree).is_ok(), "already gone is fine");
     }
 
-    #[test]
-    fn a_folder_swapped_for_a_symlink_mid_walk_is_removed_as_a_symlink() {
+    /// `tree/junk/sub/f`, then [`remove_watched`] of `tree` with `swap`
+    /// run once, when the walk enters `at`; nothing outside may change.
+    fn swap_mid_walk(at: &str, swap: impl Fn(&Path, &Path)) {
         let t = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::fs::create_dir(outside.path().join("deep")).unwrap();
@@ -222,38 +223,37 @@ mod tests {
         let tree = t.path().join("tree");
         std::fs::create_dir_all(tree.join("junk/sub")).unwrap();
         std::fs::write(tree.join("junk/sub/f"), "x").unwrap();
+        let when = if at.is_empty() {
+            tree.clone()
+        } else {
+            tree.join(at)
+        };
+        let mut swapped = false;
+        remove_watched(&tree, &mut |entered| {
+            if entered == when && !swapped {
+                swap(&tree, outside.path());
+                swapped = true;
+            }
+        })
+        .unwrap();
+        assert!(swapped);
+        assert!(!tree.exists());
+        assert_eq!(contents(outside.path()), before, "nothing outside changed");
+    }
+
+    #[test]
+    fn a_folder_swapped_for_a_symlink_mid_walk_is_removed_as_a_symlink() {
         // What the attack did: once zdd is inside `tree`, and before it
         // reaches `junk`, `junk` becomes a symlink to a folder of root's.
-        let junk = tree.join("junk");
-        let target = outside.path().to_path_buf();
-        let mut swapped = false;
-        remove_watched(&tree, &mut |at| {
-            if at == tree && !swapped {
-                std::fs::remove_dir_all(&junk).unwrap();
-                std::os::unix::fs::symlink(&target, &junk).unwrap();
-                swapped = true;
-            }
-        })
-        .unwrap();
-        assert!(swapped);
-        assert!(!tree.exists());
-        assert_eq!(contents(outside.path()), before, "nothing outside changed");
-
+        swap_mid_walk("", |tree, target| {
+            std::fs::remove_dir_all(tree.join("junk")).unwrap();
+            std::os::unix::fs::symlink(target, tree.join("junk")).unwrap();
+        });
         // Later: `junk` is open and being emptied when it is moved aside
         // and a symlink put in its place.
-        std::fs::create_dir_all(tree.join("junk/sub")).unwrap();
-        std::fs::write(tree.join("junk/sub/f"), "x").unwrap();
-        let mut swapped = false;
-        remove_watched(&tree, &mut |at| {
-            if at == junk && !swapped {
-                std::fs::rename(&junk, tree.join("moved")).unwrap();
-                std::os::unix::fs::symlink(&target, &junk).unwrap();
-                swapped = true;
-            }
-        })
-        .unwrap();
-        assert!(swapped);
-        assert!(!tree.exists());
-        assert_eq!(contents(outside.path()), before, "nothing outside changed");
+        swap_mid_walk("junk", |tree, target| {
+            std::fs::rename(tree.join("junk"), tree.join("moved")).unwrap();
+            std::os::unix::fs::symlink(target, tree.join("junk")).unwrap();
+        });
     }
 }

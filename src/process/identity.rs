@@ -198,16 +198,25 @@ impl ProcessId {
         (st.start_time == self.start_time).then_some(st)
     }
 
-    /// What is left in an app's cgroup once no keeper vouches for it: a
-    /// record with no leader, proven by the cgroup alone.
-    pub fn remnants(cgroup: PathBuf) -> ProcessId {
-        ProcessId {
+    /// What is left in the cgroup of `name`'s app under `root` once no
+    /// keeper vouches for it: a record with no leader, proven by the cgroup
+    /// alone, and what runs in it; `None` when nothing does (or there is
+    /// no cgroup).
+    pub fn remnants(root: &Path, name: &str) -> Option<(ProcessId, Vec<(i32, u64)>)> {
+        let cgroup = fence::app_cgroup_path(root, name)?;
+        // Read the cgroup before looking at every process.
+        if fence::cgroup_members(&cgroup).is_empty() {
+            return None;
+        }
+        let id = ProcessId {
             pid: 0,
             start_time: 0,
             boot_id: boot_id(),
             cgroup: Some(cgroup),
             marks: Vec::new(),
-        }
+        };
+        let left = id.members(&Table::now());
+        (!left.is_empty()).then_some((id, left))
     }
 
     /// Is the leader itself alive (not a zombie) and ours?
@@ -220,12 +229,22 @@ impl ProcessId {
     /// and what it started are left out when they are inside it: a
     /// keeper's rollback is that keeper's descendant, and stops its slot.
     pub fn members(&self, table: &Table) -> Vec<(i32, u64)> {
-        let mut found: Vec<(i32, u64)> = Vec::new();
-        let add = |pid: i32, st: &Stat, found: &mut Vec<(i32, u64)>| {
-            if !st.is_zombie() && !found.iter().any(|&(p, _)| p == pid) {
-                found.push((pid, st.start_time));
+        let mut found = self.leader_members(table);
+        if let Some(cgroup) = &self.cgroup {
+            for pid in fence::cgroup_members(cgroup) {
+                if let Some(st) = table.get(pid) {
+                    add_member(pid, st, &mut found);
+                }
             }
-        };
+        }
+        found
+    }
+
+    /// What the leader vouches for: itself, its descendants and the
+    /// session it leads (its app's cgroup aside).
+    fn leader_members(&self, table: &Table) -> Vec<(i32, u64)> {
+        let mut found: Vec<(i32, u64)> = Vec::new();
+        let add = add_member;
         if let Some(leader) = self.leader(Some(table)) {
             let me = std::process::id() as i32;
             let inside = table.is_within(me, self.pid)
@@ -247,13 +266,6 @@ impl ProcessId {
                     if st.session == self.pid && !mine.contains(&pid) {
                         add(pid, st, &mut found);
                     }
-                }
-            }
-        }
-        if let Some(cgroup) = &self.cgroup {
-            for pid in fence::cgroup_members(cgroup) {
-                if let Some(st) = table.get(pid) {
-                    add(pid, st, &mut found);
                 }
             }
         }
@@ -297,25 +309,21 @@ impl ProcessId {
             Some(st) if !st.is_zombie() => return true,
             Some(_) => {}
         }
-        let leader_only = ProcessId {
-            cgroup: None,
-            ..self.clone()
-        };
-        !leader_only.members(&Table::now()).is_empty()
+        !self.leader_members(&Table::now()).is_empty()
     }
 
     /// The recorded process group, if signalling it as a whole reaches
     /// only processes of this record: its leader is still there and every
     /// living member of the group is provably of it (always so for a
     /// session leader: no one outside a session can join its groups).
-    pub fn whole_group(&self, table: &Table) -> bool {
+    /// `members` are its [`ProcessId::members`] in `table`.
+    pub fn whole_group(&self, table: &Table, members: &[(i32, u64)]) -> bool {
         let Some(leader) = self.leader(Some(table)) else {
             return false;
         };
         if leader.pgrp != self.pid {
             return false;
         }
-        let members = self.members(table);
         table
             .group(self.pid)
             .all(|pid| members.iter().any(|&(p, _)| p == pid))
@@ -324,14 +332,23 @@ impl ProcessId {
 
 /// Is `pid` a keeper (`zdd keep ...`)? Its command line says so, and it
 /// runs as the user running zdd: an app run as its own user cannot pass
-/// for one. (Used to choose which signal to send a process already proven
-/// zdd's, never to prove anything.)
+/// for one. Used to choose which signal to send a process already proven
+/// zdd's, and to leave another keeper's subtree out of a keeper's
+/// descendants (so that no process counts as the wrong keeper's); never to
+/// prove a process zdd's.
 pub fn is_keeper(pid: i32) -> bool {
     use std::os::unix::fs::MetadataExt;
     let mine = std::fs::metadata(format!("/proc/{pid}"))
         .is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw());
     mine && std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"keep".as_slice()))
+}
+
+/// Add `pid` to `found` once, unless it is a zombie.
+fn add_member(pid: i32, st: &Stat, found: &mut Vec<(i32, u64)>) {
+    if !st.is_zombie() && !found.iter().any(|&(p, _)| p == pid) {
+        found.push((pid, st.start_time));
+    }
 }
 
 /// Who `pid` runs as, by name if the user database knows it.

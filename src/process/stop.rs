@@ -174,23 +174,15 @@ struct Known(Vec<(i32, u64)>);
 
 impl Known {
     /// Is everything of `id` gone? Looks at the processes it knows first
-    /// (a stat each, cheap enough to ask every millisecond), and at its
-    /// cgroup; only once those are gone at every process, for any that
-    /// came meanwhile.
+    /// (a stat each, cheap enough to ask every millisecond); only once
+    /// those are gone at every process and its cgroup, for any that came
+    /// meanwhile.
     fn all_gone(&mut self, id: &ProcessId) -> bool {
         self.0.retain(|&(pid, start)| {
             super::read_stat(pid).is_some_and(|st| st.start_time == start && !st.is_zombie())
         });
         if !self.0.is_empty() {
             return false;
-        }
-        if id
-            .cgroup
-            .as_deref()
-            .is_some_and(|cg| !fence::cgroup_members(cg).is_empty())
-        {
-            self.refresh(id);
-            return self.0.is_empty();
         }
         self.refresh(id);
         self.0.is_empty()
@@ -227,7 +219,7 @@ impl Known {
 /// process outside it through a pidfd. A group that holds a process zdd
 /// cannot prove its own is never signalled as a whole.
 fn signal_all(id: &ProcessId, table: &Table, members: &[(i32, u64)], signal: Signal) {
-    let whole = id.whole_group(table);
+    let whole = id.whole_group(table, members);
     if whole {
         let _ = killpg(Pid::from_raw(id.pid), signal);
     } else if id.leader_alive() {
