@@ -142,3 +142,42 @@ impl Seen {
         drift
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_lines() {
+        let mut state = State::fresh([3001, 3002]);
+        state.active = Some(Slot::B);
+        state.next_deploy = Slot::A;
+        let id = |pid| ProcessId {
+            pid,
+            start_time: 1,
+            boot_id: "boot".into(),
+            cgroup: None,
+            marks: Vec::new(),
+        };
+        state.slot_mut(Slot::A).status = SlotStatus::Standby;
+        state.slot_mut(Slot::B).status = SlotStatus::Live;
+        state.slot_mut(Slot::B).process = Some(id(4339));
+        let seen = Seen {
+            slots: [
+                SlotSeen {
+                    running: false,
+                    strangers: vec!["pid 812 (user bob: python3 -m http.server 3001)".into()],
+                    keeper: None,
+                    unrecorded: Some(5120),
+                    remnants: vec!["pid 901 (python3 helper.py)".into()],
+                },
+                SlotSeen {
+                    running: true,
+                    ..SlotSeen::default()
+                },
+            ],
+            switch: Some(Slot::A),
+        };
+        insta::assert_snapshot!(seen.drift(&state).join("\n"));
+    }
+}

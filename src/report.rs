@@ -416,9 +416,9 @@ mod tests {
     #[test]
     fn status_text_with_drift_and_a_deploy_in_progress() {
         let mut r = report();
-        r.slots[0].held_by = Some("pid 812 (python3 -m http.server 3001)".into());
+        r.slots[0].held_by = Some("pid 812 (user bob: python3 -m http.server 3001)".into());
         r.drift = vec![
-            "slot a: port 3001 is held by pid 812 (python3 -m http.server 3001), which the state does not record".into(),
+            "slot a: port 3001 is held by pid 812 (user bob: python3 -m http.server 3001), which zdd cannot prove it started".into(),
             "nginx's switch points at slot a, not at the live slot b; the next `zdd deploy` or `zdd rollback` points it at b".into(),
         ];
         let drifting = status_text(&r);
