@@ -107,17 +107,28 @@ pub fn wait_ready(health: &Health, checker: &Checker, started: &mut Started) -> 
 /// What nginx's probe location said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// nginx answered through `addr` (the last server it tried); `picked`
-    /// is the upstream the switch chose (`X-Zdd-Switch`), if it says.
-    Upstream {
-        addr: String,
-        picked: Option<String>,
-    },
+    /// nginx answered through `addr` (the last server it tried); `via`
+    /// is what its switch says, if it has one.
+    Upstream { addr: String, via: Via },
     /// nginx answered, but without the probe header: the template has no
     /// probe location.
     NoProbe(u16),
     /// nobody answered.
     Unreachable(String),
+}
+
+/// The switch nginx's probe reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// zdd's switch: the hash key nginx computed when it connected
+    /// (`X-Zdd-Key`) and the real path of the server's root it resolved
+    /// (`X-Zdd-Root`; empty when it could not).
+    Key { key: String, resolved: String },
+    /// The switch of sites rendered by an earlier zdd, which picks an
+    /// upstream per request head (`X-Zdd-Switch`).
+    HeadTime(String),
+    /// No switch header: round-robin, or a config without a switch.
+    None,
 }
 
 /// Asks nginx's loopback probe location which slot served the request.
@@ -129,8 +140,14 @@ pub struct RouteProbe {
 
 /// The response header the default template's probe location sets.
 pub const UPSTREAM_HEADER: &str = "x-zdd-upstream";
-/// The header naming the upstream the switch picked (switch mode).
-pub const SWITCH_HEADER: &str = "x-zdd-switch";
+/// `switch` from a probe location of zdd's switch.
+pub const MODE_HEADER: &str = "x-zdd-mode";
+/// The hash key nginx computed (switch mode).
+pub const KEY_HEADER: &str = "x-zdd-key";
+/// The real path nginx resolved for the server's root (switch mode).
+pub const ROOT_HEADER: &str = "x-zdd-root";
+/// The upstream an earlier zdd's switch picked per request head.
+pub const HEAD_TIME_HEADER: &str = "x-zdd-switch";
 
 impl RouteProbe {
     /// `host`, when given, is sent as the Host header, so that nginx picks
@@ -166,6 +183,15 @@ impl RouteProbe {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string)
                 };
+                // nginx leaves out a header whose value is empty.
+                let via = match (header(MODE_HEADER), header(HEAD_TIME_HEADER)) {
+                    (Some(mode), _) if mode == "switch" => Via::Key {
+                        key: header(KEY_HEADER).unwrap_or_default(),
+                        resolved: header(ROOT_HEADER).unwrap_or_default(),
+                    },
+                    (None, Some(up)) if !up.is_empty() => Via::HeadTime(up),
+                    _ => Via::None,
+                };
                 match header(UPSTREAM_HEADER) {
                     // "$upstream_addr" lists every server tried: "a, b".
                     Some(addrs) => Route::Upstream {
@@ -175,7 +201,7 @@ impl RouteProbe {
                             .unwrap_or(&addrs)
                             .trim()
                             .to_string(),
-                        picked: header(SWITCH_HEADER).filter(|v| !v.is_empty()),
+                        via,
                     },
                     None => Route::NoProbe(resp.status().as_u16()),
                 }

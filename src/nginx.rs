@@ -74,48 +74,61 @@ struct Context<'a> {
     mode: &'static str,
     /// Rendering a part on its own (with its header comment), not into the site.
     standalone: bool,
-    /// What `proxy_pass http://` takes: `$zdd_NAME` (switch) or `NAME`.
-    upstream: String,
-    /// The two upstreams, slot a's primary and slot b's (`switch::upstream`).
-    upstream_a: String,
-    upstream_b: String,
-    /// The nginx variable the switch sets, without `$`.
-    switch_var: String,
-    /// The file nginx tests: it exists while slot b is live.
-    switch_file: String,
+    /// What `proxy_pass http://` takes: the upstream, `NAME`.
+    upstream: &'a str,
+    /// Switch mode: the server's root, `ROOT/live/www` (`switch`).
+    live_root: String,
+    /// The nginx variable holding the hash key, without `$`.
+    key_var: String,
+    /// The variable earlier zdds' server blocks proxy to (`zdd_NAME`).
+    compat_var: String,
+    /// The keys that pick slot a's and slot b's server (`switch::key`).
+    key_a: String,
+    key_b: String,
+    /// What the real path of `live_root` ends with for each slot (regex).
+    suffix_a: String,
+    suffix_b: String,
+    /// `keepalive N` in the upstream (switch mode); 0: none.
+    keepalive: u32,
     /// The built-in upstreams part, rendered.
     upstreams_conf: String,
     /// The built-in snippet part, rendered.
     snippet_conf: String,
 }
 
-/// The nginx variable of the switch: `zdd_` and the name, `-` as `_`.
-fn switch_var(config: &Config) -> String {
-    format!("zdd_{}", config.name.replace('-', "_"))
+/// The nginx variable holding the hash key: `zdd_`, the name (`-` as
+/// `_`), `_key`.
+fn key_var(config: &Config) -> String {
+    format!("zdd_{}_key", config.name.replace('-', "_"))
 }
 
 /// The mode a deploy uses: `nginx.mode` if set; else the switch with the
 /// built-in template, and with a custom one whatever it renders: the
-/// switch if it tests the switch file, round-robin if not.
+/// switch if it sets the switch's root, round-robin if not. A custom
+/// template in switch mode must render the switch.
 pub fn mode(config: &Config) -> Result<NginxMode> {
-    if let Some(m) = config.nginx.mode {
-        return Ok(m);
-    }
-    if config.nginx.template.is_none() {
-        return Ok(NginxMode::Switch);
-    }
+    let Some(template) = &config.nginx.template else {
+        return Ok(config.nginx.mode.unwrap_or(NginxMode::Switch));
+    };
     let text = render_in(config, NginxMode::Switch, Part::Site)?;
-    Ok(if text.contains(&switch_file(config)?) {
-        NginxMode::Switch
-    } else {
-        NginxMode::RoundRobin
-    })
+    let renders_switch = text.contains(&live_root(config)?) && text.contains(&key_var(config));
+    match config.nginx.mode {
+        Some(NginxMode::Switch) if !renders_switch => Err(Error::Usage(format!(
+            "nginx.template {} renders no switch (neither `root \"{}\";` nor the ${} hash key), but nginx.mode is \"switch\": render {{{{ upstreams_conf }}}} and {{{{ snippet_conf }}}} in it, or set nginx.mode = \"round-robin\"",
+            template.display(),
+            live_root(config)?,
+            key_var(config)
+        ))),
+        Some(m) => Ok(m),
+        None if renders_switch => Ok(NginxMode::Switch),
+        None => Ok(NginxMode::RoundRobin),
+    }
 }
 
-/// The switch file's path as the config holds it; nginx takes it in
-/// double quotes, where `"`, `\`, `$` and control characters cannot stand.
-fn switch_file(config: &Config) -> Result<String> {
-    let path = switch::file(&config.root).display().to_string();
+/// The switch's root as nginx takes it, in double quotes, where `"`,
+/// `\`, `$` and control characters cannot stand.
+fn live_root(config: &Config) -> Result<String> {
+    let path = switch::nginx_root(&config.root).display().to_string();
     if path
         .chars()
         .any(|c| c == '"' || c == '\\' || c == '$' || c.is_control())
@@ -138,7 +151,6 @@ fn render_in(config: &Config, mode: NginxMode, part: Part) -> Result<String> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
-    let switch_var = switch_var(config);
     let mut ctx = Context {
         name: &config.name,
         ports: config.ports,
@@ -151,14 +163,15 @@ fn render_in(config: &Config, mode: NginxMode, part: Part) -> Result<String> {
         root: &config.root,
         mode: mode.as_str(),
         standalone: part != Part::Site,
-        upstream: match mode {
-            NginxMode::Switch => format!("${switch_var}"),
-            NginxMode::RoundRobin => config.name.clone(),
-        },
-        upstream_a: switch::upstream(&config.name, Slot::A),
-        upstream_b: switch::upstream(&config.name, Slot::B),
-        switch_var,
-        switch_file: switch_file(config)?,
+        upstream: &config.name,
+        live_root: live_root(config)?,
+        key_var: key_var(config),
+        compat_var: format!("zdd_{}", config.name.replace('-', "_")),
+        key_a: switch::key(Slot::A),
+        key_b: switch::key(Slot::B),
+        suffix_a: switch::resolved_suffix(Slot::A),
+        suffix_b: switch::resolved_suffix(Slot::B),
+        keepalive: config.nginx.keepalive,
         upstreams_conf: String::new(),
         snippet_conf: String::new(),
     };
@@ -227,6 +240,9 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
             config.path.display()
         )));
     }
+    if mode == NginxMode::Switch {
+        prepare_switch(config)?;
+    }
     let mut written = Vec::new();
     for part in parts {
         let output = part.output(config).ok_or_else(|| {
@@ -253,17 +269,6 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
             log::info!("wrote {}", output.display());
         }
         written.push((output.clone(), previous));
-    }
-    if mode == NginxMode::Switch {
-        align_switch(config);
-        if let Some((folder, m)) = switch::hidden_by(&config.root) {
-            log::warn!(
-                "nginx's worker user cannot search {} (mode {m:04o}), so it will not see the switch {}; run `chmod o+x {}`",
-                folder.display(),
-                switch::file(&config.root).display(),
-                folder.display()
-            );
-        }
     }
     if reload {
         if let Err(message) = test_config(config) {
@@ -299,29 +304,39 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
     Ok(())
 }
 
-/// Before nginx first reads a config with the switch, point the switch at
-/// the live slot (after an upgrade from round-robin mode it may not exist
-/// yet, which means slot a). Skipped, saying so, while another zdd runs: a
-/// deploy points it itself.
-fn align_switch(config: &Config) {
+/// Before nginx reads a config with the switch: its folders exist, nginx's
+/// worker can resolve them, and the switch points at the live slot (slot
+/// a before the first deploy). While another zdd runs, the switch is left
+/// to it. Nothing is written when the root is hidden from nginx.
+fn prepare_switch(config: &Config) -> Result<()> {
     let root = &config.root;
-    let Ok(state) = State::load(&config.state_path(), config.ports) else {
-        return;
-    };
-    let Some(live) = state.active else { return };
-    if switch::read(root).ok() == Some(live) {
-        return;
+    if let Some((folder, m)) = switch::hidden_by(root) {
+        return Err(Error::Usage(format!(
+            "nginx's worker user cannot search {} (mode {m:04o}), so it cannot resolve the switch {}; run `chmod o+x {}` (nothing was written)",
+            folder.display(),
+            switch::link(root).display(),
+            folder.display()
+        )));
+    }
+    crate::root::prepare(root, &[])?;
+    crate::root::prepare(root, &switch::FOLDERS)?;
+    let state = State::load(&config.state_path(), config.ports)?;
+    let want = switch::wanted(&state);
+    if switch::read(root).ok().flatten() == Some(want) {
+        return Ok(());
     }
     match Lock::acquire(root, LockWait::No, "zdd nginx --write") {
-        Ok(_lock) => match switch::flip(root, live) {
-            Ok(()) => log::info!("pointed the switch at the live slot {live}"),
+        Ok(_lock) => match switch::flip(root, want) {
+            Ok(()) => log::info!("pointed the switch at slot {}", want.slot),
             Err(e) => log::warn!(
-                "cannot point the switch {} at the live slot {live}: {e}",
-                switch::file(root).display()
+                "cannot point the switch {} at slot {}: {e}",
+                switch::link(root).display(),
+                want.slot
             ),
         },
-        Err(e) => log::warn!("did not point the switch at the live slot {live}: {e}"),
+        Err(e) => log::warn!("did not point the switch at slot {}: {e}", want.slot),
     }
+    Ok(())
 }
 
 /// Run `nginx.test_command`; `Err` holds nginx's output.
@@ -401,23 +416,33 @@ mod tests {
     #[test]
     fn default_site_steers_with_the_switch() {
         let text = render(&config(""), Part::Site).unwrap();
-        assert!(text.contains("upstream shop_a {"));
-        assert!(text.contains("upstream shop_b {"));
-        assert!(text.contains("zone shop_a 64k;"));
-        assert!(text.contains("server 127.0.0.1:4001 max_fails=0;\n    server 127.0.0.1:4002 backup max_fails=1 fail_timeout=1s;"));
-        assert!(text.contains("server 127.0.0.1:4002 max_fails=0;\n    server 127.0.0.1:4001 backup max_fails=1 fail_timeout=1s;"));
-        assert!(text.contains("    set $zdd_shop shop_a;\n    if (-f \"/srv/switch/b\") {\n        set $zdd_shop shop_b;\n    }"));
+        assert!(text.contains("map $realpath_root $zdd_shop_key {\n    volatile;\n    \"~/route/a(/closed)?/www$\" slot-a;\n    \"~/route/b(/closed)?/www$\" slot-b;\n}"));
+        assert!(text.contains("upstream shop {\n    zone shop 64k;\n    hash $zdd_shop_key;\n    server 127.0.0.1:4001 max_fails=0;\n    server 127.0.0.1:4002 max_fails=0;\n    keepalive 16;\n}"));
+        assert!(!text.contains("backup"), "hash takes no backup servers");
+        assert!(text.contains("    root \"/srv/live/www\";"));
         assert!(text.contains("    open_file_cache off;"));
         assert!(text.contains("listen 127.0.0.1:8080;"));
-        assert!(text.contains("proxy_pass http://$zdd_shop;"));
+        assert!(text.contains("proxy_pass http://shop;"));
         assert!(text.contains("proxy_next_upstream error timeout;"));
+        assert!(text.contains("    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";"));
         assert!(
-            !text.contains("keepalive"),
-            "no upstream keep-alive by default"
+            text.contains("        proxy_set_header Connection \"\";\n    }"),
+            "the location's own header list keeps keep-alive on"
         );
         assert!(text.contains("location = /.zdd/upstream {"));
-        assert!(text.contains("add_header X-Zdd-Switch $zdd_shop always;"));
+        assert!(text.contains("add_header X-Zdd-Mode switch always;"));
+        assert!(text.contains("add_header X-Zdd-Key $zdd_shop_key always;"));
+        assert!(text.contains("add_header X-Zdd-Root $realpath_root always;"));
+        assert!(!text.contains("if ("), "no per-request file test");
         assert_eq!(mode(&config("")).unwrap(), NginxMode::Switch);
+    }
+
+    #[test]
+    fn keepalive_zero_renders_none() {
+        let text = render(&config("keepalive = 0\n"), Part::Site).unwrap();
+        assert!(!text.contains("keepalive"), "{text}");
+        assert!(!text.contains("Connection"), "{text}");
+        assert!(!text.contains("proxy_http_version"), "{text}");
     }
 
     #[test]
@@ -427,19 +452,22 @@ mod tests {
         assert!(text.contains("upstream shop {"));
         assert!(text.contains("server 127.0.0.1:4001 max_fails=1 fail_timeout=1s;\n    server 127.0.0.1:4002 max_fails=1 fail_timeout=1s;\n}"));
         assert!(text.contains("proxy_pass http://shop;"));
-        assert!(!text.contains("switch"), "{text}");
-        assert!(!text.contains("backup"), "{text}");
+        assert!(!text.contains("keepalive"), "{text}");
+        assert!(!text.contains("Connection"), "{text}");
+        assert!(!text.contains("realpath"), "{text}");
+        assert!(!text.contains("root "), "{text}");
     }
 
     #[test]
     fn parts_for_an_own_server_block() {
         let c = config("");
         let upstreams = render(&c, Part::Upstreams).unwrap();
-        assert!(upstreams.contains("upstream shop_b {") && !upstreams.contains("server {"));
+        assert!(upstreams.contains("upstream shop {") && !upstreams.contains("server {"));
+        assert!(upstreams.contains("map $realpath_root $zdd_shop_key {"));
         let snippet = render(&c, Part::Snippet).unwrap();
         assert!(snippet.starts_with("# shop: zdd's lines for a server block"));
-        assert!(snippet.contains("set $zdd_shop shop_a;\nif (-f \"/srv/switch/b\")"));
-        assert!(!snippet.contains("upstream shop_a {") && !snippet.contains("listen"));
+        assert!(snippet.contains("root \"/srv/live/www\";\n"));
+        assert!(!snippet.contains("upstream shop {") && !snippet.contains("listen"));
     }
 
     #[test]
@@ -461,14 +489,21 @@ mod tests {
         assert_eq!(mode(&at(&plain)).unwrap(), NginxMode::RoundRobin);
         assert_eq!(mode(&at(&with_switch)).unwrap(), NginxMode::Switch);
         let c = config(&format!(
-            "template = {:?}\nmode = \"switch\"\n",
-            plain.display().to_string()
+            "template = {:?}\nmode = \"round-robin\"\n",
+            with_switch.display().to_string()
         ));
         assert_eq!(
             mode(&c).unwrap(),
-            NginxMode::Switch,
+            NginxMode::RoundRobin,
             "an explicit mode wins"
         );
+        let c = config(&format!(
+            "template = {:?}\nmode = \"switch\"\n",
+            plain.display().to_string()
+        ));
+        let e = mode(&c).unwrap_err().to_string();
+        assert!(e.contains("renders no switch"), "{e}");
+        assert!(e.contains("plain.j2"), "{e}");
     }
 
     #[test]
@@ -490,6 +525,7 @@ mod tests {
         insta::assert_snapshot!("snippet", render(&c, Part::Snippet).unwrap());
         let rr = config("mode = \"round-robin\"\n");
         insta::assert_snapshot!("site_round_robin", render(&rr, Part::Site).unwrap());
+        insta::assert_snapshot!("snippet_round_robin", render(&rr, Part::Snippet).unwrap());
     }
 
     #[test]

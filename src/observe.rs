@@ -81,7 +81,9 @@ pub fn observe(config: &Config, state: &State, switch_mode: bool) -> Seen {
     });
     let switch = switch_mode
         .then(|| switch::read(&config.root).ok())
-        .flatten();
+        .flatten()
+        .flatten()
+        .map(|p| p.slot);
     Seen { slots, switch }
 }
 

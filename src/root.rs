@@ -16,8 +16,6 @@ pub const SLOTS: (&str, u32) = ("slots", 0o755);
 pub const GIT: (&str, u32) = ("git", 0o755);
 pub const LOGS: (&str, u32) = ("logs", 0o700);
 pub const RUN: (&str, u32) = ("run", 0o700);
-/// nginx's workers look inside (see `switch`).
-pub const SWITCH: (&str, u32) = ("switch", 0o755);
 
 /// Make sure `root` and `folders` in it exist and are safe to write in:
 /// create what is missing, then check ownership, modes and symlinks.
@@ -52,10 +50,16 @@ pub fn prepare(root: &Path, folders: &[(&str, u32)]) -> Result<()> {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
                 .map_err(usage("cannot set the mode of", &dir))?;
         }
-        let meta = real_dir(&dir)?;
-        check_owned(&dir, &meta)?;
+        check_dir(&dir)?;
     }
     Ok(())
+}
+
+/// `dir` is a folder of zdd's: not a symlink, owned by the user running
+/// zdd, not writable by group or others.
+pub fn check_dir(dir: &Path) -> Result<()> {
+    let meta = real_dir(dir)?;
+    check_owned(dir, &meta)
 }
 
 /// `path` is a folder, not a symlink (or does not exist yet): before git or

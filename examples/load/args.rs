@@ -49,9 +49,10 @@ struct Cli {
     /// Stop when this file exists (checked between requests)
     #[arg(long)]
     stop_file: Option<PathBuf>,
-    /// Send each POST's body this long after its head (a slow upload)
-    #[arg(long, default_value = "0s", value_parser = duration)]
-    slow_body: Duration,
+    /// Send each POST's body this long after its head (a slow upload); a
+    /// range LOW..HIGH spreads the delays evenly over it
+    #[arg(long, default_value = "0s", value_parser = delay_range)]
+    slow_body: (Duration, Duration),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,7 +78,8 @@ pub(crate) struct Config {
     pub(crate) samples: Option<PathBuf>,
     pub(crate) expect_versions: Vec<Vec<u8>>,
     pub(crate) stop_file: Option<PathBuf>,
-    pub(crate) slow_body: Duration,
+    /// The shortest and longest delay of a POST's body after its head.
+    pub(crate) slow_body: (Duration, Duration),
 }
 
 /// Parse the command line; a usage error exits 2 (clap's way).
@@ -116,6 +118,18 @@ fn resolve(cli: Cli) -> Result<Config, String> {
 /// `100ms`, `30s`, `2m`: the same parser as zdd's config.
 fn duration(s: &str) -> Result<Duration, String> {
     zdd::config::parse_duration(s)
+}
+
+/// `DUR`, or `LOW..HIGH` with LOW <= HIGH.
+fn delay_range(s: &str) -> Result<(Duration, Duration), String> {
+    let (low, high) = match s.split_once("..") {
+        Some((l, h)) => (duration(l)?, duration(h)?),
+        None => (duration(s)?, duration(s)?),
+    };
+    match low <= high {
+        true => Ok((low, high)),
+        false => Err(format!("{s:?}: LOW must not be above HIGH")),
+    }
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {
@@ -207,7 +221,7 @@ mod tests {
         assert_eq!((c.concurrency, c.post_ratio, c.body_size), (16, 0.5, 512));
         assert_eq!(c.keepalive, KeepAlive::Mixed);
         assert_eq!(c.duration, Duration::from_secs(60));
-        assert_eq!(c.slow_body, Duration::ZERO);
+        assert_eq!(c.slow_body, (Duration::ZERO, Duration::ZERO));
         let c = parse_from(&[
             "--url=http://localhost/",
             "--concurrency=4",
@@ -229,7 +243,16 @@ mod tests {
         assert_eq!(c.concurrency, 4);
         assert_eq!(c.keepalive, KeepAlive::Off);
         assert_eq!(c.duration, Duration::from_secs(90));
-        assert_eq!(c.slow_body, Duration::from_millis(300));
+        assert_eq!(
+            c.slow_body,
+            (Duration::from_millis(300), Duration::from_millis(300))
+        );
+        let c = parse_from(&["--url=http://localhost/", "--slow-body=50ms..2s"]).unwrap();
+        assert_eq!(
+            c.slow_body,
+            (Duration::from_millis(50), Duration::from_secs(2))
+        );
+        assert!(parse_from(&["--url=http://localhost/", "--slow-body=2s..1s"]).is_err());
         assert_eq!(c.expect_versions, [b"v1".to_vec(), b"v2".to_vec()]);
     }
 

@@ -23,6 +23,8 @@ pub(crate) struct Worker<'a> {
     pub(crate) line: Vec<u8>,
     pub(crate) prefix: Vec<u8>,
     pub(crate) stats: Stats,
+    /// The number of the request under way, which spreads slow bodies.
+    pub(crate) ticket: u64,
 }
 
 impl<'a> Worker<'a> {
@@ -72,6 +74,7 @@ impl<'a> Worker<'a> {
             line: Vec::with_capacity(256),
             prefix: Vec::with_capacity(BODY_PREFIX),
             stats,
+            ticket: 0,
         }
     }
 
@@ -117,11 +120,15 @@ impl<'a> Worker<'a> {
             conn.cur_timeout = timeout;
         }
         let req = if post { &self.post_req } else { &self.get_req };
-        let slow = post && !self.sh.cfg.slow_body.is_zero();
+        let (low, high) = self.sh.cfg.slow_body;
+        let slow = post && !high.is_zero();
         let sent = if slow {
+            // Evenly over [low, high], in no fixed order (golden-ratio steps).
+            let step = (self.ticket as f64 * 0.618_033_988_75).fract();
+            let delay = low + (high - low).mul_f64(step);
             let (head, body) = req.split_at(self.post_head_len);
             conn.r.get_mut().write_all(head).and_then(|()| {
-                std::thread::sleep(self.sh.cfg.slow_body);
+                std::thread::sleep(delay);
                 conn.r.get_mut().write_all(body)
             })
         } else {
@@ -195,6 +202,7 @@ impl<'a> Worker<'a> {
             let post = ((ticket + 1) as f64 * r).floor() > (ticket as f64 * r).floor();
 
             let t0 = Instant::now();
+            self.ticket = ticket;
             let res = self.request(post, t0 + cfg.timeout);
             let latency_us = t0.elapsed().as_micros() as u64;
             self.record(post, t0, latency_us, res);

@@ -94,8 +94,8 @@ pub struct Stop {
     pub signal: Signal,
     pub timeout: Duration,
     /// Switch mode: how long the old slot keeps serving after the flip
-    /// before it gets the stop signal, for requests nginx routed to it
-    /// just before the flip and is still reading from their clients.
+    /// (and its accept queue is empty) before it gets the stop signal. nginx
+    /// picks the slot when it connects, so nothing needs it: 0 by default.
     pub settle: Duration,
 }
 
@@ -114,7 +114,7 @@ impl Default for Stop {
         Stop {
             signal: Signal::SIGTERM,
             timeout: Duration::from_secs(30),
-            settle: Duration::from_secs(1),
+            settle: Duration::ZERO,
         }
     }
 }
@@ -130,8 +130,8 @@ pub struct Hooks {
 /// How nginx is steered to the new slot during a swap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NginxMode {
-    /// Two upstreams, each slot the primary of one and the backup of the
-    /// other; a file that nginx tests on every request picks the upstream.
+    /// One upstream with nginx's `hash` balancer, keyed when nginx
+    /// connects on the real path of a symlink zdd flips (`switch`).
     Switch,
     /// One upstream listing both slots; zdd waits until nginx's passive
     /// failover routes to the new slot.
@@ -174,6 +174,9 @@ pub struct Nginx {
     pub route_timeout: Duration,
     /// Opt in to `proxy_next_upstream ... non_idempotent` (may run a POST twice).
     pub retry_non_idempotent: bool,
+    /// Switch mode: idle upstream connections each nginx worker keeps
+    /// (`keepalive N`); 0 turns upstream keep-alive off.
+    pub keepalive: u32,
     /// The command that checks nginx's configuration before a reload.
     pub test_command: String,
 }

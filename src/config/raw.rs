@@ -116,5 +116,6 @@ pub(super) struct RawNginx {
     pub(super) fail_timeout: Option<Spanned<HumanDuration>>,
     pub(super) route_timeout: Option<Spanned<HumanDuration>>,
     pub(super) retry_non_idempotent: Option<bool>,
+    pub(super) keepalive: Option<Spanned<u32>>,
     pub(super) test_command: Option<String>,
 }

@@ -182,6 +182,16 @@ impl Source<'_> {
                 Duration::from_secs(5),
             )?,
             retry_non_idempotent: n.retry_non_idempotent.unwrap_or(false),
+            keepalive: match n.keepalive {
+                None => 16,
+                Some(k) if *k.get_ref() > 4096 => {
+                    return Err(self.at(
+                        Some(k.span()),
+                        format!("nginx.keepalive = {} is more idle connections than a worker should keep per upstream; take 0 (off) to 4096", k.get_ref()),
+                    ))
+                }
+                Some(k) => k.into_inner(),
+            },
             test_command: n.test_command.unwrap_or_else(|| "nginx -t".into()),
         })
     }

@@ -315,7 +315,6 @@ impl Run<'_> {
         if let Err(e) = self.check_signal("") {
             return Err(self.abort_with(&attempt, StepError::from(e), None));
         }
-        let mut started = self.start_new(&attempt, fresh)?; // 6, 7: start, verify
         let old = attempt.slot.other();
         let old_process = self
             .state
@@ -323,6 +322,10 @@ impl Run<'_> {
             .process
             .clone()
             .filter(|id| id.group_is_ours());
+        if old_process.is_some() {
+            self.check_routing(&attempt, old)?; // before 6: nginx follows the switch
+        }
+        let mut started = self.start_new(&attempt, fresh)?; // 6, 7: start, verify
         self.steer(&attempt, &mut started, old_process.is_some())?; // 8: flip, confirm
 
         // New requests reach the new slot: so do static files served from

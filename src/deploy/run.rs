@@ -25,6 +25,8 @@ pub(super) struct Run<'a> {
     /// How nginx is steered (`nginx::mode`).
     pub(super) mode: NginxMode,
     pub(super) lock: Lock,
+    /// nginx was seen running an earlier zdd's switch (`steer::Routed::AtHead`).
+    pub(super) head_time: bool,
 }
 
 impl<'a> Run<'a> {
@@ -33,8 +35,9 @@ impl<'a> Run<'a> {
         let started = Instant::now();
         root::prepare(
             &config.root,
-            &[root::SLOTS, root::GIT, root::LOGS, root::RUN, root::SWITCH],
+            &[root::SLOTS, root::GIT, root::LOGS, root::RUN],
         )?;
+        root::prepare(&config.root, &switch::FOLDERS)?;
         for slot in Slot::BOTH {
             root::check_file(&process::log_path(&config.root, slot.name()))?;
         }
@@ -50,6 +53,7 @@ impl<'a> Run<'a> {
             phases: Phases::default(),
             mode,
             lock,
+            head_time: false,
         };
         let restarted = keeper::fold_restarts(&mut run.state, &config.root);
         if run.reconcile() || restarted {
@@ -90,32 +94,41 @@ impl<'a> Run<'a> {
         if self.mode != NginxMode::Switch || !runs(live) {
             return Ok(());
         }
+        let want = self.position(live);
         let was = match switch::read(root) {
-            Ok(s) if s == live => return Ok(()),
-            Ok(s) => s,
+            Ok(Some(p)) if p == want => return Ok(()),
+            Ok(Some(p)) if p.slot == live => {
+                // Only maintenance differs (a `zdd maintenance` interrupted).
+                return self.flip_or_attention(want);
+            }
+            Ok(Some(p)) => {
+                log::warn!("nginx's switch points at slot {}, away from the live slot {live} (an earlier zdd was interrupted); pointing it at slot {live}", p.slot);
+                p.slot
+            }
+            Ok(None) => {
+                log::info!(
+                    "pointing the new switch {} at the live slot {live}",
+                    switch::link(root).display()
+                );
+                live.other()
+            }
             Err(e) => {
                 return Err(Error::NeedsAttention(format!(
                     "cannot read the switch {}: {e}",
-                    switch::file(root).display()
+                    switch::link(root).display()
                 )))
             }
         };
-        log::warn!("nginx's switch points at slot {was}, away from the live slot {live} (an earlier zdd was interrupted); pointing it at slot {live}");
-        let flip = |to: Slot| {
-            switch::flip(root, to).map_err(|e| {
-                Error::NeedsAttention(format!(
-                    "cannot point the switch {} at slot {to}: {e}",
-                    switch::file(root).display()
-                ))
-            })
-        };
-        flip(live)?;
+        self.flip_or_attention(want)?;
         let other_runs = runs(was);
         match steer::confirm(config, NginxMode::Switch, live, other_runs) {
-            Ok(_) => Ok(()),
-            Err(not) if other_runs && not.picked == Some(switch::upstream(&config.name, was)) => {
+            Ok(routed) => {
+                self.note_routing(routed);
+                Ok(())
+            }
+            Err(not) if other_runs && not.picked == Some(was) => {
                 // nginx does not follow the switch: it serves from `was`.
-                flip(was)?;
+                self.flip_or_attention(self.position(was))?;
                 log::warn!(
                     "{}; slot {was}, which nginx still uses, is live again",
                     not.reason
@@ -131,6 +144,24 @@ impl<'a> Run<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// Where the switch belongs while `slot` is live.
+    pub(super) fn position(&self, slot: Slot) -> switch::Position {
+        switch::Position::open(slot)
+    }
+
+    /// Point the switch at `to`, or stop: a switch zdd cannot set needs
+    /// the operator.
+    fn flip_or_attention(&self, to: switch::Position) -> Result<()> {
+        let root = &self.config.root;
+        switch::flip(root, to).map_err(|e| {
+            Error::NeedsAttention(format!(
+                "cannot point the switch {} at slot {}: {e}",
+                switch::link(root).display(),
+                to.slot
+            ))
+        })
     }
 
     /// With the live slot running, whatever runs in the other slot is a
@@ -158,7 +189,11 @@ impl<'a> Run<'a> {
             "slot {slot}: pid {} from an earlier run still runs; stopping it",
             id.pid
         );
-        if self.mode == NginxMode::Switch && switch::read(&self.config.root).ok() != Some(slot) {
+        let pointed = switch::read(&self.config.root)
+            .ok()
+            .flatten()
+            .map(|p| p.slot);
+        if self.mode == NginxMode::Switch && pointed != Some(slot) {
             self.settle_and_drain(slot);
         }
         keeper::fold_restarts(&mut self.state, &self.config.root);

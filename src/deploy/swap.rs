@@ -1,8 +1,8 @@
 //! Step 8, the swap: record the new slot live, flip the switch (or wait
 //! for round-robin failover), confirm through nginx, put everything back if
-//! nginx does not follow; then let the old slot settle, drain and stop.
+//! nginx does not follow; then drain the old slot and stop it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::NginxMode;
 use crate::error::{Error, Result};
@@ -15,6 +15,10 @@ use crate::{signals, switch};
 use super::outcome::{ms, StepError};
 use super::run::Run;
 use super::Attempt;
+
+/// The settle while nginx runs a site of an earlier zdd, whose switch
+/// picks the slot per request head: the earlier default.
+pub(super) const HEAD_TIME_SETTLE: Duration = Duration::from_secs(1);
 
 /// What [`Run::record_live`] replaced in the state.
 #[derive(Clone, Copy)]
@@ -93,29 +97,30 @@ impl Run<'_> {
             return Err(self.abort_with(attempt, StepError::Interrupted(sig), Some(started)));
         }
         let t = Instant::now();
-        let was = switch::read(root).unwrap_or(target.other());
-        if let Err(e) = switch::flip(root, target) {
+        if let Err(e) = switch::flip(root, self.position(target)) {
             self.unrecord_live(target, before)?;
             let reason = format!(
                 "cannot flip the switch {}: {e}",
-                switch::file(root).display()
+                switch::link(root).display()
             );
             return Err(self.abort_env(attempt, reason, Some(started)));
         }
         signals::fault_point("flipped");
         match steer::confirm(config, NginxMode::Switch, target, must_route) {
-            Ok(_) => {
+            Ok(routed) => {
                 self.phases.route_ms = ms(t.elapsed());
+                self.note_routing(routed);
                 log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
                 Ok(())
             }
             Err(steer::NotRouted { reason, .. }) if must_route => {
                 self.unrecord_live(target, before)?;
                 signals::fault_point("backing-out");
-                if let Err(e) = switch::flip(root, was) {
+                let was = target.other();
+                if let Err(e) = switch::flip(root, self.position(was)) {
                     return Err(Error::NeedsAttention(format!(
                         "{reason}; and pointing the switch back at slot {was} failed: {e}; both slots still run and slot {was} is recorded as live again: fix {} and run zdd again, which points the switch at slot {was} and stops slot {target}",
-                        switch::dir(root).display()
+                        switch::link(root).display()
                     )));
                 }
                 let reason = format!("{reason}; the switch points at slot {was} again");
@@ -140,7 +145,7 @@ impl Run<'_> {
         let target = attempt.slot;
         let t = Instant::now();
         match steer::confirm(self.config, NginxMode::RoundRobin, target, must_route) {
-            Ok(Routed::Seen) => {
+            Ok(Routed::Failover | Routed::AtConnect | Routed::AtHead) => {
                 self.phases.route_ms = ms(t.elapsed());
                 log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
             }
@@ -157,12 +162,57 @@ impl Run<'_> {
         self.record_live(target, started).map(|_| ())
     }
 
+    /// Before a new slot listens in switch mode: nginx's probe must show the
+    /// switch routing to the live slot `live`. A switch nginx cannot resolve
+    /// (a folder it cannot search), a server block with a root of its own,
+    /// a config without the switch: the new slot would get requests before
+    /// it is verified, or never. Nothing is started then.
+    pub(super) fn check_routing(&mut self, attempt: &Attempt, live: Slot) -> Result<()> {
+        if self.mode != NginxMode::Switch {
+            return Ok(());
+        }
+        match steer::confirm(self.config, NginxMode::Switch, live, true) {
+            Ok(routed) => {
+                self.note_routing(routed);
+                Ok(())
+            }
+            Err(not) => {
+                let reason = format!(
+                    "before slot {} was started, nginx did not show its switch routing to the live slot {live}: {}",
+                    attempt.slot, not.reason
+                );
+                Err(self.abort_env(attempt, reason, None))
+            }
+        }
+    }
+
+    /// Remember how nginx picks the slot: a site rendered by an earlier
+    /// zdd picks it per request head, and needs the old settle.
+    pub(super) fn note_routing(&mut self, routed: Routed) {
+        if routed == Routed::AtHead && !self.head_time {
+            log::warn!(
+                "nginx runs a site rendered by an earlier zdd, whose switch (`if (-f {}/b)`) picks the slot when a request's head arrives: run `zdd nginx --write --reload` to pick it when nginx connects; until then the old slot serves on for at least {} after a flip, and an upload that outlasts that may fail",
+                switch::head_time_dir(&self.config.root).display(),
+                humantime::format_duration(HEAD_TIME_SETTLE)
+            );
+            self.head_time = true;
+        }
+    }
+
+    /// How long the old slot serves on after the flip: `stop.settle`, at
+    /// least [`HEAD_TIME_SETTLE`] while nginx picks slots per request head.
+    fn settle(&self) -> Duration {
+        match self.head_time {
+            true => self.config.stop.settle.max(HEAD_TIME_SETTLE),
+            false => self.config.stop.settle,
+        }
+    }
+
     /// Before a slot nginx no longer picks is signalled: let it serve for
-    /// `stop.settle` — requests nginx routed to it just before the flip, and
-    /// is still reading from their clients, reach it meanwhile — then wait,
-    /// bounded, until nothing waits in its accept queue.
+    /// the settle (none by default), then wait, bounded, until nothing has
+    /// waited in its accept queue for `steer::QUIET`.
     pub(super) fn settle_and_drain(&self, slot: Slot) {
-        std::thread::sleep(self.config.stop.settle);
+        std::thread::sleep(self.settle());
         let port = self.config.port(slot);
         match steer::drain_queue(port, self.config.nginx.route_timeout) {
             steer::Queue::Empty(d) => log::debug!("slot {slot}: accept queue empty after {}", fmt(d)),
@@ -178,8 +228,8 @@ impl Run<'_> {
     }
 
     /// The rest of step 8: the old slot, which nginx no longer picks,
-    /// serves on for `stop.settle` until its accept queue is empty, then
-    /// gets its stop signal; whatever still reached it after is said.
+    /// serves on until its accept queue is empty, then gets its stop
+    /// signal; whatever still reached it after is said.
     pub(super) fn stop_old(&mut self, old: Slot, old_id: &ProcessId) {
         let config = self.config;
         self.lock.at_step(&format!("stopping slot {old}"));
@@ -192,9 +242,9 @@ impl Run<'_> {
         }
         let t = Instant::now();
         let signal = config.stop.signal;
-        // Anything queued for the old slot after its stop signal came
-        // from a request that took longer than the settle to arrive.
-        // (In round-robin mode nginx may still pick it: nothing to say.)
+        // Anything queued for the old slot after its stop signal: nginx
+        // connected there after the flip. (In round-robin mode nginx may
+        // still pick it: nothing to say.)
         let switch_mode = self.mode == NginxMode::Switch;
         let mut late = 0;
         let mut watch = || {
@@ -206,10 +256,15 @@ impl Run<'_> {
             signals::fault_point("stopping");
         };
         let stopped = process::stop_group_watched(old_id, config.stop.with(), None, &mut watch);
-        if late > 0 {
+        if late > 0 && self.head_time {
             log::warn!(
-                "slot {old}: {late} connection(s) reached port {old_port} after its stop signal: requests nginx routed there before the flip that took longer than stop.settle ({}) to arrive; if the server had stopped accepting, nginx answered them 502 (raise stop.settle above your longest upload)",
-                humantime::format_duration(config.stop.settle)
+                "slot {old}: {late} connection(s) reached port {old_port} after its stop signal: uploads whose heads nginx routed there before the flip and that took longer than {} to arrive; if the server had stopped accepting, nginx answered them 502 (run `zdd nginx --write --reload`)",
+                humantime::format_duration(self.settle())
+            );
+        } else if late > 0 {
+            log::warn!(
+                "slot {old}: {late} connection(s) reached port {old_port} after its stop signal: nginx connected there after the flip, which it does when slot {} refuses a connection",
+                old.other()
             );
         }
         if !stopped.outside.is_empty() {

@@ -37,7 +37,7 @@ fn symlinks_where_zdd_keeps_its_files_are_refused_and_their_targets_untouched() 
         ("slots/b", true),
         ("git/b", true),
         ("logs", true),
-        ("switch", true),
+        ("route", true),
         ("zdd.lock", false),
         ("state.toml", false),
         ("logs/b.log", false),

@@ -178,6 +178,7 @@ fn own_server_block_with_the_upstreams_and_snippet_parts() {
         )
     });
     let parts = p.path().join("nginx");
+    // Written as for an earlier zdd (`$zdd_testapp`), which still works.
     let own_site = format!(
         "include {0}/zdd-upstreams.conf;\n\
          server {{\n  listen 127.0.0.1:{1};\n  server_name shop.test;\n  include {0}/zdd-snippet.conf;\n\
@@ -200,7 +201,7 @@ fn own_server_block_with_the_upstreams_and_snippet_parts() {
     );
     assert!(std::fs::read_to_string(parts.join("zdd-upstreams.conf"))
         .unwrap()
-        .contains("upstream testapp_b {"));
+        .contains("upstream testapp {"));
     assert!(wait_until(std::time::Duration::from_secs(10), || p
         .served()
         .contains("502")));

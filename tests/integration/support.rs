@@ -581,12 +581,14 @@ impl Project {
         toml::from_str(&text).ok()
     }
 
-    /// The slot nginx's switch points at: `b` while `ROOT/switch/b` exists.
+    /// The slot nginx's switch points at: `ROOT/live` is `route/a` or
+    /// `route/b` (`…/closed` in maintenance); slot a before the first flip.
     pub fn switch(&self) -> &'static str {
-        if self.root().join("switch/b").exists() {
-            "b"
-        } else {
-            "a"
+        match std::fs::read_link(self.root().join("live")) {
+            Ok(t) if t.starts_with("route/b") => "b",
+            Ok(t) if t.starts_with("route/a") => "a",
+            Ok(t) => panic!("ROOT/live points at {}", t.display()),
+            Err(_) => "a",
         }
     }
 
@@ -790,7 +792,7 @@ impl Load {
     }
 
     /// Slow uploads beside the main load: 4 clients of POSTs whose body
-    /// comes `delay` after their head (nginx picks the upstream at the head,
+    /// comes `delay` (`DUR` or `LOW..HIGH`) after their head (nginx
     /// connects once it has the body).
     pub fn start_slow_uploads(p: &Project, versions: &[&str], delay: &str) -> Load {
         Load::spawn(
