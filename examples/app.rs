@@ -16,7 +16,7 @@
 //!    `accept()` reports `WouldBlock`, close the listener in that same step,
 //!    let every request in flight finish (a
 //!    keep-alive connection gets its current request answered with
-//!    `Connection: close`; idle keep-alive connections are closed), then exit
+//!    `Connection: close`; idle keep-alive connections are closed at once), then exit
 //!    0. Closing the listener while connections still sit in the kernel's
 //!    accept queue would reset them, and nginx answers a reset POST with 502.
 //!
@@ -86,6 +86,40 @@ struct Shared {
     /// the main thread sees the flag or the signal thread sees the address.
     addr: Mutex<Option<SocketAddr>>,
     listener_closed: AtomicBool,
+    /// Keep-alive connections waiting for their next request, by number:
+    /// draining shuts their reading side, so that they close at once
+    /// instead of at their next `POLL`.
+    waiting: Mutex<std::collections::HashMap<u64, TcpStream>>,
+    next_conn: AtomicU64,
+}
+
+/// A keep-alive connection listed in `Shared::waiting` while it waits.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl<'a> Waiting<'a> {
+    /// List `stream`; `None` when draining has begun (close it).
+    fn list(stream: &TcpStream, shared: &'a Shared) -> Option<Option<Waiting<'a>>> {
+        let Ok(clone) = stream.try_clone() else {
+            return Some(None); // found at its next POLL instead
+        };
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mut waiting = lock(&shared.waiting);
+        // Under the lock that `begin_drain` takes after raising the flag.
+        if shared.draining.load(Ordering::SeqCst) {
+            return None;
+        }
+        waiting.insert(id, clone);
+        Some(Some(Waiting { shared, id }))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.waiting).remove(&self.id);
+    }
 }
 
 /// Counts an open connection; dropping it (thread end, or a failed spawn)
@@ -206,6 +240,8 @@ fn main() {
         idle: Condvar::new(),
         addr: Mutex::new(None),
         listener_closed: AtomicBool::new(false),
+        waiting: Mutex::new(std::collections::HashMap::new()),
+        next_conn: AtomicU64::new(0),
     });
 
     // Signals are handled from the start, so that a stop during a slow
@@ -295,6 +331,9 @@ fn begin_drain(shared: &Shared) {
         }
         *a
     };
+    for conn in lock(&shared.waiting).values() {
+        let _ = conn.shutdown(std::net::Shutdown::Read);
+    }
     let Some(addr) = addr else {
         return; // not bound yet: main sees the flag right after binding
     };
@@ -505,6 +544,13 @@ fn wait_for_head(stream: &mut TcpStream, buf: &mut Vec<u8>, served: u64, shared:
     let mut chunk = [0u8; 8192];
     let mut last_progress = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
+    let mut listed = match served > 0 && buf.is_empty() {
+        true => match Waiting::list(stream, shared) {
+            None => return Wait::Close,
+            Some(listed) => listed,
+        },
+        false => None,
+    };
     loop {
         // Tolerate empty lines before a request line (RFC 9112 §2.2).
         let skip = buf
@@ -523,6 +569,8 @@ fn wait_for_head(stream: &mut TcpStream, buf: &mut Vec<u8>, served: u64, shared:
         match stream.read(&mut chunk) {
             Ok(0) => return Wait::Close,
             Ok(n) => {
+                // A request has started: draining must let it finish.
+                drop(listed.take());
                 buf.extend_from_slice(&chunk[..n]);
                 last_progress = Instant::now();
             }

@@ -6,7 +6,8 @@
 # commit) and N rollbacks, back to back with a 1 s gap. Prints a markdown
 # table: requests and failures, latency in steady state and inside swap
 # windows, deploy and rollback wall time split into phases, zdd's overhead,
-# no-op deploy and status times, zdd's peak RSS.
+# no-op deploy and status times, zdd's peak RSS, and (switch mode)
+# throughput with and without upstream keep-alive (TPUT_SECONDS=10 each).
 #
 #   scripts/bench.sh              # N=10
 #   N=3 scripts/bench.sh          # quicker
@@ -100,6 +101,24 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$KEEPER_PID/stat"; }
 T0=$(cpu_ticks); sleep 10; T1=$(cpu_ticks)
 KEEPER_CPU=$(awk -v t=$((T1 - T0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", 100 * t / hz / 10 }')
 
+# --- throughput: unthrottled load for TPUT_SECONDS (10), through nginx with
+# upstream keep-alive (the default nginx.keepalive) and without (0), nginx
+# reloaded in between (switch mode only: round-robin never keeps any)
+throughput() {
+  "$LOAD" --url "http://127.0.0.1:$NGINX_PORT/" --concurrency 16 --post-ratio 0.5 \
+    --keepalive mixed --duration "${TPUT_SECONDS:-10}s" > "$B/tput.json" 2>/dev/null || true
+  read -r n f <<< "$(load_totals "$B/tput.json")"
+  echo "$(( n / ${TPUT_SECONDS:-10} )) $f"
+}
+TPUT_ON=- TPUT_OFF=-
+if [ "$MODE" = switch ]; then
+  read -r TPUT_ON TPUT_ON_F <<< "$(throughput)"
+  echo 'keepalive = 0' >> "$CONF"   # [nginx] is the config's last table
+  "$ZDD" -c "$CONF" nginx > "$B/nginx/site.conf"
+  kill -HUP "$(cat "$B/nginx/nginx.pid")"; sleep 2
+  read -r TPUT_OFF TPUT_OFF_F <<< "$(throughput)"
+fi
+
 # --- no-op deploy (commit already live), the git fetch alone, status
 LIVE=$("$ZDD" -c "$CONF" status --json | grep -A6 '"status": "live"' | grep '"commit"' | cut -d'"' -f4)
 IDLE=$("$ZDD" -c "$CONF" status --json | grep '"next_deploy"' | cut -d'"' -f4)
@@ -156,6 +175,10 @@ overhead_stats() { # wall - (build + ready + settle + drain) [- route when $2 = 
       w = ($3 - $2) / 1000; o = w - ($6 + $7 + $9 + $11); if (noroute) o -= $8; print int(o) }' "$B/joined.tsv" > "$B/col.txt"
   printf '%s / %s' "$(median < "$B/col.txt")" "$(maxof < "$B/col.txt")"
 }
+beyond_ready() { # wall - (build + ready)
+  awk -F'\t' -v op="$1" '$1 == op { print int(($3 - $2) / 1000 - ($6 + $7)) }' "$B/joined.tsv" > "$B/col.txt"
+  printf '%s / %s' "$(median < "$B/col.txt")" "$(maxof < "$B/col.txt")"
+}
 RSS=$(grep -ho 'peak RSS [0-9]*' "$B"/deploy-*.log "$B"/rollback-*.log | awk '{print $3}' | maxof)
 
 cat <<TABLE
@@ -185,6 +208,7 @@ Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 | old slot serves on (stop.settle) until its queue is empty | $(phase_stats deploy 11) | $(phase_stats rollback 11) |
 | old slot stopped (stop signal to exit) | $(phase_stats deploy 9) | $(phase_stats rollback 9) |
 | **zdd overhead** = wall − (build + ready + settle + stop) | $(overhead_stats deploy 0) | $(overhead_stats rollback 0) |
+| **wall − (build + ready)**: what a swap adds to the app's own boot | $(beyond_ready deploy) | $(beyond_ready rollback) |
 | zdd overhead without the nginx routing wait | $(overhead_stats deploy 1) | $(overhead_stats rollback 1) |
 
 | other | median | max |
@@ -196,4 +220,9 @@ Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 | restart of a killed live app, to its first good answer through nginx, ms ($RESTARTS kills) | $(median < "$B/restart.txt") | $(maxof < "$B/restart.txt") |
 | keeper RSS while the app runs, KiB | | ${KEEPER_RSS:-?} |
 | keeper CPU while the app runs (10 s), % | | ${KEEPER_CPU:-?} |
+
+| throughput, ${TPUT_SECONDS:-10} s unthrottled (16 clients, half POST) | requests/s | failed |
+|---|---:|---:|
+| upstream keep-alive on (nginx.keepalive = 16) | $TPUT_ON | ${TPUT_ON_F:--} |
+| upstream keep-alive off (nginx.keepalive = 0) | $TPUT_OFF | ${TPUT_OFF_F:--} |
 TABLE

@@ -33,6 +33,14 @@ fn swaps_under_load(p: &mut Project, swaps: usize) -> Reports {
     }
 }
 
+/// 6 swaps, or `ZDD_TEST_SWAPS` for a measurement (see the README).
+fn swaps() -> usize {
+    std::env::var("ZDD_TEST_SWAPS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(6)
+}
+
 /// The main load's report and the slow uploads'.
 struct Reports {
     load: serde_json::Value,
@@ -87,7 +95,7 @@ fn gunicorn(workers: &str) {
         venv.display()
     );
     p.use_app(&[("app.py", "servers/flask/app.py")], &start, "");
-    let report = swaps_under_load(&mut p, 6);
+    let report = swaps_under_load(&mut p, swaps());
     assert_nothing_lost(&p, &format!("gunicorn {workers}"), &report);
 }
 
@@ -111,7 +119,7 @@ fn uvicorn_loses_no_request() {
         venv.display()
     );
     p.use_app(&[("app.py", "servers/starlette/app.py")], &start, "");
-    let report = swaps_under_load(&mut p, 6);
+    let report = swaps_under_load(&mut p, swaps());
     assert_nothing_lost(&p, "uvicorn", &report);
 }
 
@@ -125,7 +133,7 @@ fn express_loses_no_request() {
         "node server.js",
         &format!("NODE_PATH = {:?}\n", modules.display().to_string()),
     );
-    let report = swaps_under_load(&mut p, 6);
+    let report = swaps_under_load(&mut p, swaps());
     assert_nothing_lost(&p, "express", &report);
 }
 
@@ -135,6 +143,6 @@ fn reference_app_closing_without_draining_its_queue_loses_no_request() {
     let mut p = Project::new("");
     // In [env], for every release: the rollbacks stop a naive v2 too.
     p.edit_config(|c| c.replace("[env]\n", "[env]\nAPP_STOP = \"naive\"\n"));
-    let report = swaps_under_load(&mut p, 6);
+    let report = swaps_under_load(&mut p, swaps());
     assert_nothing_lost(&p, "reference app, naive stop", &report);
 }

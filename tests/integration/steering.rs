@@ -227,3 +227,62 @@ fn nginx_config_without_the_switch_is_refused_at_the_probe() {
     assert!(r.stderr.contains("zdd nginx --write --reload"), "{r:?}");
     assert_backed_out(&p, &r);
 }
+
+/// The site an earlier zdd rendered for this project: two upstreams, and a
+/// switch file tested when a request's head arrives.
+fn site_of_an_earlier_zdd(p: &Project) -> String {
+    let [a, b] = p.ports;
+    let switch = p.root().join("switch/b");
+    format!(
+        "upstream testapp_a {{ zone testapp_a 64k; server 127.0.0.1:{a} max_fails=0; server 127.0.0.1:{b} backup max_fails=1 fail_timeout=1s; }}\n\
+         upstream testapp_b {{ zone testapp_b 64k; server 127.0.0.1:{b} max_fails=0; server 127.0.0.1:{a} backup max_fails=1 fail_timeout=1s; }}\n\
+         server {{\n    listen 127.0.0.1:{port};\n    set $zdd_testapp testapp_a;\n    if (-f \"{switch}\") {{ set $zdd_testapp testapp_b; }}\n    open_file_cache off;\n\
+         location = /.zdd/upstream {{ allow 127.0.0.1; deny all; proxy_pass http://$zdd_testapp/; add_header X-Zdd-Upstream $upstream_addr always; add_header X-Zdd-Switch $zdd_testapp always; }}\n\
+         location / {{ proxy_pass http://$zdd_testapp; proxy_next_upstream error timeout; proxy_set_header Host $host; }}\n}}\n",
+        port = p.nginx_port,
+        switch = switch.display()
+    )
+}
+
+#[test]
+fn a_site_rendered_by_an_earlier_zdd_keeps_working_until_it_is_rendered_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let _heavy = heavy();
+    let mut p = Project::new("");
+    // What an earlier zdd left: its switch folder, pointing at slot a.
+    let old_switch = p.root().join("switch");
+    std::fs::create_dir_all(&old_switch).unwrap();
+    std::fs::set_permissions(&old_switch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(old_switch.join("a"), "").unwrap();
+    p.start_nginx_with(&site_of_an_earlier_zdd(&p));
+    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    assert_eq!(p.served(), "v1");
+    let v2 = p.commit("v2", "");
+    let load = Load::start(&p, &["v1", "v2"]);
+    // Uploads shorter than the settle zdd keeps for such a site (1 s).
+    let slow = Load::start_slow_uploads(&p, &["v1", "v2"], "50ms..800ms");
+    for i in 0..4 {
+        let (r, want) = p.swap(i, &v2);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(
+            r.stderr.contains("a site rendered by an earlier zdd")
+                && r.stderr.contains("run `zdd nginx --write --reload`"),
+            "{r:?}"
+        );
+        let said = format!("{}{}", r.stdout, r.stderr);
+        assert!(said.contains(", settle 10"), "the earlier settle: {r:?}");
+        assert_eq!(p.served(), want, "after swap {i}");
+        let slot = p.switch();
+        assert!(old_switch.join(slot).exists(), "its file names slot {slot}");
+    }
+    let (report, slow) = (load.finish(), slow.finish());
+    assert_eq!(report["failed"], 0, "{}", summary(&report));
+    assert_eq!(slow["failed"], 0, "{}", summary(&slow));
+    assert!(slow["requests"].as_u64().unwrap() > 4, "{}", summary(&slow));
+    // Rendered again: the switch picks the slot when nginx connects.
+    p.start_nginx_workers(2);
+    let r = p.zdd(&["deploy", &v2]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.stderr.contains("earlier zdd"), "{r:?}");
+    assert_eq!(p.served(), "v2");
+}

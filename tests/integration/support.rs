@@ -367,7 +367,11 @@ impl Project {
             // (`ZDD_TEST_NGINX_MODE=round-robin`; see the README's table).
             std::env::var("ZDD_TEST_NGINX_MODE")
                 .map(|m| format!("mode = {m:?}\n"))
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                // ...and with upstream keep-alive set (`ZDD_TEST_NGINX_KEEPALIVE=0`).
+                + &std::env::var("ZDD_TEST_NGINX_KEEPALIVE")
+                    .map(|k| format!("keepalive = {k}\n"))
+                    .unwrap_or_default(),
         );
         std::fs::write(self.config_path(), text).unwrap();
     }
