@@ -11,7 +11,7 @@ use crate::lock::LockWait;
 #[command(
     name = "zdd",
     version,
-    about = "Zero-downtime deploys of a web app on one host: two slots behind nginx, steered by a switch file",
+    about = "Zero-downtime deploys of a web app on one host: two slots behind nginx, steered by a switch nginx resolves when it connects",
     after_help = "Exit codes: 0 done or nothing to do; 1 failed, the version that was serving still serves; \
 2 bad usage, config or input, nothing changed; 3 another zdd holds the lock; 4 zdd could not finish, state needs attention."
 )]
@@ -103,6 +103,11 @@ pub enum Command {
         #[arg(long)]
         reload: bool,
     },
+    /// Close the site behind nginx's maintenance page (503), or open it again
+    Maintenance {
+        #[command(subcommand)]
+        action: MaintenanceAction,
+    },
     /// Write a commented starter zdd.toml in the current folder
     Init,
     /// Print a shell completion script (e.g. `zdd completions bash > /etc/bash_completion.d/zdd`)
@@ -112,6 +117,23 @@ pub enum Command {
     },
     /// Print the man page (roff; e.g. `zdd man > /usr/local/share/man/man1/zdd.1`)
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceAction {
+    /// nginx answers every public request with 503 and the page; deploys and rollbacks go on
+    On {
+        /// The text on the page (HTML-escaped)
+        #[arg(long, short)]
+        message: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// nginx sends requests to the live slot again
+    Off {
+        #[command(flatten)]
+        wait: Wait,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -210,6 +210,35 @@ impl RouteProbe {
     }
 }
 
+/// The header of zdd's maintenance page.
+pub const MAINTENANCE_HEADER: &str = "x-zdd-maintenance";
+
+/// Whether nginx answers a public request — `/` at the authority of
+/// `probe_url`, with the probe's Host — with zdd's maintenance page (503
+/// and its header); `Err` when nobody answers.
+pub fn maintenance_shown(
+    probe_url: &str,
+    host: Option<&str>,
+    timeout: Duration,
+) -> Result<bool, String> {
+    let rest = probe_url.strip_prefix("http://").unwrap_or(probe_url);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let url = format!("http://{authority}/");
+    let mut request = agent(timeout, 0).get(&url);
+    if let Some(host) = host {
+        request = request.header("Host", host);
+    }
+    match request.call() {
+        Err(e) => Err(format!(
+            "nginx did not answer at {url}: {}",
+            describe_error(e)
+        )),
+        Ok(resp) => {
+            Ok(resp.status().as_u16() == 503 && resp.headers().contains_key(MAINTENANCE_HEADER))
+        }
+    }
+}
+
 fn agent(timeout: Duration, idle: usize) -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(timeout))

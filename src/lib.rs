@@ -1,13 +1,14 @@
 //! zdd: zero-downtime deploys of a web app on one Linux host, two slots
-//! behind nginx, steered by a switch file. The binary's `main` calls [`run`].
+//! behind nginx, steered by a switch nginx resolves when it connects. The binary's `main` calls [`run`].
 //!
 //! The modules, from the command line down:
 //! - the program: `run` (dispatch, logging, exit codes), `cli`, `init`;
 //! - the commands: `deploy` (deploy, rollback, `zdd up`), `named` (`zdd
 //!   start`/`stop`), `report` (`status`, `history`), `nginx` (render, write,
-//!   reload); `observe` (what really runs, against the state file);
+//!   reload), `maintenance` (close the site behind a page); `observe` (what
+//!   really runs, against the state file);
 //! - a swap's parts: `steer` (confirm through nginx, drain), `switch` (the
-//!   file nginx tests), `launch` (start and verify an app that stays up),
+//!   symlink nginx resolves), `launch` (start and verify an app that stays up),
 //!   `keeper` (the process that keeps an app up),
 //!   `process` (spawn, prove, stop a group), `health`, `git`, `ports`;
 //! - what zdd keeps: `state` (the state file), `lock`, `root` (ownership and
@@ -27,6 +28,7 @@ pub mod init;
 pub mod keeper;
 pub mod launch;
 pub mod lock;
+pub mod maintenance;
 pub mod named;
 pub mod nginx;
 pub mod observe;

@@ -26,6 +26,8 @@ pub const UPSTREAMS_TEMPLATE: &str = include_str!("../nginx/zdd-upstreams.conf.j
 pub const SNIPPET_TEMPLATE: &str = include_str!("../nginx/zdd-snippet.conf.j2");
 /// The location of the routing probe in the built-in templates.
 pub const PROBE_PATH: &str = "/.zdd/upstream";
+/// The internal location nginx sends public requests to in maintenance.
+pub const MAINTENANCE_PATH: &str = "/.zdd/maintenance";
 
 /// What `zdd nginx` renders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -82,6 +84,16 @@ struct Context<'a> {
     key_var: String,
     /// The variable earlier zdds' server blocks proxy to (`zdd_NAME`).
     compat_var: String,
+    /// Maintenance: the variables that say a request is public (not zdd's
+    /// probe) and the site closed, without `$`.
+    public_var: String,
+    closed_var: String,
+    /// The internal location of the maintenance page (and with `.html`).
+    maintenance_path: &'static str,
+    /// The page's file, `ROOT/route/maintenance.html`.
+    maintenance_page: String,
+    /// Its `Retry-After`, in seconds.
+    retry_after: u64,
     /// The keys that pick slot a's and slot b's server (`switch::key`).
     key_a: String,
     key_b: String,
@@ -167,6 +179,11 @@ fn render_in(config: &Config, mode: NginxMode, part: Part) -> Result<String> {
         live_root: live_root(config)?,
         key_var: key_var(config),
         compat_var: format!("zdd_{}", config.name.replace('-', "_")),
+        public_var: format!("zdd_{}_public", config.name.replace('-', "_")),
+        closed_var: format!("zdd_{}_closed", config.name.replace('-', "_")),
+        maintenance_path: MAINTENANCE_PATH,
+        maintenance_page: switch::maintenance_page(&config.root).display().to_string(),
+        retry_after: config.maintenance.retry_after.as_secs(),
         key_a: switch::key(Slot::A),
         key_b: switch::key(Slot::B),
         suffix_a: switch::resolved_suffix(Slot::A),
@@ -433,7 +450,12 @@ mod tests {
         assert!(text.contains("add_header X-Zdd-Mode switch always;"));
         assert!(text.contains("add_header X-Zdd-Key $zdd_shop_key always;"));
         assert!(text.contains("add_header X-Zdd-Root $realpath_root always;"));
-        assert!(!text.contains("if ("), "no per-request file test");
+        assert!(!text.contains("if (-f"), "no per-request file test");
+        assert!(text.contains(
+            "    if ($zdd_shop_closed) {\n        rewrite ^ /.zdd/maintenance last;\n    }"
+        ));
+        assert!(text.contains("alias \"/srv/route/maintenance.html\";"));
+        assert!(text.contains("add_header Retry-After 120 always;"));
         assert_eq!(mode(&config("")).unwrap(), NginxMode::Switch);
     }
 

@@ -27,6 +27,8 @@ struct StatusReport {
     mode: &'static str,
     /// The slot nginx's switch points at (switch mode only).
     switch: Option<Slot>,
+    /// Set while the site is closed for maintenance (`zdd maintenance on`).
+    maintenance: Option<crate::state::MaintenanceState>,
     /// What `zdd rollback` would bring back, if anything.
     rollback_to: Option<String>,
     slots: Vec<SlotReport>,
@@ -152,6 +154,7 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
             m.as_str()
         }),
         switch,
+        maintenance: state.maintenance.clone(),
         rollback_to,
         slots,
         last: state.history.last().cloned(),
@@ -242,6 +245,13 @@ fn status_text(r: &StatusReport) -> String {
             "nginx: switch mode, new requests go to slot {s}\n"
         )),
         None => out.push_str(&format!("nginx: {} mode\n", r.mode)),
+    }
+    if let Some(m) = &r.maintenance {
+        out.push_str(&format!(
+            "maintenance: on since {}, nginx answers the public with its page (503): \"{}\"; `zdd maintenance off` opens the site\n",
+            m.since,
+            crate::text::escape(&m.message)
+        ));
     }
     out.push_str(&format!("next deploy goes to slot {}", r.next_deploy));
     match &r.rollback_to {
@@ -398,6 +408,7 @@ mod tests {
             next_deploy: Slot::A,
             mode: "switch",
             switch: Some(Slot::B),
+            maintenance: None,
             rollback_to: Some(V1.into()),
             slots: vec![slot(Slot::A, "standby", V1), b],
             last: Some(entry(Action::Deploy, Outcome::Ok, None)),
@@ -411,6 +422,22 @@ mod tests {
         let r = report();
         insta::assert_snapshot!("status_text", status_text(&r));
         insta::assert_snapshot!("status_json", serde_json::to_string_pretty(&r).unwrap());
+    }
+
+    #[test]
+    fn status_in_maintenance() {
+        let mut r = report();
+        r.maintenance = Some(crate::state::MaintenanceState {
+            since: "2026-11-30T08:44:00Z".into(),
+            message: "Migrating <b>orders</b>\u{1b}[2J; back at 9:00".into(),
+        });
+        insta::assert_snapshot!("status_text_maintenance", status_text(&r));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["maintenance"]["since"], "2026-11-30T08:44:00Z");
+        assert_eq!(
+            json["maintenance"]["message"],
+            "Migrating <b>orders</b>\u{1b}[2J; back at 9:00"
+        );
     }
 
     #[test]

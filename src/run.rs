@@ -6,10 +6,10 @@ use std::io::Write;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, MaintenanceAction};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::{config, deploy, error, init, keeper, named, nginx, report, signals};
+use crate::{config, deploy, error, init, keeper, maintenance, named, nginx, report, signals};
 
 /// Parse the command line, run the command, print any error once, and
 /// return the exit code.
@@ -115,6 +115,12 @@ fn dispatch(cli: Cli) -> Result<()> {
             write,
             reload,
         } => nginx::run(&load()?, part, write, reload),
+        Command::Maintenance { action } => match action {
+            MaintenanceAction::On { message, wait } => {
+                maintenance::on(&load()?, message.as_deref(), wait.lock_wait())
+            }
+            MaintenanceAction::Off { wait } => maintenance::off(&load()?, wait.lock_wait()),
+        },
         Command::Init => init::init(explicit),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

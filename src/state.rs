@@ -176,8 +176,21 @@ pub struct State {
     /// The slot the next deploy goes to (and a rollback brings back).
     pub next_deploy: Slot,
     pub slots: Slots,
+    /// Set while `zdd maintenance on`: nginx shows its page to the public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceState>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+}
+
+/// Maintenance mode, as `zdd maintenance on` left it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceState {
+    /// When it was turned on (RFC 3339).
+    pub since: String,
+    /// The message on the page, as given (escaped when rendered).
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,6 +215,7 @@ impl State {
                 a: slot(ports[0]),
                 b: slot(ports[1]),
             },
+            maintenance: None,
             history: Vec::new(),
         }
     }

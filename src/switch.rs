@@ -85,12 +85,20 @@ impl Position {
 /// Where the switch belongs: at the live slot (slot a before the first
 /// deploy).
 pub fn wanted(state: &crate::state::State) -> Position {
-    Position::open(state.active.unwrap_or(Slot::A))
+    Position {
+        slot: state.active.unwrap_or(Slot::A),
+        closed: state.maintenance.is_some(),
+    }
 }
 
 /// The symlink nginx resolves.
 pub fn link(root: &Path) -> PathBuf {
     root.join("live")
+}
+
+/// The page nginx shows in maintenance (written by `zdd maintenance on`).
+pub fn maintenance_page(root: &Path) -> PathBuf {
+    root.join("route").join("maintenance.html")
 }
 
 /// nginx's root for the app's server block (`root` in the snippet).

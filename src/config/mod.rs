@@ -42,6 +42,26 @@ pub struct Config {
     pub hooks: Hooks,
     pub nginx: Nginx,
     pub keeper: Keeper,
+    pub maintenance: Maintenance,
+}
+
+/// The page nginx shows while `zdd maintenance on`.
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    /// A page of the operator's own (a minijinja template that gets
+    /// `message` and `since`, HTML-escaped); the built-in one if `None`.
+    pub page: Option<PathBuf>,
+    /// The `Retry-After` header's value (rendered into the nginx config).
+    pub retry_after: Duration,
+}
+
+impl Default for Maintenance {
+    fn default() -> Self {
+        Maintenance {
+            page: None,
+            retry_after: Duration::from_secs(120),
+        }
+    }
 }
 
 /// What the keeper does about a release that crash-loops after its swap.

@@ -166,6 +166,7 @@ impl Config {
         let env = src.env(raw.env.unwrap_or_default())?;
         let keeper = src.keeper(raw.keeper.unwrap_or_default())?;
         let hooks = raw.hooks.unwrap_or_default();
+        let maintenance = src.maintenance(raw.maintenance.unwrap_or_default(), &resolve)?;
         Ok(Config {
             path: path.to_path_buf(),
             name,
@@ -187,6 +188,7 @@ impl Config {
             },
             nginx,
             keeper,
+            maintenance,
         })
     }
 }

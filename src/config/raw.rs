@@ -32,6 +32,7 @@ pub fn duration_bounds(key: &str) -> (Duration, Duration) {
         "stop.timeout" => (ms(100), s(3600)),
         "stop.settle" => (ms(0), s(600)),
         "keeper.rollback_within" => (s(1), s(24 * 3600)),
+        "maintenance.retry_after" => (s(1), s(24 * 3600)),
         // nginx counts whole seconds.
         "nginx.fail_timeout" => (s(1), s(3600)),
         "nginx.route_timeout" => (ms(100), s(600)),
@@ -63,6 +64,14 @@ pub(super) struct RawConfig {
     pub(super) hooks: Option<RawHooks>,
     pub(super) nginx: Option<RawNginx>,
     pub(super) keeper: Option<RawKeeper>,
+    pub(super) maintenance: Option<RawMaintenance>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMaintenance {
+    pub(super) page: Option<PathBuf>,
+    pub(super) retry_after: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Deserialize, Default)]

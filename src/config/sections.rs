@@ -8,8 +8,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::parse::Source;
-use super::raw::{RawHealth, RawKeeper, RawNginx, RawStop};
-use super::{Health, Keeper, Nginx, NginxMode, Stop};
+use super::raw::{RawHealth, RawKeeper, RawMaintenance, RawNginx, RawStop};
+use super::{Health, Keeper, Maintenance, Nginx, NginxMode, Stop};
 use crate::error::Result;
 use crate::signals::parse_signal;
 
@@ -76,6 +76,22 @@ impl Source<'_> {
                 k.rollback_within,
                 "keeper.rollback_within",
                 defaults.rollback_within,
+            )?,
+        })
+    }
+
+    pub(super) fn maintenance(
+        &self,
+        m: RawMaintenance,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+    ) -> Result<Maintenance> {
+        let defaults = Maintenance::default();
+        Ok(Maintenance {
+            page: m.page.as_deref().map(resolve),
+            retry_after: self.bounded(
+                m.retry_after,
+                "maintenance.retry_after",
+                defaults.retry_after,
             )?,
         })
     }

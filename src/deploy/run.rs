@@ -148,7 +148,10 @@ impl<'a> Run<'a> {
 
     /// Where the switch belongs while `slot` is live.
     pub(super) fn position(&self, slot: Slot) -> switch::Position {
-        switch::Position::open(slot)
+        switch::Position {
+            slot,
+            closed: self.state.maintenance.is_some(),
+        }
     }
 
     /// Point the switch at `to`, or stop: a switch zdd cannot set needs

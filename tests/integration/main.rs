@@ -9,6 +9,7 @@ mod faults;
 mod guards;
 mod hostile;
 mod keeper;
+mod maintenance;
 mod operator;
 mod servers;
 mod steering;
