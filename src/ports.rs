@@ -1,8 +1,9 @@
-//! Who listens on a TCP port. Listening sockets come from the kernel's
-//! sock_diag netlink interface, asked for LISTEN sockets only, so the cost
-//! does not grow with the thousands of TIME_WAIT connections a busy host
-//! has (reading `/proc/net/tcp` took 250 ms with 96k of them); the socket's
-//! inode is then matched against `/proc/PID/fd`.
+//! Who listens on a TCP port, and what waits there unread. Sockets come
+//! from the kernel's sock_diag netlink interface, asked for one state and
+//! one local port only, so the cost does not grow with the thousands of
+//! TIME_WAIT connections a busy host has (reading `/proc/net/tcp` took
+//! 250 ms with 96k of them); a listener's inode is then matched against
+//! `/proc/PID/fd`.
 
 use std::os::fd::AsRawFd;
 
@@ -55,30 +56,49 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_CLOSE_WAIT: u32 = 8;
 const TCP_LISTEN: u32 = 10;
 const IPPROTO_TCP: u8 = 6;
 
-/// One listening socket as sock_diag reports it.
+/// One socket as sock_diag reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ListenSocket {
+struct DiagSocket {
     port: u16,
     inode: u64,
-    /// `idiag_rqueue`: connections the kernel has completed and queued
-    /// that nobody has `accept()`ed yet.
+    /// `idiag_rqueue`: for a listener, connections the kernel has completed
+    /// and queued that nobody has `accept()`ed yet; for a connection, bytes
+    /// received that its process has not read.
     queued: u32,
 }
 
-/// The listening sockets on `port`, IPv4 and IPv6.
-fn listening_sockets(port: u16) -> std::io::Result<Vec<ListenSocket>> {
+/// The sockets in `states` (a mask of `1 << TCP_*`) on local `port`,
+/// IPv4 and IPv6.
+fn sockets(port: u16, states: u32) -> std::io::Result<Vec<DiagSocket>> {
     let mut found = Vec::new();
     for family in [libc_af_inet(), libc_af_inet6()] {
         found.extend(
-            dump_listeners(family)?
+            dump(family, states, port)?
                 .into_iter()
                 .filter(|s| s.port == port),
         );
     }
     Ok(found)
+}
+
+fn listening_sockets(port: u16) -> std::io::Result<Vec<DiagSocket>> {
+    sockets(port, 1 << TCP_LISTEN)
+}
+
+/// Bytes that arrived on connections to local `port` and that the process
+/// holding them has not read yet: requests it has not seen. A server that
+/// stops now may close such a connection as idle, which resets it.
+pub fn unread_bytes(port: u16) -> std::io::Result<u64> {
+    let states = (1 << TCP_ESTABLISHED) | (1 << TCP_CLOSE_WAIT);
+    Ok(sockets(port, states)?
+        .iter()
+        .map(|s| u64::from(s.queued))
+        .sum())
 }
 
 /// Inodes of the sockets listening on `port`, IPv4 and IPv6.
@@ -104,8 +124,9 @@ fn libc_af_inet6() -> u8 {
     AddressFamily::Inet6 as i32 as u8
 }
 
-/// Every listening TCP socket of one address family.
-fn dump_listeners(family: u8) -> std::io::Result<Vec<ListenSocket>> {
+/// The TCP sockets of one address family in `states` on local `port` (the
+/// kernel matches `idiag_sport` of a dump when it is not 0).
+fn dump(family: u8, states: u32, port: u16) -> std::io::Result<Vec<DiagSocket>> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Datagram,
@@ -120,8 +141,10 @@ fn dump_listeners(family: u8) -> std::io::Result<Vec<ListenSocket>> {
     req.extend_from_slice(&1u32.to_ne_bytes()); // seq
     req.extend_from_slice(&0u32.to_ne_bytes()); // pid
     req.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
-    req.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-    req.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: match any
+    req.extend_from_slice(&states.to_ne_bytes());
+    // inet_diag_sockid: the source port (big endian), anything else.
+    req.extend_from_slice(&port.to_be_bytes());
+    req.extend_from_slice(&[0u8; 46]);
     sendto(
         fd.as_raw_fd(),
         &req,
@@ -154,7 +177,7 @@ fn dump_listeners(family: u8) -> std::io::Result<Vec<ListenSocket>> {
                     // 56, inode at 68.
                     let msg = &buf[off + 16..off + len];
                     let field = |at: usize| u32::from_ne_bytes(msg[at..at + 4].try_into().unwrap());
-                    found.push(ListenSocket {
+                    found.push(DiagSocket {
                         port: u16::from_be_bytes([msg[4], msg[5]]),
                         queued: field(56),
                         inode: field(68) as u64,
@@ -271,6 +294,29 @@ mod tests {
         assert_eq!(accept_queue(port).unwrap(), Some(1));
         drop(l);
         assert_eq!(accept_queue(port).unwrap(), None, "nothing listens");
+    }
+
+    #[test]
+    fn unread_bytes_are_what_arrived_and_nobody_read() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(unread_bytes(port).unwrap(), 0);
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut served, _) = l.accept().unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let t = std::time::Instant::now();
+        while unread_bytes(port).unwrap() == 0 && t.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(unread_bytes(port).unwrap(), 18, "the request waits unread");
+        let mut buf = [0u8; 18];
+        served.read_exact(&mut buf).unwrap();
+        assert_eq!(unread_bytes(port).unwrap(), 0, "read: nothing waits");
+        // The client's own end (another local port) is not counted.
+        served.write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(unread_bytes(port).unwrap(), 0);
     }
 
     #[test]

@@ -260,46 +260,57 @@ pub fn confirm(
     }
 }
 
-/// How the wait for the old slot's accept queue ended.
+/// How the wait for the old slot's queues ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queue {
-    /// Nothing queued for [`QUIET`] in a row.
+    /// Nothing queued or unread for [`QUIET`] in a row.
     Empty(Duration),
-    /// Nothing listens on the port (the old app already closed it).
+    /// Nothing listens on the port (the old app already closed it), and
+    /// nothing waits unread.
     NotListening,
-    /// Still this many queued when the limit passed.
-    Busy(u32),
+    /// Still this much waiting when the limit passed: connections in the
+    /// accept queue, bytes unread on accepted ones.
+    Busy { queued: u32, unread: u64 },
     /// The kernel's listing could not be read.
     Unknown,
 }
 
-/// How long the old slot's accept queue must stay empty before its stop
-/// signal: nginx connects the moment it has picked a slot, so a connection
-/// it keyed before the flip is queued within microseconds; 5 ms covers a
-/// worker that was preempted in between (measured in the README).
+/// How long the old slot must stay quiet before its stop signal: nginx
+/// connects (or sends on a kept-alive connection) the moment it has picked
+/// a slot, so a request it sent there before the flip is in the kernel
+/// within microseconds; 5 ms covers a worker preempted in between.
 pub const QUIET: Duration = Duration::from_millis(5);
 
-/// Wait, at most `limit`, until no connection waited in the accept queue
-/// of `port` for [`QUIET`] (readings every millisecond).
+/// Wait, at most `limit`, until for [`QUIET`] (readings every millisecond)
+/// nothing waited on `port`: no connection in its accept queue, and no
+/// byte unread on a connection its app accepted. A request the app has
+/// not read yet is one it may drop when it stops (uvicorn closes
+/// connections it has seen nothing on, which resets one with a request in
+/// it, and nginx answers a reset POST with 502).
 pub fn drain_queue(port: u16, limit: Duration) -> Queue {
     let t = Instant::now();
     let mut empty_since: Option<Instant> = None;
     loop {
-        match ports::accept_queue(port) {
+        let waiting =
+            ports::accept_queue(port).and_then(|queued| Ok((queued, ports::unread_bytes(port)?)));
+        match waiting {
             Err(e) => {
-                log::debug!("cannot read the accept queue of port {port}: {e}");
+                log::debug!("cannot read the queues of port {port}: {e}");
                 return Queue::Unknown;
             }
-            Ok(None) => return Queue::NotListening,
-            Ok(Some(0)) => match empty_since {
+            Ok((None, 0)) => return Queue::NotListening,
+            Ok((Some(0), 0)) => match empty_since {
                 Some(since) if since.elapsed() >= QUIET => return Queue::Empty(t.elapsed()),
                 Some(_) => {}
                 None => empty_since = Some(Instant::now()),
             },
-            Ok(Some(n)) => {
+            Ok((queued, unread)) => {
                 empty_since = None;
                 if t.elapsed() >= limit {
-                    return Queue::Busy(n);
+                    return Queue::Busy {
+                        queued: queued.unwrap_or(0),
+                        unread,
+                    };
                 }
             }
         }
@@ -467,7 +478,13 @@ mod tests {
             Queue::Empty(_)
         ));
         let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        assert_eq!(drain_queue(port, Duration::from_millis(20)), Queue::Busy(1));
+        assert_eq!(
+            drain_queue(port, Duration::from_millis(20)),
+            Queue::Busy {
+                queued: 1,
+                unread: 0
+            }
+        );
         let accepter = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
             let accepted = l.accept().unwrap();

@@ -218,10 +218,10 @@ impl Run<'_> {
             steer::Queue::Empty(d) => log::debug!("slot {slot}: accept queue empty after {}", fmt(d)),
             steer::Queue::NotListening => log::debug!("slot {slot}: nothing listens on port {port}"),
             steer::Queue::Unknown => log::warn!(
-                "slot {slot}: cannot read the accept queue of port {port} (no sock_diag here); stopping it after the settle alone"
+                "slot {slot}: cannot read the queues of port {port} (no sock_diag here); stopping it after the settle alone"
             ),
-            steer::Queue::Busy(n) => log::warn!(
-                "slot {slot}: {n} connections still queued on port {port} after {}; stopping it anyway",
+            steer::Queue::Busy { queued, unread } => log::warn!(
+                "slot {slot}: {queued} connection(s) still queued and {unread} byte(s) unread on port {port} after {}; stopping it anyway",
                 humantime::format_duration(self.config.nginx.route_timeout)
             ),
         }
