@@ -256,3 +256,33 @@ fn probe_url_follows_listen() {
     assert_eq!(probe_authority("*:80"), "127.0.0.1:80");
     assert_eq!(probe_authority("[::]:80"), "[::1]:80");
 }
+
+#[test]
+fn the_example_config_parses_with_every_key() {
+    let c = parse(include_str!("../../examples/zdd.toml")).unwrap();
+    assert_eq!(c.nginx.keepalive, 16);
+    assert_eq!(c.stop.settle, Duration::ZERO);
+    assert_eq!(c.maintenance.retry_after, Duration::from_secs(120));
+}
+
+#[test]
+fn keepalive_and_maintenance_keys_are_checked() {
+    let c = parse("name = \"s\"\nstart = \"x\"\n[nginx]\nkeepalive = 0\n[maintenance]\nretry_after = \"30s\"\npage = \"page.html\"\n").unwrap();
+    assert_eq!(c.nginx.keepalive, 0);
+    assert_eq!(c.maintenance.retry_after, Duration::from_secs(30));
+    assert_eq!(
+        c.maintenance.page.as_deref(),
+        Some(Path::new("/etc/zdd/page.html"))
+    );
+    let e = parse("name = \"s\"\nstart = \"x\"\n[nginx]\nkeepalive = 5000\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("/etc/zdd/zdd.toml:4:13: nginx.keepalive = 5000"),
+        "{e}"
+    );
+    let e = parse("name = \"s\"\nstart = \"x\"\n[maintenance]\nretry_after = \"0s\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("maintenance.retry_after"), "{e}");
+}
