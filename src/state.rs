@@ -107,7 +107,7 @@ impl Phases {
             build_ms: 8,
             ready_ms: 11,
             route_ms: 1,
-            settle_ms: 1002,
+            settle_ms: 6,
             drain_ms: 3,
             total_ms,
         }
