@@ -383,7 +383,7 @@ mod tests {
             previous: Some(V1.into()),
             reason: reason.map(str::to_string),
             restarts: None,
-            phases: Phases::example(1132),
+            phases: Phases::example(136),
         }
     }
 
