@@ -286,3 +286,27 @@ fn a_site_rendered_by_an_earlier_zdd_keeps_working_until_it_is_rendered_again() 
     assert!(!r.stderr.contains("earlier zdd"), "{r:?}");
     assert_eq!(p.served(), "v2");
 }
+
+/// Static files served by nginx through the switch flip with the code: one
+/// rename changes both.
+#[test]
+fn static_files_through_the_switch_flip_with_the_code() {
+    let _heavy = heavy();
+    let (mut p, v2) = Project::live_v1_with_v2("");
+    let app = p.root().join("live/app");
+    let site = p.zdd(&["nginx"]).stdout.replacen(
+        "    location / {",
+        &format!(
+            "    location = /VERSION {{ root {}; }}\n    location / {{",
+            app.display()
+        ),
+        1,
+    );
+    p.start_nginx_with(&site);
+    let version_file = || http("GET", p.nginx_port, "/VERSION", "").unwrap();
+    assert_eq!(version_file().2.trim(), "v1");
+    assert_eq!(p.zdd(&["deploy", &v2]).code, 0);
+    assert_eq!((version_file().2.trim(), p.served().as_str()), ("v2", "v2"));
+    assert_eq!(p.zdd(&["rollback"]).code, 0);
+    assert_eq!((version_file().2.trim(), p.served().as_str()), ("v1", "v1"));
+}
