@@ -337,8 +337,13 @@ fn prepare_switch(config: &Config) -> Result<()> {
     }
     crate::root::prepare(root, &[])?;
     crate::root::prepare(root, &switch::FOLDERS)?;
-    let state = State::load(&config.state_path(), config.ports)?;
-    let want = switch::wanted(&state);
+    let want = match State::load(&config.state_path(), config.ports) {
+        Ok(state) => switch::wanted(&state),
+        Err(e) => {
+            log::warn!("did not point the switch at the live slot: {e}");
+            return Ok(());
+        }
+    };
     if switch::read(root).ok().flatten() == Some(want) {
         return Ok(());
     }

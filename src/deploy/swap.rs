@@ -145,11 +145,11 @@ impl Run<'_> {
         let target = attempt.slot;
         let t = Instant::now();
         match steer::confirm(self.config, NginxMode::RoundRobin, target, must_route) {
-            Ok(Routed::Failover | Routed::AtConnect | Routed::AtHead) => {
+            Ok(Routed::Waited) => self.phases.route_ms = ms(t.elapsed()),
+            Ok(_) => {
                 self.phases.route_ms = ms(t.elapsed());
                 log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
             }
-            Ok(Routed::Waited) => self.phases.route_ms = ms(t.elapsed()),
             Err(not) if must_route => {
                 return Err(self.abort_env(attempt, not.reason, Some(started)));
             }
@@ -210,16 +210,22 @@ impl Run<'_> {
 
     /// Before a slot nginx no longer picks is signalled: let it serve for
     /// the settle (none by default), then wait, bounded, until nothing has
-    /// waited in its accept queue for `steer::QUIET`.
+    /// waited on its port (queued or unread) for `steer::QUIET`.
     pub(super) fn settle_and_drain(&self, slot: Slot) {
         std::thread::sleep(self.settle());
         let port = self.config.port(slot);
         match steer::drain_queue(port, self.config.nginx.route_timeout) {
-            steer::Queue::Empty(d) => log::debug!("slot {slot}: accept queue empty after {}", fmt(d)),
+            steer::Queue::Empty(d) => log::debug!("slot {slot}: nothing waits on port {port} after {}", fmt(d)),
             steer::Queue::NotListening => log::debug!("slot {slot}: nothing listens on port {port}"),
-            steer::Queue::Unknown => log::warn!(
-                "slot {slot}: cannot read the queues of port {port} (no sock_diag here); stopping it after the settle alone"
-            ),
+            steer::Queue::Unknown => {
+                // Blind: give what nginx sent before the flip the earlier guard.
+                let guard = HEAD_TIME_SETTLE.saturating_sub(self.settle());
+                log::warn!(
+                    "slot {slot}: cannot read the queues of port {port} (no sock_diag here); stopping it after {} more",
+                    humantime::format_duration(guard)
+                );
+                std::thread::sleep(guard);
+            }
             steer::Queue::Busy { queued, unread } => log::warn!(
                 "slot {slot}: {queued} connection(s) still queued and {unread} byte(s) unread on port {port} after {}; stopping it anyway",
                 humantime::format_duration(self.config.nginx.route_timeout)
