@@ -328,12 +328,18 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
 fn prepare_switch(config: &Config) -> Result<()> {
     let root = &config.root;
     if let Some((folder, m)) = switch::hidden_by(root) {
-        return Err(Error::Usage(format!(
-            "nginx's worker user cannot search {} (mode {m:04o}), so it cannot resolve the switch {}; run `chmod o+x {}` (nothing was written)",
+        let why = format!(
+            "nginx's worker user cannot search {} (mode {m:04o}), so it cannot resolve the switch {}; run `chmod o+x {}`",
             folder.display(),
             switch::link(root).display(),
             folder.display()
-        )));
+        );
+        // As root, nginx is the system's, its workers another user. An
+        // nginx of the user running zdd sees its own folders.
+        if nix::unistd::geteuid().is_root() {
+            return Err(Error::Usage(format!("{why} (nothing was written)")));
+        }
+        log::warn!("{why}, unless nginx's workers run as the user running zdd");
     }
     crate::root::prepare(root, &[])?;
     crate::root::prepare(root, &switch::FOLDERS)?;
