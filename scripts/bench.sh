@@ -205,9 +205,9 @@ Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 | build | $(phase_stats deploy 6) | - |
 | app ready (start + health$([ "$MODE" = switch ] || echo "; rehearsal first")) | $(phase_stats deploy 7) | $(phase_stats rollback 7) |
 | nginx routes to the new slot ($([ "$MODE" = switch ] && echo "flip + confirm" || echo "failover wait")) | $(phase_stats deploy 8) | $(phase_stats rollback 8) |
-| old slot serves on (stop.settle) until its queue is empty | $(phase_stats deploy 11) | $(phase_stats rollback 11) |
+| old slot: stop.settle, then until nothing waits for it (queued or unread) for 5 ms | $(phase_stats deploy 11) | $(phase_stats rollback 11) |
 | old slot stopped (stop signal to exit) | $(phase_stats deploy 9) | $(phase_stats rollback 9) |
-| **zdd overhead** = wall − (build + ready + settle + stop) | $(overhead_stats deploy 0) | $(overhead_stats rollback 0) |
+| **zdd overhead** = wall − (build + ready + wait + stop) | $(overhead_stats deploy 0) | $(overhead_stats rollback 0) |
 | **wall − (build + ready)**: what a swap adds to the app's own boot | $(beyond_ready deploy) | $(beyond_ready rollback) |
 | zdd overhead without the nginx routing wait | $(overhead_stats deploy 1) | $(overhead_stats rollback 1) |
 
