@@ -247,9 +247,9 @@ mod tests {
             c.slow_body,
             (Duration::from_millis(300), Duration::from_millis(300))
         );
-        let c = parse_from(&["--url=http://localhost/", "--slow-body=50ms..2s"]).unwrap();
+        let spread = parse_from(&["--url=http://localhost/", "--slow-body=50ms..2s"]).unwrap();
         assert_eq!(
-            c.slow_body,
+            spread.slow_body,
             (Duration::from_millis(50), Duration::from_secs(2))
         );
         assert!(parse_from(&["--url=http://localhost/", "--slow-body=2s..1s"]).is_err());
