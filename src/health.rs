@@ -64,6 +64,9 @@ impl Checker {
 pub enum Verified {
     Healthy,
     Failed(String),
+    /// The start command could not run at all (the shell's exit 126 or
+    /// 127): the config's or the system's fault, not the commit's.
+    CannotStart(String),
     /// Something other than the new process answered.
     Foreign(String),
     Interrupted(Signal),
@@ -82,14 +85,14 @@ pub fn wait_ready(health: &Health, checker: &Checker, started: &mut Started) -> 
             return Verified::Interrupted(sig);
         }
         if let Some(status) = started.exited() {
-            return Verified::Failed(format!("the app exited during start-up ({status})"));
+            return exited_during_start_up(status);
         }
         let last = match checker.check() {
             Ok(()) => return Verified::Healthy,
             Err(seen) => seen,
         };
         if let Some(status) = started.exited() {
-            return Verified::Failed(format!("the app exited during start-up ({status})"));
+            return exited_during_start_up(status);
         }
         if t.elapsed() >= health.timeout {
             return Verified::Failed(format!(
@@ -101,6 +104,19 @@ pub fn wait_ready(health: &Health, checker: &Checker, started: &mut Started) -> 
         pause = pause.min(health.interval);
         std::thread::sleep(pause.min(health.timeout.saturating_sub(t.elapsed())));
         pause *= 2;
+    }
+}
+
+/// An app that exited before it was healthy: the commit's failure, unless
+/// `sh` said the command itself cannot run (126: found but not executable,
+/// 127: not found), which fixing `start` or the system cures.
+pub fn exited_during_start_up(status: std::process::ExitStatus) -> Verified {
+    match status.code() {
+        Some(code @ (126 | 127)) => Verified::CannotStart(format!(
+            "the start command cannot run (exit status {code}: {}; see the slot's log): fix `start`, or what it runs, and deploy again (cron tries the commit again)",
+            if code == 126 { "found but not executable by the app's user" } else { "not found" }
+        )),
+        _ => Verified::Failed(format!("the app exited during start-up ({status})")),
     }
 }
 
@@ -265,4 +281,23 @@ fn describe_error(e: ureq::Error) -> String {
 fn snippet(body: &str) -> String {
     let one_line: String = body.trim().chars().take(120).collect();
     format!("\"{}\"", crate::text::escape(&one_line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn a_start_that_cannot_run_is_not_the_commits_failure() {
+        let exited =
+            |code: i32| exited_during_start_up(std::process::ExitStatus::from_raw(code << 8));
+        assert!(
+            matches!(exited(126), Verified::CannotStart(m) if m.contains("found but not executable"))
+        );
+        assert!(matches!(exited(127), Verified::CannotStart(m) if m.contains("127: not found")));
+        assert!(
+            matches!(exited(3), Verified::Failed(m) if m == "the app exited during start-up (exit status: 3)")
+        );
+    }
 }

@@ -60,9 +60,7 @@ pub fn verify(
     match verdict {
         Verified::Healthy if arm => match keeper::arm(started.id.pid).map(|()| started.exited()) {
             Ok(None) => Verified::Healthy,
-            Ok(Some(status)) => {
-                Verified::Failed(format!("the app exited during start-up ({status})"))
-            }
+            Ok(Some(status)) => crate::health::exited_during_start_up(status),
             Err(e) => Verified::Foreign(format!(
                 "cannot arm its keeper (pid {}): {e}",
                 started.id.pid

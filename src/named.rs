@@ -272,7 +272,9 @@ fn verify(
     let health = config.map(|c| c.health.clone()).unwrap_or_default();
     match crate::launch::verify(&health, port, started, arm, || Verified::Healthy) {
         Verified::Healthy => Ok(()),
-        Verified::Failed(reason) | Verified::Foreign(reason) => Err(reason),
+        Verified::Failed(reason) | Verified::Foreign(reason) | Verified::CannotStart(reason) => {
+            Err(reason)
+        }
         Verified::Interrupted(sig) => Err(format!("interrupted by {}", sig.as_str())),
     }
 }

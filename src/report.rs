@@ -383,6 +383,7 @@ mod tests {
             previous: Some(V1.into()),
             reason: reason.map(str::to_string),
             restarts: None,
+            config: None,
             phases: Phases::example(136),
         }
     }

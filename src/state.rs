@@ -163,6 +163,10 @@ pub struct HistoryEntry {
     /// live period, however long the crash loop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,
+    /// A deploy's `Config::fingerprint`: what the build and the app ran
+    /// with. A failure under another config is a new attempt for cron.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
     pub phases: Phases,
 }
 
@@ -322,6 +326,7 @@ mod tests {
                 previous: None,
                 reason: None,
                 restarts: None,
+                config: None,
                 phases: Phases::default(),
             });
         }

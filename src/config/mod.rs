@@ -211,6 +211,31 @@ impl Config {
         self.root.join("state.toml")
     }
 
+    /// What a release's build and run take from the config — `build`,
+    /// `start`, `user`, `[env]`, the hooks, the ports, the health check —
+    /// as 16 hex digits (FNV-1a). A deploy that failed under another
+    /// fingerprint is a new attempt for cron: the fix may be in zdd.toml.
+    pub fn fingerprint(&self) -> String {
+        let h = &self.health;
+        let text = format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            self.build,
+            self.start,
+            self.user.as_ref().map(|u| &u.name),
+            self.env,
+            self.hooks,
+            self.ports,
+            h.path,
+            h.expect_status,
+            h.expect_body,
+            h.timeout
+        );
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
+
     /// Find the config file: `--config`/`$ZDD_CONFIG` if given, else
     /// `./zdd.toml`. `None` when nothing was given and there is no file.
     pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {

@@ -52,6 +52,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<(
         named: named.is_some(),
         live_health: run.live_health(),
         live_head,
+        config: &config.fingerprint(),
     });
     let (sha, short) = (resolved.sha.as_str(), git::short(&resolved.sha));
     match decision {
@@ -79,12 +80,22 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<(
             }
             return Ok(());
         }
-        Decision::RestartInPlace { slot } => {
-            log::info!(
-                "slot {slot} holds {short}, the live commit, but does not run; starting it again"
-            );
+        Decision::RestartInPlace {
+            slot,
+            sha: live_sha,
+            skipped,
+        } => {
+            let live = git::short(&live_sha);
+            match skipped {
+                Some(why) => log::warn!(
+                    "{wanted} is {short}, which {why}; not deploying it until {wanted} moves (`zdd deploy {short}` deploys it now); the live slot {slot} ({live}) does not run: starting it again"
+                ),
+                None => log::info!(
+                    "slot {slot} holds {live}, the live commit, but does not run; starting it again"
+                ),
+            }
             run.clear_port(slot)?;
-            let attempt = Attempt::new(Action::Deploy, slot, sha, Some(sha.to_string()));
+            let attempt = Attempt::new(Action::Deploy, slot, &live_sha, Some(live_sha.clone()));
             return run.bring_up(attempt, false);
         }
         Decision::Deploy { .. } => {}

@@ -64,6 +64,7 @@ impl Run<'_> {
             previous: attempt.previous.clone(),
             reason: attempt.because.clone(),
             restarts: None,
+            config: Some(self.config.fingerprint()),
             phases,
         });
         self.save()?;
@@ -151,6 +152,7 @@ impl Run<'_> {
             previous: attempt.previous.clone(),
             reason: Some(reason.clone()),
             restarts: None,
+            config: Some(self.config.fingerprint()),
             phases: self.phases,
         });
         let saved = self.save();

@@ -16,9 +16,15 @@ pub enum Decision {
     /// Cron leaves this commit alone until the branch moves; `warn` when
     /// nothing healthy serves.
     CronSkip { why: String, warn: bool },
-    /// The live commit does not run (a reboot, `zdd stop`): start it again
-    /// where it is, built.
-    RestartInPlace { slot: Slot },
+    /// The live commit `sha` does not run (a reboot, a killed keeper, `zdd
+    /// stop`): start it again where it is, built. Also what cron does when
+    /// it leaves the tip alone (`skipped` says why): the site must not stay
+    /// down.
+    RestartInPlace {
+        slot: Slot,
+        sha: String,
+        skipped: Option<String>,
+    },
     /// Check it out, build it and bring it up in the idle slot.
     Deploy { target: Slot },
 }
@@ -35,6 +41,8 @@ pub struct Facts<'a> {
     pub live_health: Option<Result<(), String>>,
     /// The commit checked out in the live slot's work tree, if any.
     pub live_head: Option<String>,
+    /// The config's `Config::fingerprint` now.
+    pub config: &'a str,
 }
 
 /// Step 3's decision.
@@ -52,20 +60,32 @@ pub fn decide(f: &Facts) -> Decision {
             _ => {}
         }
     }
+    // The live commit, if it does not run but is there to start again.
+    let dead_live = state.active.and_then(|live| {
+        let s = state.slot(live);
+        let commit = s.commit.as_deref()?;
+        (s.process.is_none() && f.live_head.as_deref() == Some(commit))
+            .then(|| (live, commit.to_string()))
+    });
     if !f.named {
-        if let Some(why) = cron_skip(&state.history, f.sha) {
+        if let Some(why) = cron_skip(&state.history, f.sha, f.config) {
+            if let Some((slot, sha)) = dead_live {
+                return Decision::RestartInPlace {
+                    slot,
+                    sha,
+                    skipped: Some(why),
+                };
+            }
             let warn = !matches!(f.live_health, Some(Ok(())));
             return Decision::CronSkip { why, warn };
         }
     }
-    if let Some(live) = state.active {
-        let s = state.slot(live);
-        if s.commit.as_deref() == Some(f.sha)
-            && s.process.is_none()
-            && f.live_head.as_deref() == Some(f.sha)
-        {
-            return Decision::RestartInPlace { slot: live };
-        }
+    if let Some((slot, sha)) = dead_live.filter(|(_, sha)| sha == f.sha) {
+        return Decision::RestartInPlace {
+            slot,
+            sha,
+            skipped: None,
+        };
     }
     Decision::Deploy {
         target: state.next_deploy,
@@ -73,14 +93,18 @@ pub fn decide(f: &Facts) -> Decision {
 }
 
 /// Why cron (a deploy without COMMIT) leaves `sha` alone, if it does: its
-/// last deploy failed because of the commit itself, or an operator (or its
-/// keeper) rolled back away from it since it was last deployed.
-pub fn cron_skip(history: &[HistoryEntry], sha: &str) -> Option<String> {
+/// last deploy failed because of the commit itself, under the same config
+/// (`config`, a fingerprint; entries of older zdds have none and count as
+/// the same), or an operator (or its keeper) rolled back away from it since
+/// it was last deployed.
+pub fn cron_skip(history: &[HistoryEntry], sha: &str, config: &str) -> Option<String> {
     history
         .iter()
         .rev()
         .find_map(|h| match (h.action, h.outcome) {
-            (Action::Deploy, Outcome::Failed) if h.commit == sha => {
+            (Action::Deploy, Outcome::Failed)
+                if h.commit == sha && h.config.as_deref().is_none_or(|c| c == config) =>
+            {
                 Some(Some(format!("failed to deploy at {}", h.at)))
             }
             (Action::Deploy, _) if h.commit == sha => Some(None),
@@ -200,6 +224,7 @@ mod tests {
             previous: previous.map(str::to_string),
             reason: None,
             restarts: None,
+            config: None,
             phases: Phases::default(),
         }
     }
@@ -211,6 +236,7 @@ mod tests {
             named,
             live_health: Some(Ok(())),
             live_head: Some(V1.into()),
+            config: "c0",
         }
     }
 
@@ -270,19 +296,19 @@ mod tests {
         // A later successful deploy of it clears the skip...
         s.history
             .push(entry(Action::Deploy, Outcome::Ok, V2, Some(V1)));
-        assert_eq!(cron_skip(&s.history, V2), None);
+        assert_eq!(cron_skip(&s.history, V2, "c0"), None);
         // ...and a rollback away from it sets it again.
         s.history
             .push(entry(Action::Rollback, Outcome::Ok, V1, Some(V2)));
         assert_eq!(
-            cron_skip(&s.history, V2).as_deref(),
+            cron_skip(&s.history, V2, "c0").as_deref(),
             Some("was rolled back at 2026-11-30T10:00:00Z")
         );
         // Environment errors are retried.
         let mut e = live_v1();
         e.history
             .push(entry(Action::Deploy, Outcome::Error, V2, Some(V1)));
-        assert_eq!(cron_skip(&e.history, V2), None);
+        assert_eq!(cron_skip(&e.history, V2, "c0"), None);
     }
 
     #[test]
@@ -291,12 +317,57 @@ mod tests {
         s.slots.a.process = None;
         let mut f = facts(&s, V1, false);
         f.live_health = None;
-        assert_eq!(decide(&f), Decision::RestartInPlace { slot: Slot::A });
+        assert_eq!(
+            decide(&f),
+            Decision::RestartInPlace {
+                slot: Slot::A,
+                sha: V1.into(),
+                skipped: None
+            }
+        );
         f.live_head = Some(V2.into());
         assert_eq!(
             decide(&f),
             Decision::Deploy { target: Slot::B },
             "its checkout differs: build it anew"
+        );
+    }
+
+    #[test]
+    fn a_failure_under_another_config_is_a_new_attempt() {
+        let mut s = live_v1();
+        let mut failed = entry(Action::Deploy, Outcome::Failed, V2, Some(V1));
+        failed.config = Some("c0".into());
+        s.history.push(failed);
+        assert!(cron_skip(&s.history, V2, "c0").is_some(), "the same config");
+        assert_eq!(cron_skip(&s.history, V2, "c1"), None, "zdd.toml changed");
+        s.history.last_mut().unwrap().config = None;
+        assert!(
+            cron_skip(&s.history, V2, "c1").is_some(),
+            "an older zdd's entry counts as the same"
+        );
+    }
+
+    #[test]
+    fn cron_that_leaves_the_tip_alone_still_starts_a_dead_live_slot() {
+        let mut s = live_v1();
+        s.history
+            .push(entry(Action::Deploy, Outcome::Failed, V2, Some(V1)));
+        s.slots.a.process = None;
+        let mut f = facts(&s, V2, false);
+        f.live_health = None;
+        assert_eq!(
+            decide(&f),
+            Decision::RestartInPlace {
+                slot: Slot::A,
+                sha: V1.into(),
+                skipped: Some("failed to deploy at 2026-11-30T10:00:00Z".into())
+            }
+        );
+        f.live_head = None;
+        assert!(
+            matches!(decide(&f), Decision::CronSkip { warn: true, .. }),
+            "its checkout is gone: nothing to start, say so"
         );
     }
 

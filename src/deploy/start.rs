@@ -241,7 +241,9 @@ impl Run<'_> {
                 "{reason} (in the rehearsal on private port {port})"
             )),
             Verified::Failed(reason) => StepError::Failed(reason),
-            Verified::Foreign(reason) => StepError::Environment(reason),
+            Verified::Foreign(reason) | Verified::CannotStart(reason) => {
+                StepError::Environment(reason)
+            }
             Verified::Interrupted(sig) => StepError::Interrupted(sig),
         };
         Err(self.abort_with(attempt, why, Some(&mut started)))

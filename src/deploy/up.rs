@@ -59,6 +59,7 @@ impl Run<'_> {
         let (outcome, reason) = match &verdict {
             Verified::Healthy => (Outcome::Ok, "started by zdd up".to_string()),
             Verified::Failed(r) | Verified::Foreign(r) => (Outcome::Failed, r.clone()),
+            Verified::CannotStart(r) => (Outcome::Error, r.clone()),
             Verified::Interrupted(sig) => (
                 Outcome::Interrupted,
                 format!("zdd up interrupted by {}", sig.as_str()),
@@ -73,6 +74,7 @@ impl Run<'_> {
             previous: None,
             reason: Some(reason.clone()),
             restarts: None,
+            config: None,
             phases: Phases {
                 ready_ms: ms(t.elapsed()),
                 total_ms: ms(self.started.elapsed()),

@@ -123,6 +123,7 @@ pub fn fold_restarts(state: &mut State, root: &Path) -> bool {
                 previous: None,
                 reason: Some(reason),
                 restarts: Some(total),
+                config: None,
                 phases: Phases::default(),
             }),
         }

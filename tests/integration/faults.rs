@@ -712,3 +712,39 @@ fn probe_reaching_another_server_block_stops_the_swap_and_cron_retries_later() {
     assert!(r.stdout.contains(&v2[..12]), "{r:?}");
     assert_eq!(p.served(), "v2");
 }
+
+/// A newcomer's first deploys: a `start` that cannot run is not the
+/// commit's failure, and a fix in zdd.toml is a new attempt, so cron tries
+/// the same tip again instead of waiting for the branch to move.
+#[test]
+fn a_start_that_cannot_run_or_a_changed_config_is_tried_again_by_cron() {
+    let _heavy = heavy();
+    let mut p = Project::new("");
+    p.start_nginx();
+    p.edit_config(|c| c.replace("start = \"./run.sh\"", "start = \"./no-such-server\""));
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(
+            "the start command cannot run (exit status 127: not found; see the slot's log)"
+        ),
+        "{r:?}"
+    );
+    assert_eq!(p.history().last().unwrap()["outcome"], "error");
+    p.edit_config(|c| c.replace("start = \"./no-such-server\"", "start = \"./run.sh\""));
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "cron tries the tip again: {r:?}");
+    assert_eq!(p.served(), "v1");
+
+    // The commit's own failure blocks it for cron, until zdd.toml changes.
+    p.commit("v2", "export APP_STATUS=${V2_STATUS:-500}");
+    p.edit_config(|c| c.replace("timeout = \"15s\"", "timeout = \"1s\""));
+    assert_eq!(p.zdd(&["deploy"]).code, 1);
+    assert_eq!(p.history().last().unwrap()["outcome"], "failed");
+    let r = p.zdd(&["deploy"]);
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""), "left alone: {r:?}");
+    p.edit_config(|c| c.replace("[env]\n", "[env]\nV2_STATUS = \"200\"\n"));
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "a new attempt under the new config: {r:?}");
+    assert_eq!(p.served(), "v2");
+}

@@ -240,6 +240,37 @@ fn a_killed_keeper_takes_its_app_down_and_zdd_up_brings_it_back() {
     assert_eq!(p.status_json()["slots"][0]["supervised"], true);
 }
 
+/// A newcomer's cron: the tip failed to deploy (so cron leaves it alone),
+/// then the live slot's keeper is killed. The next cron run must not leave
+/// the site down: it starts the live commit again where it is.
+#[test]
+fn cron_starts_a_dead_live_slot_even_while_it_leaves_a_failed_tip_alone() {
+    let _heavy = heavy();
+    let p = Project::live_v1("");
+    let broken = p.commit("v2", "export APP_STATUS=500");
+    p.edit_config(|c| c.replace("timeout = \"15s\"", "timeout = \"1s\""));
+    assert_eq!(p.zdd(&["deploy"]).code, 1, "the tip fails its health check");
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.is_empty(), "cron is quiet while v1 serves: {r:?}");
+    kill(p.keeper_pids()[0], Signal::SIGKILL);
+    assert!(wait_until(Duration::from_secs(15), || p
+        .app_pids()
+        .is_empty()));
+    assert!(p.served().contains("502"), "{}", p.served());
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "not deploying it until main moves (`zdd deploy {}` deploys it now); the live slot a (",
+            &broken[..12]
+        )) && r.stderr.contains(") does not run: starting it again"),
+        "{r:?}"
+    );
+    assert_eq!(p.served(), "v1");
+    assert_eq!(p.keeper_pids().len(), 1);
+}
+
 #[test]
 fn zdd_up_after_a_reboot_restores_the_live_slot_and_named_processes() {
     let _heavy = heavy();
