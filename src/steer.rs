@@ -3,7 +3,7 @@
 //! the switch, or once round-robin failover finds it), then wait until
 //! nothing is queued for the old slot any more.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, NginxMode};
@@ -35,6 +35,8 @@ pub struct NotRouted {
     pub reason: String,
     /// The slot nginx last picked, when its switch said so.
     pub picked: Option<Slot>,
+    /// nginx answered the probe (it runs, but routes elsewhere).
+    pub answered: bool,
 }
 
 /// What a probe answer must show for nginx to route to one slot.
@@ -57,7 +59,9 @@ impl Expect {
             slot,
             addr: format!("127.0.0.1:{}", config.port(slot)),
             name: config.name.clone(),
-            root: config.root.clone(),
+            // As nginx resolves it (a root created after the config was read
+            // was not resolved then).
+            root: std::fs::canonicalize(&config.root).unwrap_or_else(|_| config.root.clone()),
             custom_template: config.nginx.template.is_some(),
             probe_host: config
                 .nginx
@@ -122,6 +126,13 @@ pub fn judge(expect: &Expect, route: &Route, probe_url: &str) -> Verdict {
             Via::Key { key, resolved } => {
                 let picked = switch::slot_of_resolved(resolved);
                 let link = switch::nginx_root(&expect.root);
+                let ours = expect.root.join("route");
+                if !resolved.is_empty() && !Path::new(resolved).starts_with(&ours) {
+                    return Verdict::Wrong(format!(
+                        "nginx's probe was answered by a server block of another root: it resolved {resolved}, not a folder in {} (another app's site with the same listen and server_name?); give this app's site its own nginx.server_name, or set nginx.probe_url to where its server block listens",
+                        ours.display()
+                    ));
+                }
                 if resolved.is_empty() {
                     return Verdict::Wrong(match switch::hidden_by(&expect.root) {
                         Some((folder, mode)) => format!(
@@ -203,6 +214,7 @@ pub fn confirm(
         let fail = move |reason: String| NotRouted {
             reason,
             picked: seen,
+            answered: true,
         };
         match judge(&expect, &probe.ask(), probe.url()) {
             Verdict::Routed(r) => return Ok(r),
@@ -218,10 +230,13 @@ pub fn confirm(
                 return Ok(Routed::Waited);
             }
             Verdict::Unanswered(e) if !must_route => {
-                return Err(fail(format!(
-                    "nginx did not answer at {} ({e}); once it runs the config from `zdd nginx`, it will send requests to slot {slot}",
-                    probe.url()
-                )))
+                return Err(NotRouted {
+                    answered: false,
+                    ..fail(format!(
+                        "nginx did not answer at {} ({e}); once it runs the config from `zdd nginx`, it will send requests to slot {slot}",
+                        probe.url()
+                    ))
+                })
             }
             Verdict::Unanswered(e) => last = format!("{} did not answer: {e}", probe.url()),
             Verdict::Elsewhere { said, picked: p } => {
@@ -230,7 +245,11 @@ pub fn confirm(
                 last = said;
             }
         }
-        let fail = |reason: String| NotRouted { reason, picked };
+        let fail = |reason: String| NotRouted {
+            reason,
+            picked,
+            answered,
+        };
         if t.elapsed() >= limit {
             let reason = if !answered {
                 format!(
@@ -400,6 +419,22 @@ mod tests {
             panic!()
         };
         assert!(why.contains("keyed on \"slot-b\""), "{why}");
+    }
+
+    #[test]
+    fn a_probe_answered_for_another_root_is_named() {
+        let want = expect(NginxMode::Switch, Slot::A);
+        let other = Route::Upstream {
+            addr: "127.0.0.1:3001".into(),
+            via: Via::Key {
+                key: "slot-a".into(),
+                resolved: "/srv/blog/route/a/www".into(),
+            },
+        };
+        let Verdict::Wrong(why) = judge(&want, &other, URL) else {
+            panic!()
+        };
+        assert!(why.contains("a server block of another root: it resolved /srv/blog/route/a/www, not a folder in /srv/shop/route"), "{why}");
     }
 
     #[test]

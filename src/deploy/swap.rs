@@ -126,7 +126,13 @@ impl Run<'_> {
                 let reason = format!("{reason}; the switch points at slot {was} again");
                 Err(self.abort_env(attempt, reason, Some(started)))
             }
-            // Nothing else serves, so there is nothing to protect: go on.
+            // A first deploy that nginx answers but routes elsewhere is
+            // not a success: nothing would reach it.
+            Err(not) if not.answered => {
+                self.unrecord_live(target, before)?;
+                Err(self.abort_env(attempt, not.reason, Some(started)))
+            }
+            // nginx is not up yet and nothing else serves: go on.
             Err(not) => {
                 log::warn!("{}", not.reason);
                 Ok(())

@@ -316,3 +316,32 @@ fn static_files_through_the_switch_flip_with_the_code() {
     assert_eq!(p.zdd(&["rollback"]).code, 0);
     assert_eq!((version_file().2.trim(), p.served().as_str()), ("v1", "v1"));
 }
+
+/// A second app whose config shares the first one's listen and has no site
+/// of its own in nginx: its first deploy reaches the other app's server
+/// block. That is not a success, and the message says whose block it was.
+#[test]
+fn a_first_deploy_that_reaches_another_apps_server_block_fails() {
+    let _heavy = heavy();
+    let shop = Project::live_v1("");
+    let typo = Project::new("");
+    typo.edit_config(|c| c.replace(&typo.nginx_port.to_string(), &shop.nginx_port.to_string()));
+    let r = typo.zdd(&["deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("was answered by a server block of another root: it resolved ")
+            && r.stderr
+                .contains(&format!("{}/route/a/www", shop.root().display())),
+        "{r:?}"
+    );
+    assert!(
+        typo.listening_slots().is_empty(),
+        "its new slot was stopped"
+    );
+    assert!(
+        typo.state().get("active").is_none(),
+        "nothing recorded live"
+    );
+    assert_eq!(shop.served(), "v1");
+}
