@@ -302,8 +302,20 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
                     )));
                 }
             }
+            let hint = match message.contains(&format!("unknown \"{}", key_var(config).trim_end_matches("_key"))) {
+                true => format!(
+                    "\na server block proxies to ${} without including zdd's snippet: add `include {};` to it, before its locations",
+                    key_var(config).trim_end_matches("_key"),
+                    config
+                        .nginx
+                        .snippet_output
+                        .as_deref()
+                        .map_or("SNIPPET".into(), |p| p.display().to_string())
+                ),
+                false => String::new(),
+            };
             return Err(Error::Usage(format!(
-                "nginx rejected the rendered config; {} unchanged\n{message}",
+                "nginx rejected the rendered config; {} unchanged\n{message}{hint}",
                 written
                     .iter()
                     .map(|(p, _)| p.display().to_string())

@@ -50,6 +50,8 @@ pub struct Expect {
     /// Whether a custom template may lack the probe location.
     custom_template: bool,
     probe_host: String,
+    /// `nginx.snippet_output`: what an own server block includes.
+    snippet: Option<PathBuf>,
 }
 
 impl Expect {
@@ -68,6 +70,7 @@ impl Expect {
                 .probe_host
                 .clone()
                 .unwrap_or_else(|| "127.0.0.1".into()),
+            snippet: config.nginx.snippet_output.clone(),
         }
     }
 
@@ -106,10 +109,17 @@ pub fn judge(expect: &Expect, route: &Route, probe_url: &str) -> Verdict {
         // template in switch mode: an answer without it came from another
         // server block.
         Route::NoProbe(status) if !expect.custom_template || expect.mode == NginxMode::Switch => {
-            Verdict::Wrong(format!(
-                "nginx answered {probe_url} with HTTP {status} but without the zdd probe header: the request reached another server block (Host {}); remove nginx's default site, set nginx.server_name, or set nginx.probe_url",
-                expect.probe_host
-            ))
+            Verdict::Wrong(match &expect.snippet {
+                Some(snippet) => format!(
+                    "nginx answered {probe_url} with HTTP {status} but without zdd's probe headers: the server block that answered (Host {}) does not include zdd's snippet — add `include {};` to the app's server block and reload nginx — or it is another app's block: then remove nginx's default site, set nginx.server_name, or set nginx.probe_url",
+                    expect.probe_host,
+                    snippet.display()
+                ),
+                None => format!(
+                    "nginx answered {probe_url} with HTTP {status} but without zdd's probe headers: the request reached another server block (Host {}), or nginx runs a config without zdd's site; remove nginx's default site, set nginx.server_name or nginx.probe_url, or run `zdd nginx --write --reload`",
+                    expect.probe_host
+                ),
+            })
         }
         Route::NoProbe(status) => Verdict::NoProbe(*status),
         Route::Upstream { addr, .. } if expect.mode == NginxMode::RoundRobin => {
@@ -350,6 +360,7 @@ mod tests {
             root: "/srv/shop".into(),
             custom_template: false,
             probe_host: "shop.example.com".into(),
+            snippet: None,
         }
     }
 

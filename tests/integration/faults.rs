@@ -692,10 +692,16 @@ fn probe_reaching_another_server_block_stops_the_swap_and_cron_retries_later() {
         p.nginx_port
     );
     p.start_nginx_with(&format!("{site}{other}"));
+    // A first deploy nginx answers but routes elsewhere is no success.
     let r = p.zdd(&["deploy"]);
-    assert_eq!(r.code, 0, "the first deploy has nothing to protect: {r:?}");
-    assert!(r.stderr.contains("without the zdd probe header"), "{r:?}");
-    assert_eq!(p.served_direct(0), "v1");
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("without zdd's probe headers"), "{r:?}");
+    assert!(p.listening_slots().is_empty(), "its slot was stopped");
+    // Pointed at the app's server block, the same commit goes live.
+    p.start_nginx_with(&site);
+    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    assert_eq!(p.served(), "v1");
+    p.start_nginx_with(&format!("{site}{other}"));
     let v2 = p.commit("v2", "");
     let r = p.zdd(&["deploy"]);
     assert_eq!(r.code, 1, "{r:?}");

@@ -116,23 +116,24 @@ fn nginx_write_and_reload_against_a_real_nginx() {
         .stdout
         .replace(&format!("127.0.0.1:{} ", p.ports[0]), "127.0.0.1:9 ");
     p.start_nginx_with(&old_site);
-    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    p.edit_config(|c| c.replace("[nginx]\n", "[nginx]\nroute_timeout = \"1s\"\n"));
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 1, "nginx routes the first deploy nowhere: {r:?}");
     assert!(
-        p.served().contains("502"),
-        "the old config does not reach slot a: {}",
-        p.served()
+        r.stderr.contains("nginx did not route to slot a")
+            && r.stderr
+                .contains("`zdd nginx` prints the config zdd expects"),
+        "{r:?}"
     );
+    assert!(p.served().contains("502"), "{}", p.served());
 
     let r = p.zdd(&["nginx", "--write", "--reload"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.stdout.trim(), "nginx reloaded");
     let written = std::fs::read_to_string(p.path().join("nginx/site.conf")).unwrap();
     assert_eq!(written, p.zdd(&["nginx"]).stdout);
-    assert!(
-        wait_until(std::time::Duration::from_secs(10), || p.served() == "v1"),
-        "{}",
-        p.served()
-    );
+    assert_eq!(p.zdd(&["deploy"]).code, 0, "cron tries it again");
+    assert_eq!(p.served(), "v1");
 
     // A template nginx rejects leaves the old file in place and says why.
     let bad = p.path().join("bad.conf.j2");
@@ -442,4 +443,53 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         "{r:?}"
     );
     assert!(r.stdout.contains("deploy"));
+}
+
+/// An own server block that forgets zdd's snippet gets the fix, not a
+/// guess: at `zdd nginx --reload` when it proxies to `$zdd_NAME`, and at
+/// the deploy's check when it proxies to the upstream itself.
+#[test]
+fn an_own_server_block_without_the_snippet_is_named_with_the_line_to_add() {
+    let _heavy = heavy();
+    let mut p = Project::new("");
+    p.edit_config(|c| {
+        c.replace(
+            "[nginx]\n",
+            "[nginx]\nupstreams_output = \"nginx/zdd-upstreams.conf\"\nsnippet_output = \"nginx/zdd-snippet.conf\"\nroute_timeout = \"1s\"\n",
+        )
+    });
+    let parts = p.path().join("nginx");
+    let port = p.nginx_port;
+    let site = |proxy: &str| {
+        format!(
+            "include {0}/zdd-upstreams.conf;\nserver {{\n  listen 127.0.0.1:{port};\n  location / {{ proxy_pass http://{proxy}; proxy_set_header Host $host; }}\n}}\n",
+            parts.display(),
+        )
+    };
+    p.start_nginx_with(&format!(
+        "server {{ listen 127.0.0.1:{}; return 503; }}\n",
+        p.nginx_port
+    ));
+    std::fs::write(parts.join("site.conf"), site("$zdd_testapp")).unwrap();
+    let r = p.zdd(&["nginx", "--write", "--reload"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "a server block proxies to $zdd_testapp without including zdd's snippet: add `include {}/zdd-snippet.conf;` to it",
+            parts.display()
+        )),
+        "{r:?}"
+    );
+
+    std::fs::write(parts.join("site.conf"), site("testapp")).unwrap();
+    assert_eq!(p.zdd(&["nginx", "--write", "--reload"]).code, 0);
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "does not include zdd's snippet — add `include {}/zdd-snippet.conf;` to the app's server block",
+            parts.display()
+        )),
+        "{r:?}"
+    );
 }
