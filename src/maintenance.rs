@@ -155,12 +155,7 @@ fn confirm(config: &Config, closed: bool) -> std::result::Result<(), String> {
 pub fn render_page(config: &Config, message: &str, since: &str) -> Result<String> {
     let (template, origin) = match &config.maintenance.page {
         Some(path) => (
-            root::read_trusted(path).map_err(|e| {
-                Error::Usage(match e {
-                    root::Untrusted::Io(e) => format!("maintenance.page {}: {e}", path.display()),
-                    root::Untrusted::Refused(why) => format!("maintenance.page {why}"),
-                })
-            })?,
+            root::read_trusted_input(path, "maintenance.page")?,
             path.display().to_string(),
         ),
         None => (PAGE_TEMPLATE.to_string(), "the built-in page".to_string()),
@@ -171,13 +166,7 @@ pub fn render_page(config: &Config, message: &str, since: &str) -> Result<String
         &template,
         minijinja::context! { message => message, since => since, name => &config.name },
     )
-    .map_err(|e| {
-        Error::Usage(format!(
-            "{origin}{}: cannot render the maintenance page: {}",
-            e.line().map(|l| format!(":{l}")).unwrap_or_default(),
-            e.detail().unwrap_or(&e.kind().to_string())
-        ))
-    })
+    .map_err(|e| nginx::template_error(&origin, "the maintenance page", &e))
 }
 
 #[cfg(test)]

@@ -194,7 +194,7 @@ fn render_in(config: &Config, mode: NginxMode, part: Part) -> Result<String> {
     };
     let builtin = |env: &minijinja::Environment, text: &str, ctx: &Context| {
         env.render_str(text, ctx)
-            .map_err(|e| template_error("built-in template", &e))
+            .map_err(|e| template_error("built-in template", "the nginx template", &e))
     };
     ctx.upstreams_conf = builtin(&env, UPSTREAMS_TEMPLATE, &ctx)?;
     ctx.snippet_conf = builtin(&env, SNIPPET_TEMPLATE, &ctx)?;
@@ -205,25 +205,19 @@ fn render_in(config: &Config, mode: NginxMode, part: Part) -> Result<String> {
     }
     let (template, origin) = match &config.nginx.template {
         Some(path) => (
-            crate::root::read_trusted(path).map_err(|e| {
-                Error::Usage(match e {
-                    crate::root::Untrusted::Io(e) => {
-                        format!("nginx.template {}: {e}", path.display())
-                    }
-                    crate::root::Untrusted::Refused(why) => format!("nginx.template {why}"),
-                })
-            })?,
+            crate::root::read_trusted_input(path, "nginx.template")?,
             path.display().to_string(),
         ),
         None => (SITE_TEMPLATE.to_string(), "built-in template".to_string()),
     };
     env.render_str(&template, &ctx)
-        .map_err(|e| template_error(&origin, &e))
+        .map_err(|e| template_error(&origin, "the nginx template", &e))
 }
 
-fn template_error(origin: &str, e: &minijinja::Error) -> Error {
+/// A template that does not render: `ORIGIN[:LINE]: cannot render WHAT: why`.
+pub(crate) fn template_error(origin: &str, what: &str, e: &minijinja::Error) -> Error {
     Error::Usage(format!(
-        "{origin}{}: cannot render the nginx template: {}",
+        "{origin}{}: cannot render {what}: {}",
         e.line().map(|l| format!(":{l}")).unwrap_or_default(),
         e.detail().unwrap_or(&e.kind().to_string())
     ))

@@ -113,6 +113,17 @@ pub fn refused(path: &Path, e: io::Error) -> Error {
     }
 }
 
+/// [`read_trusted`] for a file the config names under `key` (a template):
+/// any failure is bad input (exit 2), named by the key.
+pub fn read_trusted_input(path: &Path, key: &str) -> Result<String> {
+    read_trusted(path).map_err(|e| {
+        Error::Usage(match e {
+            Untrusted::Io(e) => format!("{key} {}: {e}", path.display()),
+            Untrusted::Refused(why) => format!("{key} {why}"),
+        })
+    })
+}
+
 /// Read a file that steers what zdd does (its config, a custom nginx
 /// template, nginx's pid file): only one that nobody but root and the user
 /// running zdd could have written. The path is resolved one component at a
