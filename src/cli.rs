@@ -13,7 +13,8 @@ use crate::lock::LockWait;
     version,
     about = "Zero-downtime deploys of a web app on one host: two slots behind nginx, steered by a switch nginx resolves when it connects",
     after_help = "Exit codes: 0 done or nothing to do; 1 failed, the version that was serving still serves; \
-2 bad usage, config or input, nothing changed; 3 another zdd holds the lock; 4 zdd could not finish, state needs attention."
+2 bad usage, config or input, nothing changed; 3 another zdd holds the lock; 4 zdd could not finish, state needs attention; \
+5 (status) the site is not serving."
 )]
 pub struct Cli {
     /// Config file [default: ./zdd.toml]
@@ -79,7 +80,7 @@ pub enum Command {
         #[command(flatten)]
         wait: Wait,
     },
-    /// Show the live slot, processes, health and drift between state and reality
+    /// Show the live slot, the `zdd start` processes, health, nginx and drift; exit 5 when the site is not serving
     Status {
         /// Machine-readable output
         #[arg(long)]

@@ -3,7 +3,8 @@
 //! Messages are lower case and read well after "zdd: ". Exit codes follow
 //! SPEC §5: 1 the operation failed but what served still serves, 2 bad
 //! usage/config/input (nothing changed), 3 the lock is held, 4 zdd could not
-//! finish and the state needs attention.
+//! finish and the state needs attention; 5 (`zdd status` only) the site is
+//! not serving.
 
 use std::path::PathBuf;
 
@@ -14,6 +15,8 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     pub const LOCKED: i32 = 3;
     pub const NEEDS_ATTENTION: i32 = 4;
+    /// `zdd status`: nothing healthy serves the site through nginx.
+    pub const NOT_SERVING: i32 = 5;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,10 @@ pub enum Error {
     #[error("{0}")]
     NeedsAttention(String),
 
+    /// `zdd status` found the site not serving (after printing the status).
+    #[error("not serving: {0}")]
+    NotServing(String),
+
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -83,6 +90,7 @@ impl Error {
                 exit::NEEDS_ATTENTION
             }
             Error::Failed(_) => exit::FAILED,
+            Error::NotServing(_) => exit::NOT_SERVING,
             Error::Interrupted { number, .. } => 128 + number,
             Error::Several { code, .. } => *code,
         }

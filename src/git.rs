@@ -262,8 +262,36 @@ fn run(mut cmd: Command, args: &[&str]) -> Result<Output, String> {
             out.status
         )
     } else {
-        crate::text::escape(&lines.join("; ")).into_owned()
+        crate::text::escape(&one_line(&lines)).into_owned()
     })
+}
+
+/// git's message lines as one: a line that ends a sentence, or one that
+/// goes on in the next (which starts in lower case), is followed by a
+/// space, any other by "; ".
+fn one_line(lines: &[&str]) -> String {
+    let mut text = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            let ended = text.ends_with(['.', '!', '?', ':']);
+            // "fatal: …", "hint: …" start a message of their own.
+            let labelled = line
+                .split_whitespace()
+                .next()
+                .is_some_and(|w| w.ends_with(':'));
+            let goes_on = !labelled && line.starts_with(|c: char| c.is_lowercase());
+            text.push_str(if ended || goes_on { " " } else { "; " });
+        }
+        text.push_str(line);
+    }
+    text
+}
+
+/// The local folder a `repo` names (a path or a `file://` URL), if it is
+/// local.
+pub fn local_repo(repo: &str) -> Option<&Path> {
+    let path = repo.strip_prefix("file://").unwrap_or(repo);
+    path.starts_with('/').then(|| Path::new(path))
 }
 
 /// `dir` exists as a folder of `owner`'s (uid, gid), made with `mode` if
@@ -317,6 +345,27 @@ pub fn short(sha: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn git_messages_read_as_one_line() {
+        let lines = [
+            "fatal: '/srv/nope' does not appear to be a git repository",
+            "fatal: Could not read from remote repository.",
+            "Please make sure you have the correct access rights",
+            "and the repository exists.",
+        ];
+        assert_eq!(
+            one_line(&lines),
+            "fatal: '/srv/nope' does not appear to be a git repository; fatal: Could not read from remote repository. Please make sure you have the correct access rights and the repository exists."
+        );
+        assert_eq!(
+            local_repo("file:///srv/git/a"),
+            Some(Path::new("/srv/git/a"))
+        );
+        assert_eq!(local_repo("/srv/git/a"), Some(Path::new("/srv/git/a")));
+        assert_eq!(local_repo("git@host:a.git"), None);
+        assert_eq!(local_repo("https://host/a.git"), None);
+    }
 
     #[test]
     fn a_rev_is_one_safe_argument() {

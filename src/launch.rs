@@ -55,6 +55,10 @@ pub fn verify(
             Err(reason) => Verified::Foreign(reason),
             Ok(()) => then(),
         },
+        Verified::Failed(reason) => Verified::Failed(match listens_elsewhere(started, port) {
+            Some(elsewhere) => format!("{elsewhere}; {reason}"),
+            None => reason,
+        }),
         other => other,
     };
     match verdict {
@@ -68,6 +72,35 @@ pub fn verify(
         },
         other => other,
     }
+}
+
+/// Where the app listens, said when it is not where the health check
+/// looks (`127.0.0.1:$PORT`): a `start` that ignores `$PORT`, or binds
+/// another address.
+fn listens_elsewhere(started: &Started, port: u16) -> Option<String> {
+    let table = process::Table::now();
+    let pids: Vec<i32> = started
+        .id
+        .members(&table)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+    let addrs = crate::ports::listening_addrs(&pids);
+    let checked = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let reachable = |a: &std::net::SocketAddr| {
+        a.port() == port && (a.ip().is_unspecified() || a.ip() == checked.ip())
+    };
+    if addrs.is_empty() || addrs.iter().any(reachable) {
+        return None;
+    }
+    let list = addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "the app listens on {list}, not on 127.0.0.1:$PORT ({port}): make `start` listen on 127.0.0.1 and the port zdd sets in $PORT"
+    ))
 }
 
 /// Does the listener on `port` belong to the process group just started?

@@ -279,16 +279,9 @@ fn verify(
     }
 }
 
-/// `zdd up` for named processes: each one recorded under root that does not
-/// run is started again as recorded, under a keeper that supervises it at
-/// once, and verified. Returns what failed.
-pub fn up(config: Option<&Config>, wait: LockWait) -> Vec<Error> {
-    let root = match root_of(config) {
-        Ok(r) => r,
-        Err(e) => return vec![e],
-    };
-    let run_dir = root.join("run");
-    let Ok(entries) = std::fs::read_dir(&run_dir) else {
+/// The names recorded under `root/run/`, sorted.
+fn recorded_names(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root.join("run")) else {
         return Vec::new(); // nothing was ever started here
     };
     let mut names: Vec<String> = entries
@@ -299,6 +292,31 @@ pub fn up(config: Option<&Config>, wait: LockWait) -> Vec<Error> {
         })
         .collect();
     names.sort();
+    names
+}
+
+/// Every process recorded by `zdd start` under `root`, by name (what
+/// `zdd status` lists); a record zdd cannot read is an `Err`.
+pub fn records(root: &Path) -> Vec<(String, Result<Record>)> {
+    recorded_names(root)
+        .into_iter()
+        .filter_map(|name| match read_record(&record_path(root, &name)) {
+            Ok(None) => None,
+            Ok(Some(r)) => Some((name, Ok(r))),
+            Err(e) => Some((name, Err(e))),
+        })
+        .collect()
+}
+
+/// `zdd up` for named processes: each one recorded under root that does not
+/// run is started again as recorded, under a keeper that supervises it at
+/// once, and verified. Returns what failed.
+pub fn up(config: Option<&Config>, wait: LockWait) -> Vec<Error> {
+    let root = match root_of(config) {
+        Ok(r) => r,
+        Err(e) => return vec![e],
+    };
+    let names = recorded_names(&root);
     if names.is_empty() {
         return Vec::new();
     }
@@ -400,7 +418,14 @@ fn stop_slot(config: &Config, slot: Slot, wait: LockWait) -> Result<()> {
     let before = state.clone();
     keeper::fold_restarts(&mut state, &config.root);
     match state.slot(slot).process.clone() {
-        Some(id) => report_stop(&format!("slot {slot}"), &id, &config.stop),
+        Some(id) => {
+            report_stop(&format!("slot {slot}"), &id, &config.stop);
+            if state.active == Some(slot) {
+                log::warn!(
+                    "slot {slot} is the live slot: the site is down (nginx has no app to send it to) until `zdd up` starts slot {slot} again, or the next `zdd deploy` does"
+                );
+            }
+        }
         None => out!("slot {slot} was not running"),
     }
     state.slot_mut(slot).forget_process();

@@ -52,6 +52,15 @@ impl Part {
         }
     }
 
+    /// As `--part` takes it.
+    fn name(self) -> &'static str {
+        match self {
+            Part::Site => "site",
+            Part::Upstreams => "upstreams",
+            Part::Snippet => "snippet",
+        }
+    }
+
     fn output(self, config: &Config) -> Option<&PathBuf> {
         match self {
             Part::Site => config.nginx.output.as_ref(),
@@ -223,12 +232,40 @@ pub(crate) fn template_error(origin: &str, what: &str, e: &minijinja::Error) -> 
     ))
 }
 
+/// What plain `zdd nginx` prints: the whole site, unless the config sets
+/// only the parts for its own server blocks; then those parts.
+fn printed_by_default(config: &Config) -> Vec<Part> {
+    let parts: Vec<Part> = [Part::Upstreams, Part::Snippet]
+        .into_iter()
+        .filter(|p| p.output(config).is_some())
+        .collect();
+    match config.nginx.output.is_some() || parts.is_empty() {
+        true => vec![Part::Site],
+        false => parts,
+    }
+}
+
 /// `zdd nginx [--part PART] [--write] [--reload]`.
 pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Result<()> {
     // Once: with a custom template it takes a render to find out.
     let mode = mode(config)?;
     if !write {
-        print!("{}", render_in(config, mode, part.unwrap_or(Part::Site))?);
+        let parts = part.map_or_else(|| printed_by_default(config), |p| vec![p]);
+        let mut text = String::new();
+        for p in &parts {
+            if parts.len() > 1 {
+                let output = p.output(config).map(|o| o.display().to_string());
+                text.push_str(&format!(
+                    "# ---- zdd nginx --part {} ({} = {}) ----\n",
+                    p.name(),
+                    p.key(),
+                    output.unwrap_or_default()
+                ));
+            }
+            text.push_str(&render_in(config, mode, *p)?);
+        }
+        crate::text::write_stdout(text.as_bytes())
+            .map_err(Error::io("cannot write the nginx config to", "stdout"))?;
         if reload {
             test_config(config)
                 .map_err(|m| Error::Usage(format!("nginx rejected its config\n{m}")))?;
@@ -261,7 +298,7 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
                 "{}: set {} to the file `zdd nginx --write --part {}` should write",
                 config.path.display(),
                 part.key(),
-                format!("{part:?}").to_lowercase()
+                part.name()
             ))
         })?;
         let text = render_in(config, mode, part)?;
@@ -296,18 +333,7 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
                     )));
                 }
             }
-            let hint = match message.contains(&format!("unknown \"{}", key_var(config).trim_end_matches("_key"))) {
-                true => format!(
-                    "\na server block proxies to ${} without including zdd's snippet: add `include {};` to it, before its locations",
-                    key_var(config).trim_end_matches("_key"),
-                    config
-                        .nginx
-                        .snippet_output
-                        .as_deref()
-                        .map_or("SNIPPET".into(), |p| p.display().to_string())
-                ),
-                false => String::new(),
-            };
+            let hint = rejection_hint(config, &message);
             return Err(Error::Usage(format!(
                 "nginx rejected the rendered config; {} unchanged\n{message}{hint}",
                 written
@@ -325,6 +351,32 @@ pub fn run(config: &Config, part: Option<Part>, write: bool, reload: bool) -> Re
         }
     }
     Ok(())
+}
+
+/// What nginx's refusal of the rendered files means, when the files are
+/// fine and the cause is elsewhere (empty when nothing is known).
+fn rejection_hint(config: &Config, message: &str) -> String {
+    let var = key_var(config);
+    let var = var.trim_end_matches("_key");
+    let upstream = &config.name;
+    if message.contains(&format!("unknown \"{var}")) {
+        return format!(
+            "\na server block proxies to ${var} without including zdd's snippet: add `include {};` to it, before its locations",
+            config
+                .nginx
+                .snippet_output
+                .as_deref()
+                .map_or("SNIPPET".into(), |p| p.display().to_string())
+        );
+    }
+    let both = config.nginx.output.is_some() && config.nginx.upstreams_output.is_some();
+    if both && message.contains(&format!("duplicate upstream \"{upstream}")) {
+        return format!(
+            "\nnginx.output (a whole site) and nginx.upstreams_output both define upstream {upstream}: keep one of the two ways in {} (with your own server blocks, remove nginx.output and the file it wrote)",
+            config.path.display()
+        );
+    }
+    String::new()
 }
 
 /// Before nginx reads a config with the switch: its folders exist, nginx's
@@ -401,28 +453,45 @@ fn test_config(config: &Config) -> std::result::Result<(), String> {
 /// master right now (a stale file may name a reused pid).
 fn signal_master(config: &Config) -> Result<()> {
     let path = &config.nginx.pid_file;
+    let not_running = |why: String| {
+        Error::Failed(format!(
+            "nginx is not running: {why}; start nginx ({}): it reads its config as it is now, which passed nginx.test_command",
+            start_hint(&config.nginx.test_command)
+        ))
+    };
     let text = crate::root::read_trusted(path).map_err(|e| match e {
+        crate::root::Untrusted::Io(e) if e.kind() == std::io::ErrorKind::NotFound => not_running(format!(
+            "its pid file {} (nginx.pid_file) is not there. If nginx runs with its own nginx.conf, set nginx.pid_file to the `pid` that config names (`nginx -T 2>/dev/null | grep -m1 '^pid'` for the system nginx)",
+            path.display()
+        )),
         crate::root::Untrusted::Io(e) => Error::Failed(format!(
-            "cannot read nginx's pid file {} (nginx.pid_file): {e}; is nginx running? If it runs with its own nginx.conf, set nginx.pid_file to the `pid` that config names (`nginx -T 2>/dev/null | grep -m1 '^pid'` for the system nginx)",
+            "cannot read nginx's pid file {} (nginx.pid_file): {e}",
             path.display()
         )),
         crate::root::Untrusted::Refused(why) => {
             Error::Usage(format!("nginx's pid file (nginx.pid_file) {why}"))
         }
     })?;
-    let pid: i32 = text
-        .trim()
-        .parse()
-        .ok()
-        .filter(|&p| p > 1)
-        .ok_or_else(|| Error::Failed(format!("{} does not hold a pid", path.display())))?;
+    if text.trim().is_empty() {
+        return Err(not_running(format!(
+            "its pid file {} is empty (`nginx -t` leaves it so while nginx is stopped)",
+            path.display()
+        )));
+    }
+    let pid: i32 = text.trim().parse().ok().filter(|&p| p > 1).ok_or_else(|| {
+        Error::Failed(format!(
+            "{} does not hold a pid (it holds {:?}); is nginx.pid_file nginx's pid file?",
+            path.display(),
+            crate::text::escape(text.trim().chars().take(40).collect::<String>().as_str())
+        ))
+    })?;
     let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     if !title.starts_with(b"nginx: master process") {
-        return Err(Error::Failed(format!(
-            "pid {pid} from {} is not nginx's master process (it is {}); the file is stale: is nginx running?",
+        return Err(not_running(format!(
+            "its pid file {} names pid {pid}, which is {} (the file is stale)",
             path.display(),
             match crate::ports::command_of(pid) {
-                Some(c) => format!("`{}`", crate::text::escape(&c)),
+                Some(c) => format!("`{}`, not nginx's master", crate::text::escape(&c)),
                 None => "gone".to_string(),
             }
         )));
@@ -435,9 +504,43 @@ fn signal_master(config: &Config) -> Result<()> {
     })
 }
 
+/// How to start the nginx that `test_command` tests: the same command
+/// without `-t`, or the system's service.
+fn start_hint(test_command: &str) -> String {
+    let words: Vec<&str> = test_command.split_whitespace().collect();
+    match words.as_slice() {
+        ["nginx", "-t"] | ["/usr/sbin/nginx", "-t"] => {
+            "`systemctl start nginx`, or `nginx`".to_string()
+        }
+        [nginx, rest @ ..] if nginx.ends_with("nginx") && rest.contains(&"-t") => {
+            let start: Vec<&str> = std::iter::once(*nginx)
+                .chain(rest.iter().copied().filter(|w| *w != "-t"))
+                .collect();
+            format!("`{}`", start.join(" "))
+        }
+        _ => "`systemctl start nginx`, or the way this nginx is started".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nginx_is_started_the_way_it_is_tested() {
+        assert_eq!(
+            start_hint("nginx -t"),
+            "`systemctl start nginx`, or `nginx`"
+        );
+        assert_eq!(
+            start_hint("/usr/sbin/nginx -t -p /srv/nginx -c /srv/nginx/nginx.conf"),
+            "`/usr/sbin/nginx -p /srv/nginx -c /srv/nginx/nginx.conf`"
+        );
+        assert_eq!(
+            start_hint("sudo nginx -t"),
+            "`systemctl start nginx`, or the way this nginx is started"
+        );
+    }
 
     fn config(extra: &str) -> Config {
         Config::parse(

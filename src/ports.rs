@@ -64,6 +64,8 @@ const IPPROTO_TCP: u8 = 6;
 /// One socket as sock_diag reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct DiagSocket {
+    /// The local address and port.
+    addr: std::net::IpAddr,
     port: u16,
     inode: u64,
     /// `idiag_rqueue`: for a listener, connections the kernel has completed
@@ -99,6 +101,43 @@ pub fn unread_bytes(port: u16) -> std::io::Result<u64> {
         .iter()
         .map(|s| u64::from(s.queued))
         .sum())
+}
+
+/// The addresses `pids` listen on (TCP, IPv4 and IPv6), sorted: where an
+/// app really listens when its health check finds nothing on `$PORT`.
+pub fn listening_addrs(pids: &[i32]) -> Vec<std::net::SocketAddr> {
+    let mut all = Vec::new();
+    for family in [libc_af_inet(), libc_af_inet6()] {
+        // Port 0: every listener; a host has few.
+        all.extend(dump(family, 1 << TCP_LISTEN, 0).unwrap_or_default());
+    }
+    let mut found: Vec<std::net::SocketAddr> = Vec::new();
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy();
+            let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            for s in all.iter().filter(|s| s.inode == inode) {
+                let addr = std::net::SocketAddr::new(s.addr, s.port);
+                if !found.contains(&addr) {
+                    found.push(addr);
+                }
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// Inodes of the sockets listening on `port`, IPv4 and IPv6.
@@ -177,7 +216,13 @@ fn dump(family: u8, states: u32, port: u16) -> std::io::Result<Vec<DiagSocket>> 
                     // 56, inode at 68.
                     let msg = &buf[off + 16..off + len];
                     let field = |at: usize| u32::from_ne_bytes(msg[at..at + 4].try_into().unwrap());
+                    // id.src at 8: 4 bytes for IPv4, 16 for IPv6.
+                    let addr = match family == libc_af_inet() {
+                        true => std::net::IpAddr::from(<[u8; 4]>::try_from(&msg[8..12]).unwrap()),
+                        false => std::net::IpAddr::from(<[u8; 16]>::try_from(&msg[8..24]).unwrap()),
+                    };
                     found.push(DiagSocket {
+                        addr,
                         port: u16::from_be_bytes([msg[4], msg[5]]),
                         queued: field(56),
                         inode: field(68) as u64,
@@ -317,6 +362,29 @@ mod tests {
         served.write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert_eq!(unread_bytes(port).unwrap(), 0);
+    }
+
+    #[test]
+    fn listening_addrs_are_where_the_pids_listen() {
+        let me = std::process::id() as i32;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let found = listening_addrs(&[me]);
+        assert!(found.contains(&addr), "{found:?} lacks {addr}");
+        // A connection is no listener (other tests of this process may
+        // listen meanwhile: look at these addresses only).
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        let ours = [c.local_addr().unwrap(), addr];
+        let found = listening_addrs(&[me]);
+        assert_eq!(ours.map(|a| found.contains(&a)), [false, true]);
+        drop(l);
+        // A child forked meanwhile by another test holds a copy until its
+        // exec closes it.
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            !listening_addrs(&[me]).contains(&addr)
+        });
+        assert!(gone, "a closed listener is not listed");
     }
 
     #[test]

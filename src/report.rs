@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::{Config, NginxMode};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::git;
 use crate::health::Checker;
 use crate::lock::{Holder, Lock};
@@ -36,6 +36,45 @@ struct StatusReport {
     /// The zdd run that holds the lock right now (a deploy in progress).
     in_progress: Option<Holder>,
     drift: Vec<String>,
+    /// What nginx's probe said just now; `None` when nothing is deployed.
+    nginx: Option<NginxSeen>,
+    /// The processes `zdd start` recorded.
+    processes: Vec<ProcessReport>,
+    /// The live slot runs, passes its health check, and nginx routes to
+    /// it (exit 0); else `not_serving` says why (exit 5).
+    serving: bool,
+    not_serving: Option<String>,
+}
+
+/// What one probe through nginx showed.
+#[derive(Serialize)]
+struct NginxSeen {
+    url: String,
+    answered: bool,
+    /// The slot nginx routes new requests to, when its probe says.
+    routes_to: Option<Slot>,
+    /// What is wrong, in a sentence with the fix.
+    problem: Option<String>,
+}
+
+/// A process `zdd start` recorded.
+#[derive(Serialize)]
+struct ProcessReport {
+    name: String,
+    port: Option<u16>,
+    dir: Option<String>,
+    command: Option<String>,
+    running: bool,
+    pid: Option<i32>,
+    started_at: Option<String>,
+    uptime_s: Option<u64>,
+    healthy: Option<bool>,
+    health: Option<String>,
+    supervised: bool,
+    restarts: u32,
+    last_exit: Option<String>,
+    /// Its record cannot be read (the sentence why).
+    problem: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -66,7 +105,140 @@ struct SlotReport {
     auto_rollback: Option<String>,
 }
 
-/// `zdd status [--json]`.
+/// One health check of what listens on `port`, with a short timeout:
+/// whether it passed, and what to show.
+fn health_now(config: &Config, port: u16) -> (Option<bool>, Option<String>) {
+    let t = std::time::Instant::now();
+    let mut h = config.health.clone();
+    h.request_timeout = h.request_timeout.min(Duration::from_secs(1));
+    match Checker::new(&h, port).check() {
+        Ok(()) => (Some(true), Some(format!("healthy ({})", fmt(t.elapsed())))),
+        Err(e) => (Some(false), Some(format!("unhealthy: {e}"))),
+    }
+}
+
+/// Under a keeper that starts it again when it exits on its own.
+fn supervised(kept: Option<&keeper::KeeperStatus>) -> bool {
+    kept.is_some_and(|k| k.armed_at.is_some() && !k.stopping)
+}
+
+/// Seconds since `started` (RFC 3339), while it runs.
+fn uptime(started: Option<&str>, running: bool) -> Option<u64> {
+    started
+        .filter(|_| running)
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map(|d| d.as_secs())
+}
+
+/// The `zdd start` processes under the config's root, each looked at now.
+fn processes(config: &Config) -> Vec<ProcessReport> {
+    crate::named::records(&config.root)
+        .into_iter()
+        .map(|(name, record)| match record {
+            Err(e) => ProcessReport {
+                name,
+                port: None,
+                dir: None,
+                command: None,
+                running: false,
+                pid: None,
+                started_at: None,
+                uptime_s: None,
+                healthy: None,
+                health: None,
+                supervised: false,
+                restarts: 0,
+                last_exit: None,
+                problem: Some(e.to_string()),
+            },
+            Ok(r) => {
+                let running = r.process.group_is_ours();
+                let kept = running
+                    .then(|| keeper::read_status(&config.root, &name, r.process.pid))
+                    .flatten();
+                let (healthy, health) = match running {
+                    true => health_now(config, r.port),
+                    false => (None, None),
+                };
+                let app_started = kept
+                    .as_ref()
+                    .and_then(|k| k.app_started_at.clone())
+                    .or_else(|| Some(r.started_at.clone()));
+                ProcessReport {
+                    port: Some(r.port),
+                    dir: Some(r.dir.display().to_string()),
+                    command: Some(r.command.clone()),
+                    running,
+                    pid: running.then_some(r.process.pid),
+                    started_at: running.then(|| r.started_at.clone()),
+                    uptime_s: uptime(app_started.as_deref(), running),
+                    healthy,
+                    health,
+                    supervised: supervised(kept.as_ref()),
+                    restarts: kept.as_ref().map_or(0, |k| k.restarts),
+                    last_exit: kept.as_ref().and_then(|k| k.last_exit.clone()),
+                    problem: None,
+                    name,
+                }
+            }
+        })
+        .collect()
+}
+
+/// Ask nginx, once, whether it routes to the live slot `live`.
+fn nginx_now(config: &Config, mode: NginxMode, live: Slot) -> NginxSeen {
+    use crate::steer::{look, Verdict};
+    let (verdict, url) = look(config, mode, live);
+    let (answered, routes_to, problem) = match verdict {
+        Verdict::Routed(_) => (true, Some(live), None),
+        // A custom round-robin template without the probe: nothing to tell.
+        Verdict::NoProbe(_) => (true, None, None),
+        Verdict::Elsewhere { said, picked } => (
+            true,
+            picked,
+            Some(format!("nginx does not route to the live slot {live}: {said}")),
+        ),
+        Verdict::Wrong(why) => (true, None, Some(why)),
+        Verdict::Unanswered(e) => (
+            false,
+            None,
+            Some(format!(
+                "nginx does not answer at {url} ({e}), so nothing reaches the app: is nginx running (on nginx.listen = {:?}), with the config from `zdd nginx`?",
+                config.nginx.listen
+            )),
+        ),
+    };
+    NginxSeen {
+        url,
+        answered,
+        routes_to,
+        problem,
+    }
+}
+
+/// Why the site does not serve, if it does not (`None`: it serves).
+fn not_serving(r: &StatusReport) -> Option<String> {
+    let Some(live) = r.active else {
+        return Some("nothing is deployed yet; `zdd deploy` deploys the tip".into());
+    };
+    let s = r.slots.iter().find(|s| s.slot == live)?;
+    if !s.running {
+        return Some(format!(
+            "slot {live}, the live slot, does not run; `zdd up` starts it again (so does the next `zdd deploy`)"
+        ));
+    }
+    if s.healthy == Some(false) {
+        return Some(format!(
+            "slot {live}, the live slot, fails its health check ({})",
+            s.health.as_deref().unwrap_or("?")
+        ));
+    }
+    r.nginx.as_ref().and_then(|n| n.problem.clone())
+}
+
+/// `zdd status [--json]`: the report on stdout; exit 5 (with the reason
+/// on stderr) when the site is not serving.
 pub fn status(config: &Config, json: bool) -> Result<()> {
     let mut state = State::load(&config.state_path(), config.ports)?;
     // Restarts the keepers made since zdd last looked, as history would say.
@@ -90,28 +262,16 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
             .filter(|_| !running)
             .map(ToString::to_string);
         let kept = seen_slot.keeper.clone();
-        let (healthy, health) = if running {
-            let t = std::time::Instant::now();
-            let mut h = config.health.clone();
-            h.request_timeout = h.request_timeout.min(Duration::from_secs(1));
-            match Checker::new(&h, port).check() {
-                Ok(()) => (Some(true), Some(format!("healthy ({})", fmt(t.elapsed())))),
-                Err(e) => (Some(false), Some(format!("unhealthy: {e}"))),
-            }
-        } else {
-            (None, None)
+        let (healthy, health) = match running {
+            true => health_now(config, port),
+            false => (None, None),
         };
         // The app's own start: its keeper may have restarted it since.
         let app_started = kept
             .as_ref()
             .and_then(|k| k.app_started_at.clone())
             .or_else(|| s.started_at.clone());
-        let uptime_s = app_started
-            .as_deref()
-            .filter(|_| running)
-            .and_then(|t| humantime::parse_rfc3339(t).ok())
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .map(|d| d.as_secs());
+        let uptime_s = uptime(app_started.as_deref(), running);
         slots.push(SlotReport {
             slot,
             port,
@@ -125,9 +285,7 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
             healthy,
             health,
             held_by,
-            supervised: kept
-                .as_ref()
-                .is_some_and(|k| k.armed_at.is_some() && !k.stopping),
+            supervised: supervised(kept.as_ref()),
             restarts: kept.as_ref().map_or(0, |k| k.restarts),
             last_exit: kept.as_ref().and_then(|k| k.last_exit.clone()),
             last_exit_at: kept.as_ref().and_then(|k| k.last_exit_at.clone()),
@@ -145,7 +303,11 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
     let rollback_to = (next.status == SlotStatus::Standby)
         .then(|| next.commit.clone())
         .flatten();
-    let report = StatusReport {
+    let nginx = match (mode, state.active) {
+        (Some(mode), Some(live)) => Some(nginx_now(config, mode, live)),
+        _ => None,
+    };
+    let mut report = StatusReport {
         version: JSON_VERSION,
         name: config.name.clone(),
         active: state.active,
@@ -165,16 +327,29 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
             drift
         },
         in_progress,
+        nginx,
+        processes: processes(config),
+        serving: false,
+        not_serving: None,
     };
+    report.not_serving = not_serving(&report);
+    report.serving = report.not_serving.is_none();
     if json {
         out!(
             "{}",
             serde_json::to_string_pretty(&report).expect("status serializes")
         );
     } else {
-        print!("{}", crate::text::printable(&status_text(&report)));
+        crate::text::write_stdout(crate::text::printable(&status_text(&report)).as_bytes())
+            .map_err(Error::io("cannot write the status to", "stdout"))?;
     }
-    Ok(())
+    match report.not_serving {
+        // The report said why; stderr says it in brief, for cron's mail.
+        Some(why) => Err(Error::NotServing(
+            why.split(';').next().unwrap_or(&why).to_string(),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn status_text(r: &StatusReport) -> String {
@@ -199,14 +374,7 @@ fn status_text(r: &StatusReport) -> String {
         if let Some(c) = &s.commit {
             line.push_str(&format!("  {}", git::short(c)));
         }
-        match (s.pid, s.uptime_s) {
-            (Some(pid), Some(up)) => line.push_str(&format!(
-                "  pid {pid}  up {}",
-                humantime::format_duration(Duration::from_secs(up))
-            )),
-            (Some(pid), None) => line.push_str(&format!("  pid {pid}")),
-            _ => line.push_str("  not running"),
-        }
+        line.push_str(&running_note(s.pid, s.uptime_s).unwrap_or_else(|| "  not running".into()));
         if let Some(h) = &s.health {
             line.push_str(&format!("  {h}"));
         }
@@ -225,26 +393,28 @@ fn status_text(r: &StatusReport) -> String {
         if let Some(why) = &s.auto_rollback {
             line.push_str(&format!("  rollback asked: {why}"));
         }
-        if s.restarts > 0 {
-            line.push_str(&format!(
-                "  restarted {} time{} by its keeper (last exit: {}{})",
-                s.restarts,
-                if s.restarts == 1 { "" } else { "s" },
-                s.last_exit.as_deref().unwrap_or("?"),
-                s.last_exit_at
-                    .as_deref()
-                    .map(|t| format!(" at {t}"))
-                    .unwrap_or_default()
-            ));
-        }
+        line.push_str(&restarts_note(
+            s.restarts,
+            s.last_exit.as_deref(),
+            s.last_exit_at.as_deref(),
+        ));
         out.push_str(&line);
         out.push('\n');
     }
-    match r.switch {
-        Some(s) => out.push_str(&format!(
+    for p in &r.processes {
+        out.push_str(&process_line(p));
+        out.push('\n');
+    }
+    let problem = r.nginx.as_ref().and_then(|n| n.problem.as_deref());
+    match (r.switch, problem) {
+        (Some(s), None) => out.push_str(&format!(
             "nginx: switch mode, new requests go to slot {s}\n"
         )),
-        None => out.push_str(&format!("nginx: {} mode\n", r.mode)),
+        (Some(s), Some(p)) => out.push_str(&format!(
+            "nginx: switch mode, the switch points at slot {s}, but {p}\n"
+        )),
+        (None, None) => out.push_str(&format!("nginx: {} mode\n", r.mode)),
+        (None, Some(p)) => out.push_str(&format!("nginx: {} mode, but {p}\n", r.mode)),
     }
     if let Some(m) = &r.maintenance {
         out.push_str(&format!(
@@ -270,7 +440,63 @@ fn status_text(r: &StatusReport) -> String {
             out.push_str(&format!("drift: {d}\n"));
         }
     }
+    if let Some(why) = &r.not_serving {
+        let nginx_said = r.nginx.as_ref().and_then(|n| n.problem.as_ref()) == Some(why);
+        match nginx_said {
+            true => out.push_str("NOT SERVING: nginx does not send requests to the live slot (the nginx line says why)\n"),
+            false => out.push_str(&format!("NOT SERVING: {why}\n")),
+        }
+    }
     out
+}
+
+/// "  pid N  up 1h 2m" of a process that runs; `None` when it does not.
+fn running_note(pid: Option<i32>, uptime_s: Option<u64>) -> Option<String> {
+    let pid = pid?;
+    Some(match uptime_s {
+        Some(up) => format!(
+            "  pid {pid}  up {}",
+            humantime::format_duration(Duration::from_secs(up))
+        ),
+        None => format!("  pid {pid}"),
+    })
+}
+
+/// "  restarted N times by its keeper (last exit: …)", or nothing.
+fn restarts_note(restarts: u32, last_exit: Option<&str>, at: Option<&str>) -> String {
+    if restarts == 0 {
+        return String::new();
+    }
+    format!(
+        "  restarted {restarts} time{} by its keeper (last exit: {}{})",
+        if restarts == 1 { "" } else { "s" },
+        last_exit.unwrap_or("?"),
+        at.map(|t| format!(" at {t}")).unwrap_or_default()
+    )
+}
+
+/// One `zdd start` process in `status`.
+fn process_line(p: &ProcessReport) -> String {
+    let mut line = format!("  process {}", p.name);
+    if let Some(port) = p.port {
+        line.push_str(&format!("  port {port}"));
+    }
+    match running_note(p.pid, p.uptime_s) {
+        Some(note) => line.push_str(&note),
+        None if p.problem.is_none() => line.push_str("  not running (`zdd up` starts it again)"),
+        None => {}
+    }
+    if let Some(h) = &p.health {
+        line.push_str(&format!("  {h}"));
+    }
+    line.push_str(&restarts_note(p.restarts, p.last_exit.as_deref(), None));
+    if let Some(why) = &p.problem {
+        line.push_str(&format!("  {why}"));
+    }
+    if let (Some(dir), Some(command)) = (&p.dir, &p.command) {
+        line.push_str(&format!("  (`{}` in {dir})", crate::text::escape(command)));
+    }
+    line
 }
 
 fn history_line(h: &HistoryEntry) -> String {
@@ -415,6 +641,30 @@ mod tests {
             last: Some(entry(Action::Deploy, Outcome::Ok, None)),
             in_progress: None,
             drift: Vec::new(),
+            nginx: Some(NginxSeen {
+                url: "http://127.0.0.1:80/.zdd/upstream".into(),
+                answered: true,
+                routes_to: Some(Slot::B),
+                problem: None,
+            }),
+            processes: vec![ProcessReport {
+                name: "worker".into(),
+                port: Some(4001),
+                dir: Some("/srv/shop/worker".into()),
+                command: Some("./worker --queue mail".into()),
+                running: true,
+                pid: Some(5120),
+                started_at: Some("2026-11-30T07:41:18Z".into()),
+                uptime_s: Some(3600),
+                healthy: Some(true),
+                health: Some("healthy (2ms)".into()),
+                supervised: true,
+                restarts: 0,
+                last_exit: None,
+                problem: None,
+            }],
+            serving: true,
+            not_serving: None,
         }
     }
 
@@ -458,6 +708,47 @@ mod tests {
             step: Some("building 5b5d6aec184d in slot a".into()),
         });
         insta::assert_snapshot!(format!("{drifting}---\n{}", status_text(&r)));
+    }
+
+    #[test]
+    fn status_when_the_site_does_not_serve() {
+        let mut r = report();
+        assert_eq!(not_serving(&r), None, "the example serves");
+        let nginx_down = "nginx does not answer at http://127.0.0.1:80/.zdd/upstream (connection refused), so nothing reaches the app: is nginx running (on nginx.listen = \"80\"), with the config from `zdd nginx`?";
+        r.nginx = Some(NginxSeen {
+            url: "http://127.0.0.1:80/.zdd/upstream".into(),
+            answered: false,
+            routes_to: None,
+            problem: Some(nginx_down.into()),
+        });
+        r.not_serving = not_serving(&r);
+        assert_eq!(r.not_serving.as_deref(), Some(nginx_down));
+        let down = status_text(&r);
+
+        // The live slot's keeper was killed: the slot says so first.
+        let b = &mut r.slots[1];
+        (b.running, b.pid, b.uptime_s, b.healthy, b.health) = (false, None, None, None, None);
+        r.drift = vec!["slot b is live but not running; `zdd up` starts it again".into()];
+        r.not_serving = not_serving(&r);
+        r.serving = r.not_serving.is_none();
+        r.processes[0].running = false;
+        (
+            r.processes[0].pid,
+            r.processes[0].uptime_s,
+            r.processes[0].health,
+        ) = (None, None, None);
+        let dead = status_text(&r);
+        insta::assert_snapshot!(format!("{down}---\n{dead}"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["serving"], false);
+        assert_eq!(json["nginx"]["answered"], false);
+        assert_eq!(json["processes"][0]["name"], "worker");
+        assert_eq!(json["processes"][0]["running"], false);
+
+        r.active = None;
+        assert!(not_serving(&r)
+            .unwrap()
+            .starts_with("nothing is deployed yet"));
     }
 
     #[test]

@@ -108,8 +108,45 @@ pub fn read_nofollow(path: &Path) -> Result<Option<String>> {
 pub fn refused(path: &Path, e: io::Error) -> Error {
     if e.raw_os_error() == Some(nix::libc::ELOOP) {
         symlink_here(path)
+    } else if e.kind() == io::ErrorKind::PermissionDenied {
+        // Not a state that needs attention: the wrong user asked.
+        Error::Usage(not_permitted(path))
     } else {
         Error::io("cannot open", path)(e)
+    }
+}
+
+/// The sentence for a file zdd's user may not read: whose it is, and who
+/// can read it.
+fn not_permitted(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid();
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return format!(
+            "cannot open {}: permission denied to {} (a folder on its way is closed to it); run zdd as the user that owns {}'s root",
+            path.display(),
+            user_name(me.as_raw()),
+            path.display()
+        );
+    };
+    let owner = user_name(meta.uid());
+    let how = match meta.uid() {
+        0 => "run zdd as root (sudo zdd …)".to_string(),
+        _ => format!("run zdd as {owner}"),
+    };
+    format!(
+        "cannot open {}: it is {owner}'s (mode {:04o}), and zdd runs as {}, who cannot read it; {how}",
+        path.display(),
+        meta.mode() & 0o7777,
+        user_name(me.as_raw()),
+    )
+}
+
+/// A user's name, or `uid N` when it has none.
+fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => u.name,
+        _ => format!("uid {uid}"),
     }
 }
 

@@ -124,13 +124,18 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Init => init::init(explicit),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "zdd", &mut std::io::stdout());
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "zdd", &mut script);
+            crate::text::write_stdout(&script)
+                .map_err(Error::io("cannot write the completion script to", "stdout"))
         }
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
+            let mut page = Vec::new();
             clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
+                .render(&mut page)
+                .map_err(Error::io("cannot render the man page to", "memory"))?;
+            crate::text::write_stdout(&page)
                 .map_err(Error::io("cannot write the man page to", "stdout"))
         }
     }

@@ -198,6 +198,22 @@ pub fn judge(expect: &Expect, route: &Route, probe_url: &str) -> Verdict {
     }
 }
 
+/// Ask nginx's probe once, with a short timeout, whether it routes to
+/// `slot` now (`zdd status`): the verdict, and the probe's URL.
+pub fn look(config: &Config, mode: NginxMode, slot: Slot) -> (Verdict, String) {
+    let timeout = config.health.request_timeout.min(Duration::from_secs(1));
+    let probe = RouteProbe::new(
+        &config.nginx.probe_url,
+        config.nginx.probe_host.as_deref(),
+        timeout,
+    );
+    let expect = Expect::new(config, mode, slot);
+    (
+        judge(&expect, &probe.ask(), probe.url()),
+        probe.url().to_string(),
+    )
+}
+
 /// Ask nginx's probe location until it answers through `slot`'s port, and
 /// in switch mode its switch names the slot.
 ///

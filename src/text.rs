@@ -62,6 +62,18 @@ fn needs_escape(c: char) -> bool {
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Write `bytes` to stdout as they are (a man page, a completion script,
+/// a rendered config). A reader that stopped reading (`zdd man | head`)
+/// ends the output quietly; any other write error is reported.
+pub fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 /// `850ms`, `12.3s`.
 pub fn fmt_ms(ms: u64) -> String {
     if ms < 10_000 {

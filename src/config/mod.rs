@@ -236,10 +236,13 @@ impl Config {
         format!("{hash:016x}")
     }
 
-    /// Find the config file: `--config`/`$ZDD_CONFIG` if given, else
-    /// `./zdd.toml`. `None` when nothing was given and there is no file.
+    /// Find the config file: `--config`/`$ZDD_CONFIG` if given (a folder
+    /// means its `zdd.toml`), else `./zdd.toml`. `None` when nothing was
+    /// given and there is no file.
     pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
         match explicit {
+            // `-c /etc/zdd/shop` names the folder the config is in.
+            Some(p) if p.is_dir() => Some(p.join(DEFAULT_FILE)),
             Some(p) => Some(p.to_path_buf()),
             None => {
                 let p = PathBuf::from(DEFAULT_FILE);

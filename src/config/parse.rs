@@ -156,6 +156,9 @@ impl Config {
         if raw.start.get_ref().trim().is_empty() {
             return Err(src.at(Some(raw.start.span()), "`start` must not be empty".into()));
         }
+        if let Err(why) = one_command(raw.start.get_ref()) {
+            return Err(src.at(Some(raw.start.span()), why));
+        }
         let user = match &raw.user {
             None => None,
             Some(u) => Some(resolve_user(u.get_ref()).map_err(|m| src.at(Some(u.span()), m))?),
@@ -191,6 +194,65 @@ impl Config {
             maintenance,
         })
     }
+}
+
+/// `start` runs as `sh -c "exec START"`: the app replaces the shell, so
+/// `start` must be one command. Steps joined by `&&`, `||`, `;`, `|`, `&`
+/// or a line break would run in the wrong order or not at all, and a
+/// shell builtin first (`. venv/bin/activate`, `cd`, `export`) cannot be
+/// exec'd. Quoted text and redirections (`2>&1`) are fine.
+pub fn one_command(start: &str) -> Result<(), String> {
+    const ADVICE: &str = "zdd runs it as `sh -c \"exec START\"`, so the app replaces the shell and gets zdd's signals; put the steps in a script and start that (ending in `exec …`), or run the program directly (a venv's `venv/bin/gunicorn …` needs no `activate`)";
+    let first = start.split_whitespace().next().unwrap_or("");
+    if matches!(
+        first,
+        "." | "source" | "cd" | "export" | "set" | "alias" | "unset"
+    ) {
+        return Err(format!(
+            "`start` begins with the shell builtin `{first}`, which cannot be exec'd; {ADVICE}"
+        ));
+    }
+    let (mut single, mut double, mut escaped) = (false, false, false);
+    let chars: Vec<char> = start.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if !single => escaped = true,
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            _ if single || double => {}
+            ';' | '|' | '\n' => {
+                let op = match (c, chars.get(i + 1)) {
+                    ('|', Some('|')) => "||".to_string(),
+                    ('\n', _) => "a line break".to_string(),
+                    (c, _) => c.to_string(),
+                };
+                return Err(format!(
+                    "`start` must be one command, not several joined by {op}; {ADVICE}"
+                ));
+            }
+            '&' => {
+                // `2>&1`, `>&2`, `&>file` are redirections.
+                let redirect =
+                    i > 0 && matches!(chars[i - 1], '>' | '<') || chars.get(i + 1) == Some(&'>');
+                if !redirect {
+                    let op = if chars.get(i + 1) == Some(&'&') {
+                        "&&"
+                    } else {
+                        "&"
+                    };
+                    return Err(format!(
+                        "`start` must be one command, not several joined by {op}; {ADVICE}"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Where and what: "line L, column C: MESSAGE" for a TOML error in `text`

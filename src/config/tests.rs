@@ -74,6 +74,42 @@ fn missing_start_is_an_error() {
 }
 
 #[test]
+fn start_is_one_command() {
+    let e = err("name = \"s\"\nstart = \". venv/bin/activate && gunicorn app:app\"\n");
+    assert_eq!(
+        e,
+        "/etc/zdd/zdd.toml:2:9: `start` begins with the shell builtin `.`, which cannot be exec'd; zdd runs it as `sh -c \"exec START\"`, so the app replaces the shell and gets zdd's signals; put the steps in a script and start that (ending in `exec …`), or run the program directly (a venv's `venv/bin/gunicorn …` needs no `activate`)"
+    );
+    for (start, op) in [
+        ("npm run build && node server.js", "&&"),
+        ("node a.js; node b.js", ";"),
+        ("node server.js | logger", "|"),
+        ("node server.js || true", "||"),
+        ("node server.js &", "&"),
+        ("node a.js\nnode b.js", "a line break"),
+    ] {
+        let e = super::parse::one_command(start).unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "`start` must be one command, not several joined by {op};"
+            )),
+            "{start:?}: {e}"
+        );
+    }
+    for fine in [
+        "gunicorn -w 2 app:app",
+        "venv/bin/gunicorn --access-logformat '%(h)s | %(r)s; ok' app:app",
+        "node server.js 2>&1",
+        "node server.js >&2",
+        "exec node \"a;b.js\" &>/dev/null",
+        "./run\\;me",
+        "PORT2=1 node server.js",
+    ] {
+        assert_eq!(super::parse::one_command(fine), Ok(()), "{fine:?}");
+    }
+}
+
+#[test]
 fn bad_name_and_signal() {
     assert!(
         err("name = \"a b\"\nstart = \"x\"\n").starts_with("/etc/zdd/zdd.toml:1:8: invalid name")

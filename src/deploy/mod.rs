@@ -238,17 +238,37 @@ impl Run<'_> {
         self.lock
             .at_step(&format!("fetching {repo} into slot {target}"));
         let t = Instant::now();
+        let local = git::local_repo(repo);
+        if let Some(path) = local.filter(|p| !p.exists()) {
+            return Err(Error::Usage(format!(
+                "repo {} (in {}) does not exist: set `repo` to the app's git repository, a path or a URL",
+                path.display(),
+                self.config.path.display()
+            )));
+        }
         checkout
             .ensure(self.config.user.as_ref())
             .map_err(Error::Failed)?;
         let fetched = checkout.fetch(repo);
         self.check_signal("nothing was deployed")?;
-        fetched.map_err(|e| Error::Failed(format!("cannot fetch {repo}: {e}")))?;
+        fetched.map_err(|e| {
+            let message = format!("cannot fetch {repo}: {e}");
+            // A local folder that is no repository is the config's fault;
+            // a remote that does not answer may answer next time.
+            match local.is_some() && e.contains("does not appear to be a git repository") {
+                true => Error::Usage(format!(
+                    "{message}; set `repo` in {} to the app's git repository",
+                    self.config.path.display()
+                )),
+                false => Error::Failed(message),
+            }
+        })?;
         let git::Commit { sha, subject } = checkout.resolve(wanted).ok_or_else(|| {
             Error::Usage(match named {
                 true => format!(
-                    "unknown commit {:?}: not a sha, tag or branch in {repo}",
-                    wanted.as_str()
+                    "unknown commit {:?}: not a sha, tag or branch in {repo}{}",
+                    wanted.as_str(),
+                    duration_hint(wanted.as_str())
                 ),
                 false => format!(
                     "branch {:?} not found in {repo}; set `branch` in the config",
@@ -346,5 +366,16 @@ impl Run<'_> {
             self.stop_old(old, old_id); // 8: settle, drain, stop
         }
         self.record_swap(&attempt, fresh) // 9: record, summary
+    }
+}
+
+/// An unknown COMMIT that reads as a duration was meant for `--wait`,
+/// which takes its value after `=` only (a bare `--wait` waits forever).
+fn duration_hint(commit: &str) -> String {
+    match crate::config::parse_duration(commit) {
+        Ok(_) => {
+            format!("; to wait at most {commit} for the lock, write --wait={commit} (with the =)")
+        }
+        Err(_) => String::new(),
     }
 }

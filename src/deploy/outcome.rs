@@ -95,23 +95,35 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Abort for a failure that is not the commit's (cron tries it again).
+    /// Abort for a failure that is not the commit's (cron tries it again):
+    /// git, nginx, a port. The slot's log has nothing to add to it.
     pub(super) fn abort_env(
         &mut self,
         attempt: &Attempt,
         reason: String,
         new: Option<&mut Started>,
     ) -> Error {
-        self.abort_with(attempt, StepError::Environment(reason), new)
+        self.abort(attempt, StepError::Environment(reason), new, false)
     }
 
-    /// A deploy or rollback failed before the swap: stop the new slot,
-    /// record the attempt, and explain.
+    /// A deploy or rollback failed before the swap because of what ran in
+    /// the slot (a build, a hook, the app): stop the new slot, record the
+    /// attempt, and explain, quoting what this attempt wrote to the log.
     pub(super) fn abort_with(
         &mut self,
         attempt: &Attempt,
         why: StepError,
         new: Option<&mut Started>,
+    ) -> Error {
+        self.abort(attempt, why, new, true)
+    }
+
+    fn abort(
+        &mut self,
+        attempt: &Attempt,
+        why: StepError,
+        new: Option<&mut Started>,
+        quote_log: bool,
     ) -> Error {
         let (action, slot, sha) = (attempt.action, attempt.slot, attempt.sha.as_str());
         let mut stopped = String::new();
@@ -157,10 +169,11 @@ impl Run<'_> {
         });
         let saved = self.save();
         let serving = self.serving_note();
-        let tail = if matches!(why, StepError::Interrupted(_)) {
+        let tail = if !quote_log || matches!(why, StepError::Interrupted(_)) {
             String::new()
         } else {
-            process::tail_note(&self.log_path(slot))
+            // This attempt's own output: none when nothing ran in the slot.
+            process::tail_note_since(&self.log_path(slot), self.log_sizes[slot.index()])
         };
         if let Err(e) = saved {
             return e;

@@ -27,6 +27,12 @@ pub(super) struct Run<'a> {
     pub(super) lock: Lock,
     /// nginx was seen running an earlier zdd's switch (`steer::Routed::AtHead`).
     pub(super) head_time: bool,
+    /// Each slot's log size when this run began: a failure quotes what was
+    /// written since (a, b).
+    pub(super) log_sizes: [u64; 2],
+    /// nginx did not answer zdd's probe at all in this run: the live slot
+    /// runs, but nothing reaches it.
+    pub(super) nginx_silent: bool,
 }
 
 impl<'a> Run<'a> {
@@ -45,6 +51,8 @@ impl<'a> Run<'a> {
         let lock = Lock::acquire(&config.root, wait, command)?;
         let state_path = config.state_path();
         let state = State::load(&state_path, config.ports)?;
+        let log_sizes =
+            Slot::BOTH.map(|slot| process::log_size(&process::log_path(&config.root, slot.name())));
         let mut run = Run {
             config,
             state,
@@ -54,6 +62,8 @@ impl<'a> Run<'a> {
             mode,
             lock,
             head_time: false,
+            log_sizes,
+            nginx_silent: false,
         };
         let restarted = keeper::fold_restarts(&mut run.state, &config.root);
         if run.reconcile() || restarted {
@@ -280,15 +290,16 @@ impl<'a> Run<'a> {
     /// ", slot a still serves" or "".
     pub(super) fn serving_note(&self) -> String {
         match self.state.active {
-            Some(live) if self.state.slot(live).process.is_some() => format!(
-                "; slot {live} still serves {}",
-                self.state
-                    .slot(live)
-                    .commit
-                    .as_deref()
-                    .map(git::short)
-                    .unwrap_or("?")
-            ),
+            Some(live) if self.state.slot(live).process.is_some() => {
+                let sha = self.state.slot(live).commit.as_deref().map(git::short);
+                match self.nginx_silent {
+                    false => format!("; slot {live} still serves {}", sha.unwrap_or("?")),
+                    true => format!(
+                        "; slot {live} still runs {}, but nothing reaches it while nginx does not answer",
+                        sha.unwrap_or("?")
+                    ),
+                }
+            }
             _ => String::new(),
         }
     }

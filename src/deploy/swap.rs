@@ -113,7 +113,10 @@ impl Run<'_> {
                 log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
                 Ok(())
             }
-            Err(steer::NotRouted { reason, .. }) if must_route => {
+            Err(steer::NotRouted {
+                reason, answered, ..
+            }) if must_route => {
+                self.nginx_silent |= !answered;
                 self.unrecord_live(target, before)?;
                 signals::fault_point("backing-out");
                 let was = target.other();
@@ -157,6 +160,7 @@ impl Run<'_> {
                 log::info!("nginx routes to slot {target} after {}", fmt(t.elapsed()));
             }
             Err(not) if must_route => {
+                self.nginx_silent |= !not.answered;
                 return Err(self.abort_env(attempt, not.reason, Some(started)));
             }
             // Nothing else serves, so there is nothing to protect: go on.
@@ -183,6 +187,7 @@ impl Run<'_> {
                 Ok(())
             }
             Err(not) => {
+                self.nginx_silent |= !not.answered;
                 let reason = format!(
                     "before slot {} was started, nginx did not show its switch routing to the live slot {live}: {}",
                     attempt.slot, not.reason

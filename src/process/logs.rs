@@ -23,13 +23,21 @@ pub fn log_marker(path: &Path, text: &str) {
     }
 }
 
-/// The last `n` lines of a log file (reads at most its last 64 KiB).
-fn tail(path: &Path, n: usize) -> Vec<String> {
+/// How long a log is now: where what is written from now on starts.
+pub fn log_size(path: &Path) -> u64 {
+    std::fs::symlink_metadata(path).map_or(0, |m| m.len())
+}
+
+/// The last `n` lines of a log file written from byte `since` on (reads
+/// at most its last 64 KiB).
+fn tail(path: &Path, n: usize, since: u64) -> Vec<String> {
     let Ok(mut f) = crate::fsutil::open_nofollow(path) else {
         return Vec::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    // A log shorter than `since` was replaced: all of it is new.
+    let since = if since > len { 0 } else { since };
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024).max(since)));
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
@@ -43,7 +51,13 @@ fn tail(path: &Path, n: usize) -> Vec<String> {
 /// "\nlast lines of LOG:\n  ..." to end a failure message, or nothing;
 /// each line escaped (the app wrote it).
 pub fn tail_note(path: &Path) -> String {
-    let lines = tail(path, 15);
+    tail_note_since(path, 0)
+}
+
+/// [`tail_note`] of what was written from byte `since` on (see
+/// [`log_size`]): a failure quotes its own output, not an earlier run's.
+pub fn tail_note_since(path: &Path, since: u64) -> String {
+    let lines = tail(path, 15, since);
     if lines.is_empty() {
         return String::new();
     }

@@ -205,9 +205,10 @@ fn exit_codes_say_what_the_readme_says() {
     let r = p.zdd(&["nginx", "--write"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("(nginx.output)"), "{r:?}");
+    // `init` makes the folders it needs, but not below a file.
     let mut cmd = std::process::Command::new(zdd_bin());
     cmd.args(["-c"])
-        .arg(p.path().join("no/such/dir/zdd.toml"))
+        .arg(p.config_path().join("sub/zdd.toml"))
         .arg("init");
     let r = run_bounded(cmd, std::time::Duration::from_secs(30));
     assert_eq!(r.code, 2, "{r:?}");

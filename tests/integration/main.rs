@@ -10,6 +10,7 @@ mod guards;
 mod hostile;
 mod keeper;
 mod maintenance;
+mod newcomer;
 mod operator;
 mod servers;
 mod steering;
