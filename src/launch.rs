@@ -87,8 +87,10 @@ fn listens_elsewhere(started: &Started, port: u16) -> Option<String> {
         .collect();
     let addrs = crate::ports::listening_addrs(&pids);
     let checked = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // An IPv6 socket may hold 127.0.0.1 as ::ffff:127.0.0.1.
     let reachable = |a: &std::net::SocketAddr| {
-        a.port() == port && (a.ip().is_unspecified() || a.ip() == checked.ip())
+        let ip = a.ip().to_canonical();
+        a.port() == port && (ip.is_unspecified() || ip == checked.ip())
     };
     if addrs.is_empty() || addrs.iter().any(reachable) {
         return None;

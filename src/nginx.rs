@@ -460,9 +460,10 @@ fn signal_master(config: &Config) -> Result<()> {
         ))
     };
     let text = crate::root::read_trusted(path).map_err(|e| match e {
-        crate::root::Untrusted::Io(e) if e.kind() == std::io::ErrorKind::NotFound => not_running(format!(
-            "its pid file {} (nginx.pid_file) is not there. If nginx runs with its own nginx.conf, set nginx.pid_file to the `pid` that config names (`nginx -T 2>/dev/null | grep -m1 '^pid'` for the system nginx)",
-            path.display()
+        crate::root::Untrusted::Io(e) if e.kind() == std::io::ErrorKind::NotFound => Error::Failed(format!(
+            "nginx does not seem to run, or nginx.pid_file is not its pid file: {} (nginx.pid_file) is not there; if nginx runs with its own nginx.conf, set nginx.pid_file to the `pid` that config names (`nginx -T 2>/dev/null | grep -m1 '^pid'` for the system nginx); else start nginx ({}): it reads its config as it is now, which passed nginx.test_command",
+            path.display(),
+            start_hint(&config.nginx.test_command)
         )),
         crate::root::Untrusted::Io(e) => Error::Failed(format!(
             "cannot read nginx's pid file {} (nginx.pid_file): {e}",
@@ -480,7 +481,7 @@ fn signal_master(config: &Config) -> Result<()> {
     }
     let pid: i32 = text.trim().parse().ok().filter(|&p| p > 1).ok_or_else(|| {
         Error::Failed(format!(
-            "{} does not hold a pid (it holds {:?}); is nginx.pid_file nginx's pid file?",
+            "{} does not hold a pid (it holds `{}`); is nginx.pid_file nginx's pid file?",
             path.display(),
             crate::text::escape(text.trim().chars().take(40).collect::<String>().as_str())
         ))

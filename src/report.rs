@@ -109,9 +109,8 @@ struct SlotReport {
 /// whether it passed, and what to show.
 fn health_now(config: &Config, port: u16) -> (Option<bool>, Option<String>) {
     let t = std::time::Instant::now();
-    let mut h = config.health.clone();
-    h.request_timeout = h.request_timeout.min(Duration::from_secs(1));
-    match Checker::new(&h, port).check() {
+    // The configured timeout: a slow health check is not a site down.
+    match Checker::new(&config.health, port).check() {
         Ok(()) => (Some(true), Some(format!("healthy ({})", fmt(t.elapsed())))),
         Err(e) => (Some(false), Some(format!("unhealthy: {e}"))),
     }
@@ -234,7 +233,13 @@ fn not_serving(r: &StatusReport) -> Option<String> {
             s.health.as_deref().unwrap_or("?")
         ));
     }
-    r.nginx.as_ref().and_then(|n| n.problem.clone())
+    // Mid-deploy, nginx may route to the other slot for a moment (the
+    // state records the new slot as live just before the flip).
+    let nginx = r.nginx.as_ref()?;
+    if r.in_progress.is_some() && nginx.answered {
+        return None;
+    }
+    nginx.problem.clone()
 }
 
 /// `zdd status [--json]`: the report on stdout; exit 5 (with the reason
@@ -344,10 +349,8 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
             .map_err(Error::io("cannot write the status to", "stdout"))?;
     }
     match report.not_serving {
-        // The report said why; stderr says it in brief, for cron's mail.
-        Some(why) => Err(Error::NotServing(
-            why.split(';').next().unwrap_or(&why).to_string(),
-        )),
+        // The report said why; stderr says it once more, for cron's mail.
+        Some(why) => Err(Error::NotServing(why)),
         None => Ok(()),
     }
 }

@@ -108,7 +108,7 @@ pub fn read_nofollow(path: &Path) -> Result<Option<String>> {
 pub fn refused(path: &Path, e: io::Error) -> Error {
     if e.raw_os_error() == Some(nix::libc::ELOOP) {
         symlink_here(path)
-    } else if e.kind() == io::ErrorKind::PermissionDenied {
+    } else if e.raw_os_error() == Some(nix::libc::EACCES) && !may_read(path) {
         // Not a state that needs attention: the wrong user asked.
         Error::Usage(not_permitted(path))
     } else {
@@ -116,8 +116,19 @@ pub fn refused(path: &Path, e: io::Error) -> Error {
     }
 }
 
-/// The sentence for a file zdd's user may not read: whose it is, and who
-/// can read it.
+/// Whether the running user is root or the owner of `path` (or of its
+/// folder, when it is not there): then a refusal is not about who asks
+/// (NFS, SELinux, an immutable file) and is reported as it is.
+fn may_read(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let meta = std::fs::symlink_metadata(path)
+        .or_else(|_| std::fs::symlink_metadata(path.parent().unwrap_or(Path::new("/"))));
+    me == 0 || meta.is_ok_and(|m| m.uid() == me)
+}
+
+/// The sentence for a file zdd's user may not open: whose it is, and who
+/// can.
 fn not_permitted(path: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid();

@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 use crate::error::{Error, Result};
 use crate::slot::Slot;
 pub use crate::user::RunAs;
-pub use parse::toml_error;
+pub use parse::{assignments_end, toml_error};
 pub use raw::{duration_bounds, parse_duration};
 
 /// The file name looked up in the current folder when no `--config` is given.

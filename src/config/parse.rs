@@ -202,8 +202,15 @@ impl Config {
 /// shell builtin first (`. venv/bin/activate`, `cd`, `export`) cannot be
 /// exec'd. Quoted text and redirections (`2>&1`) are fine.
 pub fn one_command(start: &str) -> Result<(), String> {
+    let start = start.trim();
     const ADVICE: &str = "zdd runs it as `sh -c \"exec START\"`, so the app replaces the shell and gets zdd's signals; put the steps in a script and start that (ending in `exec …`), or run the program directly (a venv's `venv/bin/gunicorn …` needs no `activate`)";
-    let first = start.split_whitespace().next().unwrap_or("");
+    // The first word after any `NAME=value` and an `exec`.
+    let command = &start[assignments_end(start)..];
+    let command = command
+        .strip_prefix("exec ")
+        .unwrap_or(command)
+        .trim_start();
+    let first = command.split_whitespace().next().unwrap_or("");
     if matches!(
         first,
         "." | "source" | "cd" | "export" | "set" | "alias" | "unset"
@@ -253,6 +260,49 @@ pub fn one_command(start: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Where the leading `NAME=value` words of a command end (byte offset of
+/// the first other word, or the end): quotes and backslashes respected.
+pub fn assignments_end(command: &str) -> usize {
+    let mut at = 0;
+    loop {
+        let rest = &command[at..];
+        let word_start = at + (rest.len() - rest.trim_start().len());
+        let word = &command[word_start..];
+        let name_len = word
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(word.len());
+        let is_assignment = name_len > 0
+            && !word.starts_with(|c: char| c.is_ascii_digit())
+            && word[name_len..].starts_with('=');
+        if !is_assignment {
+            return word_start;
+        }
+        // Skip the word: up to unquoted whitespace.
+        let (mut single, mut double, mut escaped) = (false, false, false);
+        let mut end = command.len();
+        for (i, c) in word.char_indices() {
+            if escaped {
+                escaped = false;
+                continue;
+            }
+            match c {
+                '\\' if !single => escaped = true,
+                '\'' if !double => single = !single,
+                '"' if !single => double = !double,
+                c if c.is_whitespace() && !single && !double => {
+                    end = word_start + i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if end == command.len() {
+            return end;
+        }
+        at = end;
+    }
 }
 
 /// Where and what: "line L, column C: MESSAGE" for a TOML error in `text`

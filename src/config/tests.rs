@@ -103,10 +103,26 @@ fn start_is_one_command() {
         "node server.js >&2",
         "exec node \"a;b.js\" &>/dev/null",
         "./run\\;me",
-        "PORT2=1 node server.js",
+        "NODE_ENV=production node server.js",
+        "venv/bin/gunicorn \\\n  --bind 127.0.0.1:$PORT app:app\n",
     ] {
         assert_eq!(super::parse::one_command(fine), Ok(()), "{fine:?}");
     }
+    // A builtin behind an assignment or an `exec` is still a builtin.
+    for builtin in ["exec source venv/bin/activate", "A=1 cd app"] {
+        assert!(super::parse::one_command(builtin).is_err(), "{builtin:?}");
+    }
+}
+
+#[test]
+fn leading_assignments_are_found_with_their_quotes() {
+    let end = super::parse::assignments_end;
+    assert_eq!(end("node server.js"), 0);
+    assert_eq!(end("A=1 B='x y' node s.js"), "A=1 B='x y' ".len());
+    assert_eq!(end("  A=\"q r\"  exec n"), "  A=\"q r\"  ".len());
+    assert_eq!(end("A=1"), 3, "only assignments");
+    assert_eq!(end("1A=x n"), 0, "not a name");
+    assert_eq!(end("./a=b"), 0);
 }
 
 #[test]

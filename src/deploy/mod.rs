@@ -257,7 +257,7 @@ impl Run<'_> {
             // a remote that does not answer may answer next time.
             match local.is_some() && e.contains("does not appear to be a git repository") {
                 true => Error::Usage(format!(
-                    "{message}; set `repo` in {} to the app's git repository",
+                    "{message}; set `repo` in {} to the app's git repository (or let the user running zdd read it)",
                     self.config.path.display()
                 )),
                 false => Error::Failed(message),

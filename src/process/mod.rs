@@ -193,12 +193,16 @@ impl Started {
 
 /// The app's `sh -c` script: `exec` is prefixed so that the app replaces
 /// the shell and gets signals directly; the group covers its children.
+/// Leading `NAME=value` words go before the `exec` (`exec NAME=value cmd`
+/// would look for a program of that name).
 pub(crate) fn app_script(spec: &Spec) -> String {
     let command = spec.command.trim();
-    if command.starts_with("exec ") {
+    let split = crate::config::assignments_end(command);
+    let (assignments, rest) = command.split_at(split);
+    if rest.starts_with("exec ") || rest == "exec" {
         command.to_string()
     } else {
-        format!("exec {command}")
+        format!("{assignments}exec {rest}")
     }
 }
 
@@ -267,5 +271,30 @@ pub fn poll_interval(elapsed: Duration) -> Duration {
         Duration::from_millis(5)
     } else {
         Duration::from_millis(20)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn the_app_replaces_the_shell_with_its_assignments_before_exec() {
+        let script = |command: &str| {
+            super::app_script(&super::Spec {
+                command,
+                dir: Path::new("/"),
+                env: &[],
+                log: Path::new("/dev/null"),
+                run_as: None,
+            })
+        };
+        assert_eq!(script("node server.js"), "exec node server.js");
+        assert_eq!(script("exec node server.js"), "exec node server.js");
+        assert_eq!(
+            script("NODE_ENV=production A='x y' node server.js"),
+            "NODE_ENV=production A='x y' exec node server.js"
+        );
+        assert_eq!(script("A=1 exec node s.js"), "A=1 exec node s.js");
     }
 }

@@ -47,8 +47,10 @@ fn reload_with_nginx_stopped_says_it_is_not_running_and_how_to_start_it() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr
-            .contains("zdd: nginx is not running: its pid file ")
-            && r.stderr.contains("(nginx.pid_file) is not there"),
+            .contains("zdd: nginx does not seem to run, or nginx.pid_file is not its pid file: ")
+            && r.stderr.contains(
+                "nginx.pid (nginx.pid_file) is not there; if nginx runs with its own nginx.conf"
+            ),
         "{r:?}"
     );
 }
@@ -94,8 +96,11 @@ fn a_deploy_and_status_with_nginx_down_name_nginx_and_quote_no_app_log() {
     );
     assert!(
         s.stderr
-            .starts_with("zdd: not serving: nginx does not answer at "),
-        "{s:?}"
+            .starts_with("zdd: not serving: nginx does not answer at ")
+            && s.stderr
+                .trim_end()
+                .ends_with("with the config from `zdd nginx`?"),
+        "the whole reason: {s:?}"
     );
     let json = p.zdd(&["status", "--json"]);
     assert_eq!(json.code, 5, "{json:?}");
@@ -197,10 +202,11 @@ fn a_repo_that_is_not_there_is_bad_config() {
 
 #[test]
 fn a_user_who_may_not_read_the_state_gets_exit_2_and_who_may() {
-    if !is_root() {
-        eprintln!("NOT RUN: needs root, to run zdd as another user (nobody)");
-        return;
-    }
+    // Not as another user, it cannot be shown: fail rather than pass.
+    assert!(
+        is_root(),
+        "this test runs zdd as nobody: run the suite as root (scripts/test.sh in CI does)"
+    );
     let mut p = Project::new("");
     p.go_live();
     use std::os::unix::fs::PermissionsExt;
