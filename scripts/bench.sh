@@ -16,6 +16,8 @@
 #   RESTARTS=3 scripts/bench.sh   # fewer kills of the live app (each waits 10 s: the
 #                                 # keeper restarts at once only after 10 s up)
 #   KEEP=1 scripts/bench.sh       # keep the work folder (samples.csv, logs)
+#   BUILD_FILES=5000 scripts/bench.sh   # each build writes this many files: what
+#                                 # removing an old release (releases.keep) costs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -54,6 +56,10 @@ new_app_repo "$B/repo"
 commit() { app_commit "$B/repo" "$1" > /dev/null; }
 commit v1
 write_app_config "$CONF" bench "$APP" "mode = \"$MODE\""
+BUILD_FILES=${BUILD_FILES:-0}
+if [ "$BUILD_FILES" -gt 0 ]; then
+  sed -i "s|^build  = .*|build  = \"mkdir -p deps \&\& cd deps \&\& seq 1 $BUILD_FILES \| xargs touch\"|" "$CONF"
+fi
 start_private_nginx "$ZDD" "$CONF" "$B/nginx"
 "$ZDD" -q -c "$CONF" deploy >/dev/null
 
@@ -121,12 +127,11 @@ fi
 
 # --- no-op deploy (commit already live), the git fetch alone, status
 LIVE=$("$ZDD" -c "$CONF" status --json | grep -A6 '"status": "live"' | grep '"commit"' | cut -d'"' -f4)
-IDLE=$("$ZDD" -c "$CONF" status --json | grep '"next_deploy"' | cut -d'"' -f4)
 : > "$B/noop.txt"; : > "$B/fetch.txt"; : > "$B/status.txt"
 for _ in $(seq 1 20); do
   s=$(now_us); "$ZDD" -c "$CONF" deploy "$LIVE" > /dev/null; e=$(now_us); echo $(( (e - s) / 1000 )) >> "$B/noop.txt"
   s=$(now_us)
-  git --git-dir "$B/state/git/$IDLE" fetch --quiet --force --prune --tags \
+  git --git-dir "$B/state/git/repo" fetch --quiet --force --prune --tags \
     --no-write-fetch-head --end-of-options "$B/repo" '+refs/heads/*:refs/remotes/origin/*'
   e=$(now_us); echo $(( (e - s) / 1000 )) >> "$B/fetch.txt"
 done
@@ -180,6 +185,10 @@ beyond_ready() { # wall - (build + ready)
   printf '%s / %s' "$(median < "$B/col.txt")" "$(maxof < "$B/col.txt")"
 }
 RSS=$(grep -ho 'peak RSS [0-9]*' "$B"/deploy-*.log "$B"/rollback-*.log | awk '{print $3}' | maxof)
+# Removing releases beyond releases.keep, after a swap's summary (ms; "12.3s" style
+# above 10 s is left out: it would say enough).
+grep -ho 'beyond releases.keep = [0-9]* in [0-9]*ms' "$B"/deploy-*.log "$B"/rollback-*.log \
+  | sed 's/.* in \([0-9]*\)ms/\1/' > "$B/prune.txt" || true
 
 cat <<TABLE
 
@@ -217,6 +226,7 @@ Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 | its \`git fetch\` alone, ms | $(median < "$B/fetch.txt") | $(maxof < "$B/fetch.txt") |
 | \`zdd status\`, ms | $(median < "$B/status.txt" | awk '{printf "%.1f", $1/10}') | $(maxof < "$B/status.txt" | awk '{printf "%.1f", $1/10}') |
 | zdd peak RSS, KiB | | ${RSS:-?} |
+| removing an old release after a swap ($(wc -l < "$B/prune.txt") swaps; $BUILD_FILES build files each), ms | $(median < "$B/prune.txt") | $(maxof < "$B/prune.txt") |
 | restart of a killed live app, to its first good answer through nginx, ms ($RESTARTS kills) | $(median < "$B/restart.txt") | $(maxof < "$B/restart.txt") |
 | keeper RSS while the app runs, KiB | | ${KEEPER_RSS:-?} |
 | keeper CPU while the app runs (10 s), % | | ${KEEPER_CPU:-?} |

@@ -43,8 +43,11 @@ pub enum Command {
         #[command(flatten)]
         wait: Wait,
     },
-    /// Bring back the previous release (kept built in the idle slot)
+    /// Bring back the previous good release, or COMMIT's kept release (no build)
     Rollback {
+        /// A kept release to bring back (sha, tag or branch) [default: the newest good one older than the live one]
+        #[arg(value_name = "COMMIT")]
+        commit: Option<String>,
         #[command(flatten)]
         wait: Wait,
         /// Why, for the history (a keeper's automatic rollback says so)
@@ -53,6 +56,11 @@ pub enum Command {
         /// Only while this keeper's app is the live one (a keeper's rollback)
         #[arg(long, hide = true, value_name = "SLOT:KEEPER_PID")]
         if_live: Option<String>,
+    },
+    /// Start the live release again on the idle slot with the config as it is now, then swap (zero downtime)
+    Restart {
+        #[command(flatten)]
+        wait: Wait,
     },
     /// At boot: start the live slot and the recorded named processes that do not run (no fetch, no build)
     Up {
@@ -82,6 +90,12 @@ pub enum Command {
     },
     /// Show the live slot, the `zdd start` processes, health, nginx and drift; exit 5 when the site is not serving
     Status {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the kept releases, newest first: commit, when built, size, status, slot
+    Releases {
         /// Machine-readable output
         #[arg(long)]
         json: bool,

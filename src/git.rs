@@ -1,15 +1,16 @@
-//! Git plumbing for slot checkouts, always by argv (never a shell):
-//! init, fetch, resolve a name to a commit, checkout.
+//! Git plumbing for releases, always by argv (never a shell): one
+//! repository, fetch, resolve a name to a commit, check a commit out into
+//! a release folder of its own.
 //!
-//! Each slot's repository lives in `ROOT/git/SLOT`, outside its work tree
-//! `ROOT/slots/SLOT`, and stays root's: with `user` set the app user owns
-//! the work tree, and must not be able to plant git config or hooks that
-//! the next deploy (as root) would run. Root's git (fetch, resolve, the
-//! record of what is checked out) works in the repository alone; what
-//! writes or deletes in the work tree (`read-tree -u`, `clean`) runs as the
-//! user who owns it, with git's index in `ROOT/git/SLOT.index/`, a folder
-//! of that user's. Root never writes in a tree its app's user can change:
-//! a tree of another owner (`user` changed) is removed by descriptors
+//! The repository lives in `ROOT/git/repo`, outside every work tree, and
+//! stays root's: with `user` set the app user owns the release folders,
+//! and must not be able to plant git config or hooks that the next deploy
+//! (as root) would run. Root's git (fetch, resolve) works in the
+//! repository alone; what writes in a release folder (`read-tree -u`)
+//! runs as the user who owns it, with git's index in a folder of that
+//! user's (`ROOT/git/index/SHA`, removed once the checkout is done), which
+//! root never reads. Root never writes in a tree its app's user can
+//! change: what is left of an earlier attempt is removed by descriptors
 //! (`tree::remove`) and checked out afresh.
 
 use std::os::unix::fs::MetadataExt;
@@ -19,10 +20,16 @@ use std::process::{Command, Output, Stdio};
 
 use crate::user::RunAs;
 
-/// A slot's repository and work tree.
+/// The one repository every release is checked out from.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    pub git_dir: PathBuf,
+}
+
+/// A release folder and git's index for checking it out.
 #[derive(Debug, Clone)]
 pub struct Checkout {
-    pub git_dir: PathBuf,
+    pub repo: Repo,
     pub work_tree: PathBuf,
     /// Git's index for the work tree: a folder of the work tree's owner.
     pub index_dir: PathBuf,
@@ -65,12 +72,23 @@ pub struct Commit {
     pub subject: String,
 }
 
-impl Checkout {
-    pub fn new(root: &Path, slot: &str) -> Checkout {
-        Checkout {
-            git_dir: root.join("git").join(slot),
-            work_tree: root.join("slots").join(slot),
-            index_dir: root.join("git").join(format!("{slot}.index")),
+/// The folder of `sha`'s release, relative to `root`.
+pub fn release_dir(sha: &str) -> String {
+    format!("releases/{sha}")
+}
+
+/// The commit an earlier zdd checked out in slot `slot`'s own repository
+/// (`ROOT/git/SLOT`), read without running git.
+pub fn legacy_head(root: &Path, slot: &str) -> Option<String> {
+    let text = std::fs::read_to_string(root.join("git").join(slot).join("HEAD")).ok()?;
+    let text = text.trim();
+    (text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())).then(|| text.to_string())
+}
+
+impl Repo {
+    pub fn new(root: &Path) -> Repo {
+        Repo {
+            git_dir: root.join("git").join("repo"),
         }
     }
 
@@ -91,67 +109,12 @@ impl Checkout {
         run(cmd, args)
     }
 
-    /// Run `git ARGS...` on the work tree, as `user` (the tree's owner; zdd's
-    /// own user when `None`): in a session of its own, the user's
-    /// environment, the index in [`Checkout::index_dir`], no config but the
-    /// repository's (root's) and these flags.
-    fn git_in_tree(&self, args: &[&str], user: Option<&RunAs>) -> Result<Output, String> {
-        let mut cmd = Command::new("git");
-        cmd.arg("--git-dir")
-            .arg(&self.git_dir)
-            .arg("--work-tree")
-            .arg(&self.work_tree)
-            // The repository is root's; the user only reads it.
-            .args(["-c", "safe.directory=*", "-c", "core.fsmonitor=false"])
-            .args(["-c", "core.excludesFile=/dev/null"])
-            .args(args);
-        if let Some(user) = user {
-            crate::process::user_env(&mut cmd, user);
-            crate::process::become_user(&mut cmd, user);
-        }
-        crate::process::new_session(&mut cmd);
-        // The system's config is root's (filters such as git-lfs's live
-        // there); the user's own does not steer what is checked out.
-        cmd.current_dir(&self.work_tree)
-            .env("GIT_INDEX_FILE", self.index_dir.join("index"))
-            .env("GIT_CONFIG_GLOBAL", "/dev/null");
-        run(cmd, args).map_err(|e| match user {
-            Some(u) if e.contains("Permission denied") => format!(
-                "{e} (as {}, who checks it out: the repository {} must be readable by that user: `chmod -R a+rX {}`)",
-                u.name,
-                self.git_dir.display(),
-                self.git_dir.display()
-            ),
-            _ => e,
-        })
-    }
-
-    /// Create the repository, the work tree and the index folder if they do
-    /// not exist yet; the last two belong to `user` (zdd's own user when
-    /// `None`). A work tree or index folder of another owner (`user` was
-    /// changed) is removed, without following anything in it, and made
-    /// afresh: root does not work in a tree someone else can change.
-    pub fn ensure(&self, user: Option<&RunAs>) -> Result<(), String> {
-        let owner = match user {
-            Some(u) => (u.uid, u.gid),
-            None => (
-                nix::unistd::geteuid().as_raw(),
-                nix::unistd::getegid().as_raw(),
-            ),
-        };
-        for (dir, mode) in [(&self.work_tree, 0o755), (&self.index_dir, 0o700)] {
-            own_folder(dir, mode, owner)?;
-        }
+    /// Create the repository if it does not exist yet: readable by the
+    /// release folders' owner whatever root's umask is.
+    pub fn ensure(&self) -> Result<(), String> {
         if self.git_dir.join("HEAD").exists() {
-            // A repository of an earlier zdd: readable by the work tree's
-            // owner from now on too.
-            let config = std::fs::read_to_string(self.git_dir.join("config")).unwrap_or_default();
-            if !config.to_ascii_lowercase().contains("sharedrepository") {
-                self.git(&["config", "core.sharedRepository", "0644"])?;
-            }
             return Ok(());
         }
-        // Readable by the work tree's owner whatever root's umask is.
         let out = Command::new("git")
             .args(["init", "--quiet", "--bare", "--shared=0644"])
             .arg(&self.git_dir)
@@ -218,22 +181,83 @@ impl Checkout {
             .unwrap_or_default();
         Some(Commit { sha, subject })
     }
+}
 
-    /// Check `sha` out in the work tree, forced, as `user`: tracked files
-    /// as the commit has them, untracked files removed, ignored ones (build
-    /// caches) kept. Then root records it as the repository's HEAD.
-    pub fn checkout(&self, sha: &str, user: Option<&RunAs>) -> Result<(), String> {
-        self.git_in_tree(&["read-tree", "--reset", "-u", sha], user)?;
-        self.git_in_tree(&["clean", "--quiet", "--force", "-d"], user)?;
-        self.git(&["update-ref", "--no-deref", "HEAD", sha])
-            .map(|_| ())
+impl Checkout {
+    /// `sha`'s release folder under `root`, from `root`'s repository.
+    pub fn release(root: &Path, sha: &str) -> Checkout {
+        Checkout {
+            repo: Repo::new(root),
+            work_tree: root.join(release_dir(sha)),
+            index_dir: root.join("git").join("index").join(sha),
+        }
     }
 
-    /// The commit checked out, read without running git.
-    pub fn head(&self) -> Option<String> {
-        let text = std::fs::read_to_string(self.git_dir.join("HEAD")).ok()?;
-        let text = text.trim();
-        (text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())).then(|| text.to_string())
+    /// Run `git ARGS...` on the work tree, as `user` (the tree's owner; zdd's
+    /// own user when `None`): in a session of its own, the user's
+    /// environment, the index in [`Checkout::index_dir`], no config but the
+    /// repository's (root's) and these flags.
+    fn git_in_tree(&self, args: &[&str], user: Option<&RunAs>) -> Result<Output, String> {
+        let mut cmd = Command::new("git");
+        cmd.arg("--git-dir")
+            .arg(&self.repo.git_dir)
+            .arg("--work-tree")
+            .arg(&self.work_tree)
+            // The repository is root's; the user only reads it.
+            .args(["-c", "safe.directory=*", "-c", "core.fsmonitor=false"])
+            .args(["-c", "core.excludesFile=/dev/null"])
+            .args(args);
+        if let Some(user) = user {
+            crate::process::user_env(&mut cmd, user);
+            crate::process::become_user(&mut cmd, user);
+        }
+        crate::process::new_session(&mut cmd);
+        // The system's config is root's (filters such as git-lfs's live
+        // there); the user's own does not steer what is checked out.
+        cmd.current_dir(&self.work_tree)
+            .env("GIT_INDEX_FILE", self.index_dir.join("index"))
+            .env("GIT_CONFIG_GLOBAL", "/dev/null");
+        run(cmd, args).map_err(|e| match user {
+            Some(u) if e.contains("Permission denied") => format!(
+                "{e} (as {}, who checks it out: the repository {} must be readable by that user: `chmod -R a+rX {}`)",
+                u.name,
+                self.repo.git_dir.display(),
+                self.repo.git_dir.display()
+            ),
+            _ => e,
+        })
+    }
+
+    /// Check `sha` out into a fresh release folder, as `user` (zdd's own
+    /// user when `None`), who owns the folder: whatever an earlier attempt
+    /// left there is removed first, without following anything in it, and
+    /// git's index goes once the files are there.
+    pub fn check_out(&self, sha: &str, user: Option<&RunAs>) -> Result<(), String> {
+        let owner = match user {
+            Some(u) => (u.uid, u.gid),
+            None => (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
+        };
+        for (dir, mode) in [(&self.work_tree, 0o755), (&self.index_dir, 0o700)] {
+            remove_leftover(dir)?;
+            own_folder(dir, mode, owner)?;
+        }
+        self.git_in_tree(&["read-tree", "--reset", "-u", sha], user)?;
+        remove_leftover(&self.index_dir)
+    }
+}
+
+/// Remove `dir` and what is in it, if it is there (never through a
+/// symlink; `tree::remove`).
+pub fn remove_leftover(dir: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(_) => {
+            crate::tree::remove(dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot look at {}: {e}", dir.display())),
     }
 }
 

@@ -29,6 +29,9 @@ interval = "100ms"                  # longest pause between probes (the first is
 signal  = "SIGTERM"                 # the app finishes the requests in flight and exits
 timeout = "30s"                     # then SIGKILL to its process group
 
+[releases]
+keep = 5                            # good releases kept on disk: what `zdd rollback` can bring back
+
 [env]
 # NODE_ENV = "production"
 

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::git;
 use crate::health::Checker;
 use crate::lock::{Holder, Lock};
-use crate::state::{HistoryEntry, Slot, SlotStatus, State};
+use crate::state::{HistoryEntry, Slot, State};
 use crate::text::{fmt, fmt_ms, out};
 use crate::{keeper, observe};
 
@@ -304,10 +304,9 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
             }),
         });
     }
-    let next = state.slot(state.next_deploy);
-    let rollback_to = (next.status == SlotStatus::Standby)
-        .then(|| next.commit.clone())
-        .flatten();
+    let rollback_to = crate::deploy::rollback_target(&state)
+        .ok()
+        .map(|(_, sha)| sha);
     let nginx = match (mode, state.active) {
         (Some(mode), Some(live)) => Some(nginx_now(config, mode, live)),
         _ => None,
@@ -540,6 +539,101 @@ fn history_line(h: &HistoryEntry) -> String {
     line
 }
 
+/// One kept release, for `zdd releases`.
+#[derive(Serialize)]
+struct ReleaseReport {
+    commit: String,
+    subject: Option<String>,
+    built_at: String,
+    deployed_at: Option<String>,
+    size_bytes: Option<u64>,
+    /// "live", "standby" (the other slot holds it), "kept", or "failed"
+    /// (built, never went live, its last attempt failed).
+    status: &'static str,
+    slot: Option<Slot>,
+    /// What `zdd rollback` brings back.
+    rollback: bool,
+}
+
+/// `zdd releases [--json]`: the kept releases, newest first.
+pub fn releases(config: &Config, json: bool) -> Result<()> {
+    let state = State::load(&config.state_path(), config.ports)?;
+    let target = crate::deploy::rollback_target(&state)
+        .ok()
+        .map(|(_, sha)| sha);
+    let list: Vec<ReleaseReport> = state
+        .releases
+        .iter()
+        .rev()
+        .map(|r| {
+            let slot = Slot::BOTH
+                .into_iter()
+                .find(|&s| state.slot(s).commit.as_deref() == Some(r.commit.as_str()));
+            let last = state.history.iter().rev().find(|h| h.commit == r.commit);
+            let status = match slot {
+                Some(s) if state.active == Some(s) => "live",
+                Some(s) if state.slot(s).status == crate::state::SlotStatus::Standby => "standby",
+                _ if !r.good() && last.is_some_and(|h| h.outcome != crate::state::Outcome::Ok) => {
+                    "failed"
+                }
+                _ => "kept",
+            };
+            ReleaseReport {
+                commit: r.commit.clone(),
+                subject: r.subject.clone(),
+                built_at: r.built_at.clone(),
+                deployed_at: r.deployed_at.clone(),
+                size_bytes: crate::tree::size(&config.root.join(&r.dir)).ok(),
+                status,
+                slot,
+                rollback: target.as_deref() == Some(r.commit.as_str()),
+            }
+        })
+        .collect();
+    if json {
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&list).expect("releases serialize")
+        );
+        return Ok(());
+    }
+    let mut text = format!(
+        "{}: {} release(s) kept, newest first (releases.keep = {} good ones)\n",
+        config.name,
+        list.len(),
+        config.releases.keep
+    );
+    for r in &list {
+        text.push_str(&release_line(r));
+        text.push('\n');
+    }
+    crate::text::write_stdout(crate::text::printable(&text).as_bytes())
+        .map_err(Error::io("cannot write the releases to", "stdout"))
+}
+
+fn release_line(r: &ReleaseReport) -> String {
+    let mut line = format!(
+        "  {}  {:<7}  {}",
+        git::short(&r.commit),
+        r.status,
+        r.slot.map_or("      ".to_string(), |s| format!("slot {s}"))
+    );
+    line.push_str(&format!("  built {}", r.built_at));
+    if let Some(at) = &r.deployed_at {
+        line.push_str(&format!("  deployed {at}"));
+    }
+    if let Some(n) = r.size_bytes {
+        line.push_str(&format!("  {:.1} MiB", n as f64 / (1024.0 * 1024.0)));
+    }
+    if let Some(s) = &r.subject {
+        line.push_str(&format!("  {s:?}"));
+    }
+    if r.rollback {
+        line.push_str("  <- `zdd rollback` brings it back");
+    }
+    line
+}
+
 #[derive(Serialize)]
 struct HistoryReport<'a> {
     version: u32,
@@ -752,6 +846,29 @@ mod tests {
         assert!(not_serving(&r)
             .unwrap()
             .starts_with("nothing is deployed yet"));
+    }
+
+    #[test]
+    fn release_lines() {
+        let line = |status, slot, rollback, deployed: Option<&str>| {
+            release_line(&ReleaseReport {
+                commit: V2.into(),
+                subject: Some("v2: second release".into()),
+                built_at: "2026-11-30T08:40:00Z".into(),
+                deployed_at: deployed.map(str::to_string),
+                size_bytes: Some(12 * 1024 * 1024 + 300 * 1024),
+                status,
+                slot,
+                rollback,
+            })
+        };
+        let lines = [
+            line("live", Some(Slot::B), false, Some("2026-11-30T08:41:18Z")),
+            line("standby", Some(Slot::A), true, Some("2026-11-29T10:00:00Z")),
+            line("kept", None, false, Some("2026-11-28T10:00:00Z")),
+            line("failed", None, false, None),
+        ];
+        insta::assert_snapshot!(lines.join("\n"));
     }
 
     #[test]

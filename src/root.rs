@@ -12,8 +12,13 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 
 /// The folders zdd keeps in `root`, with the mode it creates them with.
-pub const SLOTS: (&str, u32) = ("slots", 0o755);
+pub const RELEASES: (&str, u32) = ("releases", 0o755);
 pub const GIT: (&str, u32) = ("git", 0o755);
+/// What every release shares (`shared`): root's folders, the app user's
+/// files and folders in them.
+pub const SHARED: (&str, u32) = ("shared", 0o755);
+/// Git's index folders while a release is checked out (each the app user's).
+pub const GIT_INDEX: (&str, u32) = ("git/index", 0o755);
 pub const LOGS: (&str, u32) = ("logs", 0o700);
 pub const RUN: (&str, u32) = ("run", 0o700);
 
@@ -421,16 +426,16 @@ mod tests {
     fn creates_root_and_its_folders_with_their_modes() {
         let t = top();
         let root = t.path().join("root");
-        prepare(&root, &[SLOTS, LOGS]).unwrap();
+        prepare(&root, &[RELEASES, LOGS]).unwrap();
         assert_eq!(
             std::fs::metadata(root.join("logs")).unwrap().mode() & 0o777,
             0o700
         );
         assert_eq!(
-            std::fs::metadata(root.join("slots")).unwrap().mode() & 0o777,
+            std::fs::metadata(root.join("releases")).unwrap().mode() & 0o777,
             0o755
         );
-        prepare(&root, &[SLOTS, LOGS]).unwrap();
+        prepare(&root, &[RELEASES, LOGS]).unwrap();
     }
 
     #[test]
@@ -465,9 +470,9 @@ mod tests {
 
         let elsewhere = t.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
-        std::os::unix::fs::symlink(&elsewhere, real.join("slots")).unwrap();
-        let e = prepare(&real, &[SLOTS]).unwrap_err().to_string();
-        assert!(e.contains("slots is a symlink"), "{e}");
+        std::os::unix::fs::symlink(&elsewhere, real.join("releases")).unwrap();
+        let e = prepare(&real, &[RELEASES]).unwrap_err().to_string();
+        assert!(e.contains("releases is a symlink"), "{e}");
         std::os::unix::fs::symlink(&elsewhere, real.join("a")).unwrap();
         assert!(check_no_symlink(&real.join("a")).is_err());
         assert!(check_no_symlink(&real.join("b")).is_ok(), "missing is fine");

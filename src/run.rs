@@ -30,6 +30,7 @@ pub fn run() -> i32 {
         cli.command,
         Command::Deploy { .. }
             | Command::Rollback { .. }
+            | Command::Restart { .. }
             | Command::Start { .. }
             | Command::Up { .. }
     );
@@ -81,15 +82,18 @@ fn dispatch(cli: Cli) -> Result<()> {
             deploy::deploy(&load()?, commit.as_deref(), wait.lock_wait())
         }
         Command::Rollback {
+            commit,
             wait,
             because,
             if_live,
         } => deploy::rollback(
             &load()?,
+            commit.as_deref(),
             wait.lock_wait(),
             because.as_deref(),
             if_live.as_deref(),
         ),
+        Command::Restart { wait } => deploy::restart(&load()?, wait.lock_wait()),
         Command::Up { wait } => deploy::up(load_optional()?.as_ref(), wait.lock_wait()),
         Command::Start {
             name,
@@ -110,6 +114,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Status { json } => report::status(&load()?, json),
         Command::History { json } => report::history(&load()?, json),
+        Command::Releases { json } => report::releases(&load()?, json),
         Command::Nginx {
             part,
             write,

@@ -185,6 +185,36 @@ pub struct State {
     pub maintenance: Option<MaintenanceState>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// The releases on disk, each built once; the slots run some of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<Release>,
+}
+
+/// A commit checked out and built once in a folder of its own, kept for
+/// deploys and rollbacks that need no build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    pub commit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Its folder, relative to `root`: `releases/SHA`, or the `slots/X`
+    /// work tree an earlier zdd built it in (moved to `releases/` once
+    /// nothing runs from it).
+    pub dir: String,
+    /// When its build finished (RFC 3339).
+    pub built_at: String,
+    /// When it last went live by a deploy (rollbacks leave it): its age
+    /// for `zdd rollback`. `None`: it never went live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_at: Option<String>,
+}
+
+impl Release {
+    /// It went live once: a good release, counted by `releases.keep`.
+    pub fn good(&self) -> bool {
+        self.deployed_at.is_some()
+    }
 }
 
 /// Maintenance mode, as `zdd maintenance on` left it.
@@ -221,7 +251,17 @@ impl State {
             },
             maintenance: None,
             history: Vec::new(),
+            releases: Vec::new(),
         }
+    }
+
+    /// The kept release of `sha`, if there is one.
+    pub fn release(&self, sha: &str) -> Option<&Release> {
+        self.releases.iter().find(|r| r.commit == sha)
+    }
+
+    pub fn release_mut(&mut self, sha: &str) -> Option<&mut Release> {
+        self.releases.iter_mut().find(|r| r.commit == sha)
     }
 
     pub fn slot(&self, s: Slot) -> &SlotState {

@@ -6,7 +6,8 @@
 //! (`$realpath_root`), so the slot is decided then, by one `realpath()`.
 //! A flip is one rename of the symlink: every connection sees one slot or
 //! the other. Static files go through the same link (`ROOT/live/app/…`,
-//! `route/SLOT/app` pointing at the slot's tree), so they flip with the code.
+//! `route/SLOT/app` pointing at the release the slot holds), so they flip
+//! with the code.
 //!
 //! The real path names the *slot*: `route/SLOT` is a folder of zdd's,
 //! never a tree the app can change, whatever tree the slot runs.
@@ -179,19 +180,24 @@ pub fn read(root: &Path) -> io::Result<Option<Position>> {
     })
 }
 
+/// Point `route/SLOT/app` at the release `dir` (relative to `root`) that
+/// `slot` holds, with one rename, unless it already does: before the slot
+/// starts, so that its static files are there when the switch names it.
+pub fn point_app(root: &Path, slot: Slot, dir: &str) -> io::Result<()> {
+    let app = root.join("route").join(slot.name()).join("app");
+    let tree = Path::new("../..").join(dir);
+    if std::fs::read_link(&app).ok().as_deref() != Some(tree.as_path()) {
+        fsutil::symlink_atomic(&tree, &app)?;
+    }
+    Ok(())
+}
+
 /// Point the switch at `to` with one rename, then make it durable; also
 /// the switch file of an earlier zdd's site, while its folder exists.
 /// Already pointing there: nothing changes. The folders are
-/// `root::prepare`d first (`FOLDERS`); the links to the slots' trees are
-/// made here.
+/// `root::prepare`d first (`FOLDERS`); the links to the slots' releases
+/// are [`point_app`]'s.
 pub fn flip(root: &Path, to: Position) -> io::Result<()> {
-    for slot in Slot::BOTH {
-        let app = root.join("route").join(slot.name()).join("app");
-        let tree = Path::new("../../slots").join(slot.name());
-        if std::fs::read_link(&app).ok().as_deref() != Some(tree.as_path()) {
-            fsutil::symlink_atomic(&tree, &app)?;
-        }
-    }
     flip_head_time(root, to.slot)?;
     if read(root)? != Some(to) {
         fsutil::symlink_atomic(&to.target(), &link(root))?;
@@ -300,9 +306,10 @@ mod tests {
         assert_eq!(read(r).unwrap(), Some(closed));
         let real = std::fs::canonicalize(nginx_root(r)).unwrap();
         assert_eq!(slot_of_resolved(real.to_str().unwrap()), Some(Slot::A));
+        point_app(r, Slot::B, "releases/5b5d6aec").unwrap();
         assert_eq!(
             std::fs::read_link(r.join("route/b/app")).unwrap(),
-            Path::new("../../slots/b")
+            Path::new("../../releases/5b5d6aec")
         );
         assert!(
             !head_time_dir(r).exists(),

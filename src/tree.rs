@@ -133,6 +133,40 @@ impl Walk<'_> {
     }
 }
 
+/// The disk space `path` and everything below it take (allocated blocks),
+/// walked the way [`remove`] walks: by descriptors, never through a
+/// symlink, never onto another filesystem, at most [`MAX_DEPTH`] deep.
+pub fn size(path: &Path) -> io::Result<u64> {
+    let root = open_dir(None, &cstring(path.as_os_str().as_bytes())?)?;
+    let st = fstat(root.as_raw_fd())?;
+    size_below(root.as_raw_fd(), st.st_dev, 0).map(|below| below + blocks(&st))
+}
+
+fn blocks(st: &nix::sys::stat::FileStat) -> u64 {
+    (st.st_blocks as u64) * 512
+}
+
+fn size_below(dir: RawFd, dev: u64, depth: usize) -> io::Result<u64> {
+    let mut total = 0;
+    for name in list(dir)? {
+        let Ok(st) = nix::sys::stat::fstatat(
+            Some(dir),
+            name.as_c_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) else {
+            continue; // gone meanwhile
+        };
+        total += blocks(&st);
+        let is_dir = st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR;
+        if is_dir && st.st_dev == dev && depth < MAX_DEPTH {
+            if let Ok(child) = open_dir(Some(dir), &name) {
+                total += size_below(child.as_raw_fd(), dev, depth + 1)?;
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// The entries of the open folder `dir`, `.` and `..` aside.
 fn list(dir: RawFd) -> io::Result<Vec<CString>> {
     // Dir takes its descriptor: give it a close-on-exec copy.
@@ -193,6 +227,20 @@ mod tests {
         }
         all.sort();
         all
+    }
+
+    #[test]
+    fn size_counts_the_tree_and_no_symlink_target() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = t.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::write(tree.join("sub/big"), vec![7u8; 64 * 1024]).unwrap();
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("huge"), vec![7u8; 1024 * 1024]).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("link")).unwrap();
+        let n = size(&tree).unwrap();
+        assert!((64 * 1024..512 * 1024).contains(&n), "{n}");
     }
 
     #[test]

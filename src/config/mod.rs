@@ -33,6 +33,8 @@ pub struct Config {
     pub branch: String,
     pub root: PathBuf,
     pub build: Option<String>,
+    /// Files and folders that outlive a release, linked into each one.
+    pub shared: Vec<Shared>,
     pub start: String,
     pub ports: [u16; 2],
     pub user: Option<RunAs>,
@@ -43,6 +45,30 @@ pub struct Config {
     pub nginx: Nginx,
     pub keeper: Keeper,
     pub maintenance: Maintenance,
+    pub releases: Releases,
+}
+
+/// A path every release shares: `ROOT/shared/PATH`, linked into each
+/// release at `PATH` before its build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shared {
+    /// Relative to the release, without a trailing `/`.
+    pub path: String,
+    /// A folder (written with a trailing `/`), else a file.
+    pub dir: bool,
+}
+
+/// How many releases stay on disk.
+#[derive(Debug, Clone)]
+pub struct Releases {
+    /// Good releases (ones that went live) kept, the live one included.
+    pub keep: u32,
+}
+
+impl Default for Releases {
+    fn default() -> Self {
+        Releases { keep: 5 }
+    }
 }
 
 /// The page nginx shows while `zdd maintenance on`.
@@ -212,12 +238,13 @@ impl Config {
     }
 
     /// What a release's build and run take from the config — `build`,
-    /// `start`, `user`, `[env]`, the hooks, the ports, the health check —
+    /// `start`, `user`, `[env]`, the hooks, the ports, the health check,
+    /// `shared` —
     /// as 16 hex digits (FNV-1a). A deploy that failed under another
     /// fingerprint is a new attempt for cron: the fix may be in zdd.toml.
     pub fn fingerprint(&self) -> String {
         let h = &self.health;
-        let text = format!(
+        let mut text = format!(
             "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
             self.build,
             self.start,
@@ -230,6 +257,10 @@ impl Config {
             h.expect_body,
             h.timeout
         );
+        // Only when set: a config without it keeps its earlier fingerprint.
+        if !self.shared.is_empty() {
+            text.push_str(&format!("|{:?}", self.shared));
+        }
         let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });

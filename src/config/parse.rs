@@ -10,7 +10,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{duration_bounds, HumanDuration, RawConfig};
-use super::{Config, Hooks};
+use super::{Config, Hooks, Shared};
 use crate::error::{Error, Result};
 use crate::user::resolve_user;
 
@@ -81,6 +81,44 @@ impl Source<'_> {
             ));
         }
         Ok(text.clone())
+    }
+
+    /// `shared`: paths relative to a release, each inside it, none inside
+    /// another; a trailing `/` makes it a folder.
+    fn shared(&self, shared: Option<Vec<Spanned<String>>>) -> Result<Vec<Shared>> {
+        let mut out: Vec<Shared> = Vec::new();
+        for item in shared.unwrap_or_default() {
+            let text = item.get_ref();
+            let path = text.trim_end_matches('/');
+            let bad = path.is_empty()
+                || path.starts_with('/')
+                || path.chars().any(|c| c.is_control() || c == '\\')
+                || path.split('/').any(|part| matches!(part, "" | "." | ".."));
+            if bad {
+                return Err(self.at(
+                    Some(item.span()),
+                    format!("shared path {text:?} must stay inside the release: a relative path without `.`, `..` or empty parts, like \"uploads/\" or \".env\""),
+                ));
+            }
+            let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+            if let Some(other) = out
+                .iter()
+                .find(|o| inside(path, &o.path) || inside(&o.path, path))
+            {
+                return Err(self.at(
+                    Some(item.span()),
+                    format!(
+                        "shared path {text:?} overlaps {:?}: share each path once",
+                        other.path
+                    ),
+                ));
+            }
+            out.push(Shared {
+                path: path.to_string(),
+                dir: text.ends_with('/'),
+            });
+        }
+        Ok(out)
     }
 
     fn ports(&self, ports: Option<&Spanned<Vec<u16>>>) -> Result<[u16; 2]> {
@@ -170,6 +208,8 @@ impl Config {
         let keeper = src.keeper(raw.keeper.unwrap_or_default())?;
         let hooks = raw.hooks.unwrap_or_default();
         let maintenance = src.maintenance(raw.maintenance.unwrap_or_default(), &resolve)?;
+        let releases = src.releases(raw.releases.unwrap_or_default())?;
+        let shared = src.shared(raw.shared)?;
         Ok(Config {
             path: path.to_path_buf(),
             name,
@@ -177,6 +217,7 @@ impl Config {
             branch: raw.branch.unwrap_or_else(|| "main".into()),
             root: raw.root.as_deref().map(resolve).unwrap_or(dir.clone()),
             build: raw.build.filter(|b| !b.trim().is_empty()),
+            shared,
             start: raw.start.into_inner(),
             ports,
             user,
@@ -192,6 +233,7 @@ impl Config {
             nginx,
             keeper,
             maintenance,
+            releases,
         })
     }
 }

@@ -55,6 +55,7 @@ pub(super) struct RawConfig {
     pub(super) branch: Option<String>,
     pub(super) root: Option<PathBuf>,
     pub(super) build: Option<String>,
+    pub(super) shared: Option<Vec<Spanned<String>>>,
     pub(super) start: Spanned<String>,
     pub(super) ports: Option<Spanned<Vec<u16>>>,
     pub(super) user: Option<Spanned<String>>,
@@ -65,6 +66,13 @@ pub(super) struct RawConfig {
     pub(super) nginx: Option<RawNginx>,
     pub(super) keeper: Option<RawKeeper>,
     pub(super) maintenance: Option<RawMaintenance>,
+    pub(super) releases: Option<RawReleases>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReleases {
+    pub(super) keep: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]

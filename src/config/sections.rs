@@ -8,8 +8,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::parse::Source;
-use super::raw::{RawHealth, RawKeeper, RawMaintenance, RawNginx, RawStop};
-use super::{Health, Keeper, Maintenance, Nginx, NginxMode, Stop};
+use super::raw::{RawHealth, RawKeeper, RawMaintenance, RawNginx, RawReleases, RawStop};
+use super::{Health, Keeper, Maintenance, Nginx, NginxMode, Releases, Stop};
 use crate::error::Result;
 use crate::signals::parse_signal;
 
@@ -77,6 +77,21 @@ impl Source<'_> {
                 "keeper.rollback_within",
                 defaults.rollback_within,
             )?,
+        })
+    }
+
+    pub(super) fn releases(&self, r: RawReleases) -> Result<Releases> {
+        Ok(Releases {
+            keep: match r.keep {
+                None => Releases::default().keep,
+                Some(k) if !(1..=100).contains(k.get_ref()) => {
+                    return Err(self.at(
+                        Some(k.span()),
+                        format!("releases.keep = {} is out of bounds: keep 1 to 100 good releases (the live one counts)", k.get_ref()),
+                    ))
+                }
+                Some(k) => k.into_inner(),
+            },
         })
     }
 

@@ -115,6 +115,39 @@ fn start_is_one_command() {
 }
 
 #[test]
+fn shared_paths_stay_inside_the_release() {
+    let c = parse("name = \"s\"\nstart = \"x\"\nshared = [\"uploads/\", \".env\"]\n").unwrap();
+    assert_eq!(
+        c.shared,
+        [
+            super::Shared {
+                path: "uploads".into(),
+                dir: true
+            },
+            super::Shared {
+                path: ".env".into(),
+                dir: false
+            }
+        ]
+    );
+    let e = err("name = \"s\"\nstart = \"x\"\nshared = [\"../etc\"]\n");
+    assert!(
+        e.starts_with(
+            "/etc/zdd/zdd.toml:3:11: shared path \"../etc\" must stay inside the release"
+        ),
+        "{e}"
+    );
+    for bad in ["/srv/up", "a//b", "./x", "", "/"] {
+        let e = err(&format!(
+            "name = \"s\"\nstart = \"x\"\nshared = [{bad:?}]\n"
+        ));
+        assert!(e.contains("must stay inside the release"), "{bad:?}: {e}");
+    }
+    let e = err("name = \"s\"\nstart = \"x\"\nshared = [\"public/\", \"public/uploads/\"]\n");
+    assert!(e.contains("overlaps \"public\""), "{e}");
+}
+
+#[test]
 fn leading_assignments_are_found_with_their_quotes() {
     let end = super::parse::assignments_end;
     assert_eq!(end("node server.js"), 0);

@@ -19,6 +19,8 @@ use crate::lock::LockWait;
 use crate::state::{Action, Slot, SlotStatus};
 use crate::text::{fmt, out};
 
+pub use plan::rollback_target;
+
 use outcome::{ms, StepError};
 use plan::Decision;
 use run::Run;
@@ -39,13 +41,15 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<(
     })?;
     let mut run = Run::begin(config, wait, "zdd deploy")?; // 1, 2: lock, reconcile
     let target = run.state.next_deploy;
-    let checkout = run.checkout(target)?;
+    let git_repo = run.repo()?;
     let wanted = named.as_ref().unwrap_or(&branch);
-    let resolved = run.fetch_and_resolve(&checkout, &repo, wanted, named.is_some())?; // 3
-    let live_head = match run.state.active {
-        Some(live) => run.checkout(live)?.head(),
-        None => None,
-    };
+    let resolved = run.fetch_and_resolve(&git_repo, &repo, wanted, named.is_some())?; // 3
+                                                                                      // The live commit, if its release is there to start again.
+    let live_head = run
+        .state
+        .active
+        .filter(|&live| run.tree(live).is_dir())
+        .and_then(|live| run.state.slot(live).commit.clone());
     let decision = plan::decide(&plan::Facts {
         state: &run.state,
         sha: &resolved.sha,
@@ -100,6 +104,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<(
         }
         Decision::Deploy { .. } => {}
     }
+    let checkout = run.checkout(sha)?; // its folders: no symlink
     log::info!(
         "fetched in {}: {wanted} is {short} {:?}",
         fmt(resolved.fetch_time),
@@ -115,12 +120,31 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<(
     // Cron deploys the branch's tip: only a failure of that commit makes
     // cron wait for the branch to move.
     let is_tip = named.is_none()
-        || checkout
+        || git_repo
             .resolve(&branch)
             .is_some_and(|tip| tip.sha == resolved.sha);
     attempt.tip_of = is_tip.then(|| config.branch.clone());
-    run.check_out_and_build(&checkout, &attempt, &resolved)?; // 5
-    run.bring_up(attempt, true) // 6 to 9
+    // A release built before needs no checkout and no build.
+    let kept = run
+        .state
+        .release(sha)
+        .filter(|r| config.root.join(&r.dir).is_dir())
+        .cloned();
+    let fresh = match kept {
+        Some(release) => {
+            log::info!(
+                "{short} is a kept release, built {}: no checkout, no build",
+                release.built_at
+            );
+            attempt.reused = true;
+            !release.good()
+        }
+        None => {
+            run.check_out_and_build(&checkout, &attempt, &resolved)?; // 5
+            true
+        }
+    };
+    run.bring_up(attempt, fresh) // 6 to 9
 }
 
 /// `zdd rollback`; `because` says why in the history (a keeper's automatic
@@ -128,10 +152,15 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<(
 /// that keeper's app is the live one, not a release deployed since.
 pub fn rollback(
     config: &Config,
+    commit: Option<&str>,
     wait: LockWait,
     because: Option<&str>,
     if_live: Option<&str>,
 ) -> Result<()> {
+    let named = commit
+        .map(git::Rev::parse)
+        .transpose()
+        .map_err(Error::Usage)?;
     let mut run = Run::begin(config, wait, "zdd rollback")?; // 1, 2
     if let Some(keeper) = if_live {
         let still = keeper.split_once(':').is_some_and(|(slot, pid)| {
@@ -146,12 +175,20 @@ pub fn rollback(
             return Ok(());
         }
     }
-    let (target, commit) = plan::rollback_target(&run.state).map_err(Error::Usage)?;
-    if run.checkout(target)?.head().as_deref() != Some(commit.as_str()) {
+    let (target, commit) = match &named {
+        None => plan::rollback_target(&run.state).map_err(Error::Usage)?,
+        Some(rev) => run.kept_release(rev)?,
+    };
+    let dir = run
+        .state
+        .release(&commit)
+        .map(|r| config.root.join(&r.dir))
+        .unwrap_or_default();
+    if !dir.is_dir() {
         return Err(Error::NeedsAttention(format!(
-            "slot {target} should hold {} but its checkout in {} differs; deploy a commit instead",
+            "the release of {} should be in {}, which is gone; deploy a commit instead",
             git::short(&commit),
-            run.slot_dir(target).display()
+            dir.display()
         )));
     }
     run.clear_port(target)?; // 4
@@ -161,6 +198,33 @@ pub fn rollback(
         Some(p) => format!("{} {why}", git::short(p)),
         None => why.to_string(),
     });
+    run.bring_up(attempt, false) // 6 to 9
+}
+
+/// `zdd restart`: the live release started again on the idle slot with the
+/// config as it is now (`[env]`, `start`), verified, flipped to, and the
+/// old process drained and stopped — a rollback to the live release. The
+/// rollback target stays what it was.
+pub fn restart(config: &Config, wait: LockWait) -> Result<()> {
+    let mut run = Run::begin(config, wait, "zdd restart")?; // 1, 2
+    let (Some(live), Some(sha)) = (
+        run.state.active,
+        run.state.live_commit().map(str::to_string),
+    ) else {
+        return Err(Error::Usage(
+            "nothing is deployed yet; nothing to restart (`zdd deploy` deploys the tip)".into(),
+        ));
+    };
+    if !run.tree(live).is_dir() {
+        return Err(Error::NeedsAttention(format!(
+            "the live release {} should be in {}, which is gone; deploy a commit instead",
+            git::short(&sha),
+            run.tree(live).display()
+        )));
+    }
+    let target = live.other();
+    run.clear_port(target)?; // 4
+    let attempt = Attempt::new(Action::Restart, target, &sha, Some(sha.clone()));
     run.bring_up(attempt, false) // 6 to 9
 }
 
@@ -197,6 +261,8 @@ struct Attempt {
     /// Its keeper may roll it back if it crash-loops after the swap (a new
     /// release, with the previous one standing by).
     crash_rollback: bool,
+    /// A kept release deployed again: no checkout, no build.
+    reused: bool,
 }
 
 impl Attempt {
@@ -209,6 +275,7 @@ impl Attempt {
             tip_of: None,
             because: None,
             crash_rollback: false,
+            reused: false,
         }
     }
 
@@ -229,7 +296,7 @@ impl Run<'_> {
     /// Step 3: fetch into the idle slot's repository and resolve `wanted`.
     fn fetch_and_resolve(
         &mut self,
-        checkout: &git::Checkout,
+        git_repo: &git::Repo,
         repo: &str,
         wanted: &git::Rev,
         named: bool,
@@ -246,10 +313,8 @@ impl Run<'_> {
                 self.config.path.display()
             )));
         }
-        checkout
-            .ensure(self.config.user.as_ref())
-            .map_err(Error::Failed)?;
-        let fetched = checkout.fetch(repo);
+        git_repo.ensure().map_err(Error::Failed)?;
+        let fetched = git_repo.fetch(repo);
         self.check_signal("nothing was deployed")?;
         fetched.map_err(|e| {
             let message = format!("cannot fetch {repo}: {e}");
@@ -263,7 +328,7 @@ impl Run<'_> {
                 false => Error::Failed(message),
             }
         })?;
-        let git::Commit { sha, subject } = checkout.resolve(wanted).ok_or_else(|| {
+        let git::Commit { sha, subject } = git_repo.resolve(wanted).ok_or_else(|| {
             Error::Usage(match named {
                 true => format!(
                     "unknown commit {:?}: not a sha, tag or branch in {repo}{}",
@@ -302,14 +367,21 @@ impl Run<'_> {
         }
         self.save()?;
         self.lock
-            .at_step(&format!("checking out {short} in slot {target}"));
+            .at_step(&format!("checking out {short} for slot {target}"));
         let t = Instant::now();
         // As the work tree's owner: the user who builds and runs the app.
-        if let Err(e) = checkout.checkout(sha, config.user.as_ref()) {
+        if let Err(e) = checkout.check_out(sha, config.user.as_ref()) {
             return Err(self.abort_env(attempt, format!("cannot check out {short}: {e}"), None));
         }
+        if let Err(e) = self.link_shared(sha) {
+            return Err(self.abort_with(attempt, e, None));
+        }
         self.phases.fetch_ms = ms(resolved.fetch_time + t.elapsed());
-        log::info!("slot {target}: checked out {short} in {}", fmt(t.elapsed()));
+        log::info!(
+            "slot {target}: checked out {short} into {} in {}",
+            git::release_dir(sha),
+            fmt(t.elapsed())
+        );
 
         let t = Instant::now();
         self.lock
@@ -330,6 +402,16 @@ impl Run<'_> {
             log::info!("slot {target}: {label} done in {}", fmt(step.elapsed()));
         }
         self.phases.build_ms = ms(t.elapsed());
+        // Built: a release, kept for deploys and rollbacks without a build.
+        self.state.releases.retain(|r| r.commit != sha);
+        self.state.releases.push(crate::state::Release {
+            commit: sha.to_string(),
+            subject: Some(resolved.subject.clone()),
+            dir: git::release_dir(sha),
+            built_at: crate::text::now(),
+            deployed_at: None,
+        });
+        self.save()?;
         Ok(())
     }
 
@@ -339,10 +421,14 @@ impl Run<'_> {
     /// its keeper may roll it back; a rollback or a restart in place of the
     /// live commit gets none of these.
     fn bring_up(mut self, mut attempt: Attempt, fresh: bool) -> Result<()> {
+        self.hold_release(&attempt)?;
         attempt.crash_rollback = fresh
             && attempt.action == Action::Deploy
             && self.config.keeper.rollback_after > 0
-            && self.state.slot(attempt.slot.other()).commit.is_some();
+            && self
+                .state
+                .live_commit()
+                .is_some_and(|c| self.state.release(c).is_some());
         if let Err(e) = self.check_signal("") {
             return Err(self.abort_with(&attempt, StepError::from(e), None));
         }

@@ -15,7 +15,7 @@ use crate::text::{fmt_ms, now, out};
 use crate::{git, keeper, signals};
 
 use super::run::Run;
-use super::Attempt;
+use super::{plan, Attempt};
 
 /// Why a build, hook or check ended a deploy.
 pub(super) enum StepError {
@@ -53,6 +53,16 @@ impl Run<'_> {
         // Step 9: record.
         keeper::fold_restarts(&mut self.state, &config.root);
         self.state.slot_mut(old).forget_process();
+        // A deploy makes its release the newest (a rollback, or a restart
+        // in place, reorders nothing).
+        let moved = attempt.previous.as_deref() != Some(sha.as_str());
+        if action == Action::Deploy && moved {
+            if let Some(at) = self.state.releases.iter().position(|r| r.commit == sha) {
+                let mut release = self.state.releases.remove(at);
+                release.deployed_at = Some(now());
+                self.state.releases.push(release);
+            }
+        }
         self.phases.total_ms = ms(self.started.elapsed());
         let phases = self.phases;
         self.state.push_history(HistoryEntry {
@@ -62,7 +72,11 @@ impl Run<'_> {
             commit: sha.clone(),
             slot: target,
             previous: attempt.previous.clone(),
-            reason: attempt.because.clone(),
+            reason: attempt.because.clone().or_else(|| {
+                attempt
+                    .reused
+                    .then(|| "reused its kept release: no checkout, no build".to_string())
+            }),
             restarts: None,
             config: Some(self.config.fingerprint()),
             phases,
@@ -83,8 +97,12 @@ impl Run<'_> {
             }
         }
         out!(
-            "{}",
-            summary_line(action, &short, subject.as_deref(), target, port, &phases)
+            "{}{}",
+            summary_line(action, &short, subject.as_deref(), target, port, &phases),
+            match attempt.reused {
+                true => "; reused its kept release",
+                false => "",
+            }
         );
         if let Some(why) = &attempt.because {
             out!("because {why}");
@@ -92,7 +110,76 @@ impl Run<'_> {
         if let Some(sig) = signals::pending() {
             log::warn!("got {} during the swap; finished it first", sig.as_str());
         }
+        self.prune_releases();
         Ok(())
+    }
+
+    /// After a swap: remove the releases `releases.keep` no longer keeps
+    /// (`plan::to_prune`), and the trees of an earlier zdd nothing holds.
+    fn prune_releases(&mut self) {
+        let t = std::time::Instant::now();
+        let root = self.config.root.clone();
+        self.lock.at_step("removing old releases");
+        let mut removed = 0;
+        for sha in plan::to_prune(&self.state, self.config.releases.keep) {
+            let Some(dir) = self.state.release(&sha).map(|r| r.dir.clone()) else {
+                continue;
+            };
+            match git::remove_leftover(&root.join(&dir)) {
+                Ok(()) => {
+                    self.state.releases.retain(|r| r.commit != sha);
+                    removed += 1;
+                }
+                Err(e) => log::warn!("cannot remove the release {dir}: {e}"),
+            }
+        }
+        for slot in Slot::BOTH {
+            let legacy = format!("slots/{}", slot.name());
+            if self.state.releases.iter().any(|r| r.dir == legacy) {
+                continue;
+            }
+            for dir in [
+                legacy,
+                format!("git/{}", slot.name()),
+                format!("git/{}.index", slot.name()),
+            ] {
+                if let Err(e) = git::remove_leftover(&root.join(&dir)) {
+                    log::warn!("cannot remove {dir}, left by an earlier zdd: {e}");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(root.join("slots")); // once empty
+        if removed > 0 {
+            if let Err(e) = self.save() {
+                log::warn!("{e}");
+            }
+            log::info!(
+                "removed {removed} release(s) beyond releases.keep = {} in {}",
+                self.config.releases.keep,
+                crate::text::fmt(t.elapsed())
+            );
+        }
+    }
+
+    /// A deploy that failed: the release it built goes, unless it went
+    /// live before or it is built and the failure was not its own.
+    fn discard_release(&mut self, attempt: &Attempt, commit_fault: bool) {
+        let sha = attempt.sha.as_str();
+        let release = self.state.release(sha);
+        let keep = release.is_some_and(|r| r.good() || !commit_fault);
+        if attempt.action != Action::Deploy || keep {
+            return;
+        }
+        let dir = release.map_or_else(|| git::release_dir(sha), |r| r.dir.clone());
+        let root = &self.config.root;
+        let index = root.join("git/index").join(sha);
+        match git::remove_leftover(&root.join(&dir)).and_then(|()| git::remove_leftover(&index)) {
+            Ok(()) => {
+                self.state.releases.retain(|r| r.commit != sha);
+                log::debug!("removed {dir}: the release did not make it");
+            }
+            Err(e) => log::warn!("cannot remove the failed release {dir}: {e}"),
+        }
     }
 
     /// Abort for a failure that is not the commit's (cron tries it again):
@@ -146,6 +233,7 @@ impl Run<'_> {
                 Action::Deploy | Action::Restart => SlotStatus::Failed,
             };
         }
+        self.discard_release(attempt, matches!(why, StepError::Failed(_)));
         let (outcome, reason) = match &why {
             StepError::Failed(r) => (Outcome::Failed, r.clone()),
             StepError::Environment(r) => (Outcome::Error, r.clone()),

@@ -115,22 +115,66 @@ pub fn cron_skip(history: &[HistoryEntry], sha: &str, config: &str) -> Option<St
         })?
 }
 
-/// What `zdd rollback` brings back: the idle slot and the release it holds,
-/// or why there is none.
+/// What `zdd rollback` brings back, and to which slot: the newest good
+/// release older than the live one (releases are kept oldest first, a
+/// deploy moving its release to the end; a rollback reorders nothing, so
+/// rolling back again steps further back), started in the idle slot.
 pub fn rollback_target(state: &State) -> Result<(Slot, String), String> {
-    let target = state.next_deploy;
-    let s = state.slot(target);
-    match (s.status, &s.commit) {
-        (SlotStatus::Standby, Some(c)) => Ok((target, c.clone())),
-        (status, commit) => Err(format!(
-            "nothing to roll back to: slot {target} holds {} ({}), not a previous release",
-            commit
-                .as_deref()
-                .map(crate::git::short)
-                .unwrap_or("no commit"),
-            status.as_str()
+    let target = match state.active {
+        Some(live) => live.other(),
+        None => state.next_deploy,
+    };
+    let live = state.live_commit();
+    let older = match live.and_then(|c| state.releases.iter().position(|r| r.commit == c)) {
+        Some(at) => &state.releases[..at],
+        None => &state.releases[..],
+    };
+    match older
+        .iter()
+        .rev()
+        .find(|r| r.good() && Some(r.commit.as_str()) != live)
+    {
+        Some(r) => Ok((target, r.commit.clone())),
+        None => Err(format!(
+            "nothing to roll back to: {}",
+            match state.releases.iter().filter(|r| r.good()).count() {
+                0 => "no release has gone live yet".to_string(),
+                _ => format!(
+                    "no good release is older than the live one ({}); `zdd releases` lists the kept ones",
+                    live.map(crate::git::short).unwrap_or("none")
+                ),
+            }
         )),
     }
+}
+
+/// The releases to remove after a swap: good ones beyond the newest
+/// `keep`, and ones that never went live; never one a slot holds (the
+/// live one, the one standing by) nor the rollback target.
+pub fn to_prune(state: &State, keep: u32) -> Vec<String> {
+    let target = rollback_target(state).ok().map(|(_, sha)| sha);
+    let held = |sha: &str| {
+        Slot::BOTH
+            .iter()
+            .any(|&s| state.slot(s).commit.as_deref() == Some(sha))
+            || target.as_deref() == Some(sha)
+    };
+    let mut good_seen = 0;
+    let mut prune = Vec::new();
+    // Newest first.
+    for r in state.releases.iter().rev() {
+        let keep_it = match r.good() {
+            true => {
+                good_seen += 1;
+                good_seen <= keep
+            }
+            false => false,
+        };
+        if !keep_it && !held(&r.commit) {
+            prune.push(r.commit.clone());
+        }
+    }
+    prune
 }
 
 /// Make the state match which slots' processes really run (`alive`,
@@ -371,14 +415,60 @@ mod tests {
         );
     }
 
+    fn release(commit: &str, deployed: bool) -> crate::state::Release {
+        crate::state::Release {
+            commit: commit.into(),
+            subject: None,
+            dir: crate::git::release_dir(commit),
+            built_at: "t".into(),
+            deployed_at: deployed.then(|| "t".into()),
+        }
+    }
+
     #[test]
-    fn rollback_needs_a_release_standing_by() {
-        let s = live_v1();
+    fn pruning_keeps_the_newest_good_releases_and_what_slots_hold() {
+        let mut s = live_v1();
+        let sha = |i: u8| format!("{:040}", i);
+        // Oldest first: r0..r5 good, r6 never live, then v2 (standby), v1 (live).
+        s.releases = (0..6).map(|i| release(&sha(i), true)).collect();
+        s.releases.push(release(&sha(6), false));
+        s.releases.push(release(V2, true));
+        s.releases.push(release(V1, true));
+        // keep 3: v1, v2 and r5; r6 never went live.
+        assert_eq!(
+            to_prune(&s, 3),
+            [sha(6), sha(4), sha(3), sha(2), sha(1), sha(0)]
+        );
+        // keep 1: only v1 counts, but v2 is held by slot b and is the target.
+        assert!(!to_prune(&s, 1).contains(&V2.to_string()));
+        assert!(to_prune(&s, 1).contains(&sha(5)));
+    }
+
+    #[test]
+    fn rollback_steps_back_through_good_releases() {
+        const V3: &str = "cccccccccccccccccccccccccccccccccccccccc";
+        const BAD: &str = "dddddddddddddddddddddddddddddddddddddddd";
+        let mut s = live_v1();
+        // Oldest first: v2, a release that never went live, v3; v1 live.
+        s.releases = vec![
+            release(V2, true),
+            release(BAD, false),
+            release(V3, true),
+            release(V1, true),
+        ];
+        assert_eq!(rollback_target(&s), Ok((Slot::B, V3.into())));
+        // Rolled back to v3 (no reordering): the next one is v2.
+        s.slots.a.commit = Some(V3.into());
         assert_eq!(rollback_target(&s), Ok((Slot::B, V2.into())));
+        s.slots.a.commit = Some(V2.into());
+        assert!(rollback_target(&s).unwrap_err().starts_with(
+            "nothing to roll back to: no good release is older than the live one (222222222222)"
+        ));
         let fresh = State::fresh([1, 2]);
-        assert!(rollback_target(&fresh)
-            .unwrap_err()
-            .starts_with("nothing to roll back to: slot a holds no commit (empty)"));
+        assert_eq!(
+            rollback_target(&fresh).unwrap_err(),
+            "nothing to roll back to: no release has gone live yet"
+        );
     }
 
     #[test]

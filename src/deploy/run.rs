@@ -41,7 +41,13 @@ impl<'a> Run<'a> {
         let started = Instant::now();
         root::prepare(
             &config.root,
-            &[root::SLOTS, root::GIT, root::LOGS, root::RUN],
+            &[
+                root::RELEASES,
+                root::GIT,
+                root::GIT_INDEX,
+                root::LOGS,
+                root::RUN,
+            ],
         )?;
         root::prepare(&config.root, &switch::FOLDERS)?;
         for slot in Slot::BOTH {
@@ -66,9 +72,11 @@ impl<'a> Run<'a> {
             nginx_silent: false,
         };
         let restarted = keeper::fold_restarts(&mut run.state, &config.root);
-        if run.reconcile() || restarted {
+        let reconciled = run.reconcile();
+        if run.adopt_legacy_trees()? || reconciled || restarted {
             run.save()?;
         }
+        run.point_apps();
         run.reconcile_switch()?;
         run.stop_leftover()?;
         if let Some(live) = run.state.active {
@@ -231,10 +239,13 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Point `ROOT/current` at `slot` (atomically), unless it already does.
+    /// Point `ROOT/current` at `slot`'s release (atomically), unless it
+    /// already does.
     pub(super) fn point_current(&self, slot: Slot) {
         let current = self.config.root.join("current");
-        let target = PathBuf::from("slots").join(slot.name());
+        let Some(target) = self.release_dir_of(slot).map(PathBuf::from) else {
+            return;
+        };
         if std::fs::read_link(&current).ok().as_ref() == Some(&target) {
             return;
         }
@@ -243,18 +254,158 @@ impl<'a> Run<'a> {
         }
     }
 
-    pub(super) fn slot_dir(&self, slot: Slot) -> PathBuf {
-        self.config.root.join("slots").join(slot.name())
+    /// The folder of the release `slot` holds, relative to root.
+    fn release_dir_of(&self, slot: Slot) -> Option<String> {
+        let sha = self.state.slot(slot).commit.as_deref()?;
+        Some(
+            self.state
+                .release(sha)
+                .map_or_else(|| git::release_dir(sha), |r| r.dir.clone()),
+        )
     }
 
-    /// The slot's repository and work tree, once proven not to be symlinks
-    /// (git and the app would follow them out of root).
-    pub(super) fn checkout(&self, slot: Slot) -> Result<git::Checkout> {
-        let checkout = git::Checkout::new(&self.config.root, slot.name());
-        root::check_no_symlink(&checkout.git_dir)?;
+    /// The tree `slot` runs: its release's folder (where builds, hooks and
+    /// the app run).
+    pub(super) fn tree(&self, slot: Slot) -> PathBuf {
+        match self.release_dir_of(slot) {
+            Some(dir) => self.config.root.join(dir),
+            None => self.config.root.join("releases"),
+        }
+    }
+
+    /// The repository, once proven not to be a symlink (git would follow
+    /// it out of root).
+    pub(super) fn repo(&self) -> Result<git::Repo> {
+        let repo = git::Repo::new(&self.config.root);
+        root::check_no_symlink(&repo.git_dir)?;
+        Ok(repo)
+    }
+
+    /// `sha`'s release folder and index, once proven not to be symlinks.
+    pub(super) fn checkout(&self, sha: &str) -> Result<git::Checkout> {
+        let checkout = git::Checkout::release(&self.config.root, sha);
+        root::check_no_symlink(&checkout.repo.git_dir)?;
         root::check_no_symlink(&checkout.work_tree)?;
         root::check_no_symlink(&checkout.index_dir)?;
         Ok(checkout)
+    }
+
+    /// `zdd rollback COMMIT`: the idle slot and the kept, good release
+    /// `rev` names (resolved in the repository, without a fetch), or exit 2
+    /// naming the kept ones.
+    pub(super) fn kept_release(&self, rev: &git::Rev) -> Result<(Slot, String)> {
+        let sha = self.repo()?.resolve(rev).map(|c| c.sha);
+        let live = self.state.live_commit();
+        let kept: Vec<&crate::state::Release> = self
+            .state
+            .releases
+            .iter()
+            .rev()
+            .filter(|r| r.good() && Some(r.commit.as_str()) != live)
+            .collect();
+        if let Some(r) = kept.iter().find(|r| Some(&r.commit) == sha.as_ref()) {
+            let idle = self
+                .state
+                .active
+                .map_or(self.state.next_deploy, Slot::other);
+            return Ok((idle, r.commit.clone()));
+        }
+        let names = match kept.is_empty() {
+            true => "none".to_string(),
+            false => kept
+                .iter()
+                .map(|r| git::short(&r.commit).to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let what = match (&sha, live) {
+            (None, _) => format!("{rev:?} names no commit in the repository"),
+            (Some(s), Some(l)) if s == l => format!("{} is the live release", git::short(s)),
+            (Some(s), _) => format!("{} is not a kept release that went live", git::short(s)),
+        };
+        Err(Error::Usage(format!(
+            "cannot roll back to {rev}: {what}; the kept releases to roll back to, newest first: {names} (`zdd releases` lists them; `zdd deploy {rev}` builds it)"
+        )))
+    }
+
+    /// Each slot's `route/SLOT/app` names the release it holds (static
+    /// files flip with the code).
+    pub(super) fn point_apps(&self) {
+        for slot in Slot::BOTH {
+            if let Some(dir) = self.release_dir_of(slot) {
+                if let Err(e) = switch::point_app(&self.config.root, slot, &dir) {
+                    log::warn!("cannot point route/{slot}/app at {dir}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Releases an earlier zdd built in the slots' own work trees
+    /// (`slots/X`, with `git/X`): recorded as releases where they are, and
+    /// moved to `releases/SHA` once nothing runs from them (an app that
+    /// runs there keeps its paths). Returns whether the state changed.
+    pub(super) fn adopt_legacy_trees(&mut self) -> Result<bool> {
+        let root = self.config.root.clone();
+        let mut changed = false;
+        // Oldest first: the standby slot's release served before the live one.
+        let mut order: Vec<Slot> = Slot::BOTH.to_vec();
+        order.sort_by_key(|&s| self.state.active == Some(s));
+        for slot in order {
+            let s = self.state.slot(slot).clone();
+            let Some(sha) = s.commit.clone() else {
+                continue;
+            };
+            let legacy = root.join("slots").join(slot.name());
+            let served = matches!(s.status, SlotStatus::Live | SlotStatus::Standby);
+            if !served
+                || self.state.release(&sha).is_some()
+                || git::legacy_head(&root, slot.name()).as_deref() != Some(sha.as_str())
+                || !legacy.is_dir()
+            {
+                continue;
+            }
+            root::check_no_symlink(&legacy)?;
+            let deployed_at = self
+                .state
+                .history
+                .iter()
+                .rev()
+                .find(|h| h.commit == sha && h.outcome == crate::state::Outcome::Ok)
+                .map(|h| h.at.clone())
+                .unwrap_or_else(crate::text::now);
+            self.state.releases.push(crate::state::Release {
+                commit: sha,
+                subject: s.subject.clone(),
+                dir: format!("slots/{}", slot.name()),
+                built_at: deployed_at.clone(),
+                deployed_at: Some(deployed_at),
+            });
+            changed = true;
+        }
+        for slot in Slot::BOTH {
+            let legacy_dir = format!("slots/{}", slot.name());
+            let runs = self.state.slot(slot).process.is_some();
+            let Some(release) = self.state.releases.iter_mut().find(|r| r.dir == legacy_dir) else {
+                continue;
+            };
+            if runs {
+                continue;
+            }
+            let to = git::release_dir(&release.commit);
+            if root.join(&to).exists() {
+                continue;
+            }
+            std::fs::rename(root.join(&legacy_dir), root.join(&to)).map_err(|e| {
+                Error::NeedsAttention(format!("cannot move {legacy_dir} to {to}: {e}"))
+            })?;
+            log::info!(
+                "moved the release {} from {legacy_dir} to {to}",
+                git::short(&release.commit)
+            );
+            release.dir = to;
+            changed = true;
+        }
+        Ok(changed)
     }
 
     pub(super) fn log_path(&self, slot: Slot) -> PathBuf {

@@ -44,6 +44,104 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Before `attempt.slot` starts: it holds the attempt's release (the
+    /// state says so first), and `route/SLOT/app` names its folder.
+    pub(super) fn hold_release(&mut self, attempt: &Attempt) -> Result<()> {
+        let (slot, sha) = (attempt.slot, attempt.sha.as_str());
+        let subject = self.state.release(sha).and_then(|r| r.subject.clone());
+        let s = self.state.slot_mut(slot);
+        if s.commit.as_deref() != Some(sha) {
+            s.commit = Some(sha.to_string());
+            s.subject = subject;
+            self.save()?;
+        }
+        self.point_apps();
+        Ok(())
+    }
+
+    /// Link each `shared` path into `sha`'s fresh release, before its
+    /// build: `PATH -> ROOT/shared/PATH`, made there (the app user's) if
+    /// missing. A path the commit tracks is an error naming it. The links
+    /// are made as the release's owner (root never writes in its tree),
+    /// by argv, never a shell.
+    pub(super) fn link_shared(&self, sha: &str) -> std::result::Result<(), StepError> {
+        let config = self.config;
+        if config.shared.is_empty() {
+            return Ok(());
+        }
+        let env = |e: Error| StepError::Environment(e.to_string());
+        crate::root::prepare(&config.root, &[crate::root::SHARED]).map_err(env)?;
+        let release = config.root.join(git::release_dir(sha));
+        let owner = config.user.as_ref().map_or_else(
+            || {
+                (
+                    nix::unistd::geteuid().as_raw(),
+                    nix::unistd::getegid().as_raw(),
+                )
+            },
+            |u| (u.uid, u.gid),
+        );
+        for item in &config.shared {
+            if std::fs::symlink_metadata(release.join(&item.path)).is_ok() {
+                return Err(StepError::Failed(format!(
+                    "the commit has {}, which `shared` in {} names: remove it from the repository (`git rm -r --cached {}` and ignore it), or from `shared`",
+                    item.path,
+                    config.path.display(),
+                    item.path
+                )));
+            }
+            let target = config.root.join("shared").join(&item.path);
+            shared_entry(&config.root.join("shared"), item, owner).map_err(|e| {
+                StepError::Environment(format!("cannot prepare {}: {e}", target.display()))
+            })?;
+            let link = Path::new(&item.path);
+            if let Some(parent) = link.parent().filter(|p| !p.as_os_str().is_empty()) {
+                self.as_owner(&release, "mkdir", &["-p", "--", &parent.to_string_lossy()])?;
+            }
+            self.as_owner(
+                &release,
+                "ln",
+                &["-s", "--", &target.to_string_lossy(), &item.path],
+            )?;
+        }
+        log::info!(
+            "linked {} shared path(s) into {}",
+            config.shared.len(),
+            git::release_dir(sha)
+        );
+        Ok(())
+    }
+
+    /// Run `program ARGS` in `dir` as the release's owner.
+    fn as_owner(
+        &self,
+        dir: &Path,
+        program: &str,
+        args: &[&str],
+    ) -> std::result::Result<(), StepError> {
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null());
+        if let Some(user) = self.config.user.as_ref() {
+            process::user_env(&mut cmd, user);
+            process::become_user(&mut cmd, user);
+        }
+        process::new_session(&mut cmd);
+        let out = cmd
+            .output()
+            .map_err(|e| StepError::Environment(format!("cannot run {program}: {e}")))?;
+        match out.status.success() {
+            true => Ok(()),
+            false => Err(StepError::Environment(format!(
+                "`{program} {}` in {} failed: {}",
+                args.join(" "),
+                dir.display(),
+                crate::text::escape(String::from_utf8_lossy(&out.stderr).trim())
+            ))),
+        }
+    }
+
     /// Run a build or hook in the slot; `Err` is the reason it failed.
     pub(super) fn step(
         &mut self,
@@ -59,7 +157,7 @@ impl Run<'_> {
             &format!("{label} of {} in slot {slot}: {command}", git::short(sha)),
         );
         let env = self.env(slot, sha, port);
-        let dir = self.slot_dir(slot);
+        let dir = self.tree(slot);
         let spec = Spec {
             command,
             dir: &dir,
@@ -165,7 +263,7 @@ impl Run<'_> {
             ),
         );
         let env = self.env(target, sha, port);
-        let dir = self.slot_dir(target);
+        let dir = self.tree(target);
         let spec = Spec {
             command: &config.start,
             dir: &dir,
@@ -261,4 +359,72 @@ fn free_port(slot_ports: &[u16; 2]) -> std::io::Result<u16> {
             return Ok(port);
         }
     }
+}
+
+/// `ROOT/shared/PATH` for `item`, made if missing: the folders on the way
+/// root's (0755), so the app's user cannot swap them; the entry itself the
+/// app user's (`owner`), a folder (0755) or an empty file (0644), never
+/// through a symlink.
+fn shared_entry(
+    shared: &Path,
+    item: &crate::config::Shared,
+    owner: (u32, u32),
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = shared.join(&item.path);
+    let mut at = shared.to_path_buf();
+    for part in Path::new(&item.path)
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+    {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() && !m.file_type().is_symlink() => {}
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a folder of root's",
+                    at.display()
+                )))
+            }
+            Err(_) => std::fs::DirBuilder::new().mode(0o755).create(&at)?,
+        }
+    }
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(std::io::Error::other(
+                "it is a symlink; zdd never follows one here: remove it",
+            ))
+        }
+        Ok(m) if m.is_dir() != item.dir => {
+            return Err(std::io::Error::other(match item.dir {
+                true => "`shared` names a folder (a trailing /), but a file is there",
+                false => "`shared` names a file, but a folder is there",
+            }))
+        }
+        Ok(_) => return Ok(()),
+        Err(_) => {}
+    }
+    let opened = match item.dir {
+        true => {
+            std::fs::DirBuilder::new().mode(0o755).create(&path)?;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_DIRECTORY)
+                .open(&path)?
+        }
+        false => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)?,
+    };
+    std::os::unix::fs::fchown(&opened, Some(owner.0), Some(owner.1))?;
+    log::info!(
+        "created {} for `shared` ({}, empty)",
+        path.display(),
+        if item.dir { "a folder" } else { "a file" }
+    );
+    Ok(())
 }

@@ -30,12 +30,10 @@ impl Run<'_> {
         if let Some(id) = &s.process {
             return self.up_running(live, &short, id.pid);
         }
-        if self.checkout(live)?.head().as_deref() != Some(sha.as_str())
-            || !self.slot_dir(live).is_dir()
-        {
+        if !self.tree(live).is_dir() {
             return Err(Error::NeedsAttention(format!(
-                "slot {live} should hold {short}, the live release, but {} does not: deploy it again (`zdd deploy {short}`)",
-                self.slot_dir(live).display()
+                "slot {live} holds {short}, the live release, but its folder {} is gone: deploy it again (`zdd deploy {short}`)",
+                self.tree(live).display()
             )));
         }
         self.clear_port(live)?;

@@ -41,7 +41,7 @@ fn deploy_deploy_rollback_through_nginx() {
     assert_eq!(state["slots"]["b"]["commit"].as_str(), Some(v2.as_str()));
     assert_eq!(
         std::fs::read_link(p.root().join("current")).unwrap(),
-        std::path::PathBuf::from("slots/b")
+        std::path::PathBuf::from(format!("releases/{v2}"))
     );
 
     // Rollback: slot a still holds v1, built.
@@ -85,6 +85,10 @@ fn deploy_deploy_rollback_through_nginx() {
     p.git(&["tag", "release-1", &v2]);
     let r = p.zdd(&["deploy", "release-1"]);
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.trim_end().ends_with("; reused its kept release"),
+        "v2's release is kept, built: {r:?}"
+    );
     assert_eq!(p.served(), "v2");
     assert_eq!(p.listening_slots(), ["a"]);
 

@@ -33,9 +33,13 @@ fn symlinks_where_zdd_keeps_its_files_are_refused_and_their_targets_untouched() 
     let before = snapshot(outside.path());
     let root = p.root();
     // (where zdd keeps something, a file or a folder there)
+    let release = format!("releases/{v2}");
+    let index = format!("git/index/{v2}");
     for (planted, folder) in [
-        ("slots/b", true),
-        ("git/b", true),
+        (release.as_str(), true),
+        ("releases", true),
+        ("git/repo", true),
+        (index.as_str(), true),
         ("logs", true),
         ("route", true),
         ("zdd.lock", false),
@@ -111,18 +115,18 @@ fn a_root_others_can_write_or_that_is_not_a_folder_is_refused() {
     );
     std::fs::set_permissions(p.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(
-        p.root().join("slots"),
+        p.root().join("releases"),
         std::fs::Permissions::from_mode(0o775),
     )
     .unwrap();
     let r = p.zdd(&["rollback"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(
-        r.stderr.contains("slots is writable by group or others"),
+        r.stderr.contains("releases is writable by group or others"),
         "{r:?}"
     );
     std::fs::set_permissions(
-        p.root().join("slots"),
+        p.root().join("releases"),
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();

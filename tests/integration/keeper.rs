@@ -206,10 +206,13 @@ fn a_stop_sent_to_the_keeper_alone_reaches_its_app_after_the_stop_timeout() {
 fn zdd_up_with_the_live_release_gone_from_disk_exits_4() {
     let p = Project::live_v1("");
     p.kill_everything();
-    std::fs::remove_dir_all(p.root().join("slots/a")).unwrap();
+    std::fs::remove_dir_all(p.release_of("a")).unwrap();
     let r = p.zdd(&["up"]);
     assert_eq!(r.code, 4, "{r:?}");
-    assert!(r.stderr.contains("should hold"), "{r:?}");
+    assert!(
+        r.stderr.contains("its folder") && r.stderr.contains("is gone"),
+        "{r:?}"
+    );
     assert!(p.app_pids().is_empty(), "nothing started");
 }
 
@@ -302,7 +305,7 @@ fn an_app_that_cannot_start_backs_off_under_its_keeper_and_status_says_why() {
     p.kill_everything();
     // What is on disk no longer starts (its database is not up, say).
     std::fs::write(
-        p.root().join("slots/a/run.sh"),
+        p.release_of("a").join("run.sh"),
         "#!/bin/sh\necho no database >&2\nexit 1\n",
     )
     .unwrap();

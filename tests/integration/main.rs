@@ -12,6 +12,7 @@ mod keeper;
 mod maintenance;
 mod newcomer;
 mod operator;
+mod releases;
 mod servers;
 mod steering;
 mod zero_downtime;

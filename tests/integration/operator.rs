@@ -400,8 +400,8 @@ fn app_runs_as_the_configured_user() {
         Some("65534"),
         "{uid_line}"
     );
-    let slot = std::fs::metadata(p.root().join("slots/a/VERSION")).unwrap();
-    assert_eq!(slot.uid(), 65534, "the slot belongs to the user");
+    let slot = std::fs::metadata(p.release_of("a").join("VERSION")).unwrap();
+    assert_eq!(slot.uid(), 65534, "the release belongs to the user");
     let state = std::fs::metadata(p.root().join("state.toml")).unwrap();
     assert_eq!((state.uid(), state.mode() & 0o777), (0, 0o600));
     let logs = std::fs::metadata(p.root().join("logs")).unwrap();

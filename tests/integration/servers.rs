@@ -123,6 +123,46 @@ fn uvicorn_loses_no_request() {
     assert_nothing_lost(&p, "uvicorn", &report);
 }
 
+/// `zdd restart` of a real server under GET and POST load, slow uploads
+/// beside it: every request answered.
+#[test]
+fn uvicorn_restarts_lose_no_request() {
+    let _heavy = heavy();
+    let venv = app_servers().join("venv/bin");
+    let mut p = Project::new("");
+    let start = format!(
+        "{}/uvicorn --host 127.0.0.1 --port $PORT app:app",
+        venv.display()
+    );
+    p.use_app(&[("app.py", "servers/starlette/app.py")], &start, "");
+    p.go_live();
+    let load = Load::start(&p, &["v1"]);
+    let slow = Load::start_slow_uploads(&p, &["v1"], "50ms..2s");
+    let mut slots = Vec::new();
+    for i in 0..4 {
+        let r = p.zdd(&["restart"]);
+        assert_eq!(r.code, 0, "restart {i}: {r:?}");
+        slots.push(p.listening_slots());
+    }
+    let reports = Reports {
+        load: load.finish(),
+        slow: slow.finish(),
+    };
+    assert_eq!(slots, [["b"], ["a"], ["b"], ["a"]], "each restart swaps");
+    for (what, report) in [("load", &reports.load), ("slow uploads", &reports.slow)] {
+        eprintln!("uvicorn restarts, {what}: {}", summary(report));
+        assert_eq!(report["failed"], 0, "{what}: {}", summary(report));
+    }
+    assert!(
+        reports.load["by_method"]["POST"]["requests"]
+            .as_u64()
+            .unwrap()
+            > 200,
+        "{}",
+        summary(&reports.load)
+    );
+}
+
 #[test]
 fn express_loses_no_request() {
     let _heavy = heavy();

@@ -406,6 +406,15 @@ impl Project {
         }
     }
 
+    /// The folder of the release `slot` ("a", "b") holds.
+    pub fn release_of(&self, slot: &str) -> PathBuf {
+        let sha = self.state()["slots"][slot]["commit"]
+            .as_str()
+            .unwrap_or_else(|| panic!("slot {slot} holds no commit"))
+            .to_string();
+        self.root().join("releases").join(sha)
+    }
+
     /// The state file's exact bytes.
     pub fn state_bytes(&self) -> Vec<u8> {
         std::fs::read(self.root().join("state.toml")).unwrap_or_default()

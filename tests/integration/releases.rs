@@ -1,0 +1,380 @@
+//! Releases (issue 19): each commit checked out and built once in
+//! `releases/SHA`; a failed deploy never costs the rollback target;
+//! rollback steps back through the kept ones; a kept commit deploys
+//! without a build; `releases.keep` prunes the rest; an earlier zdd's
+//! slot trees are adopted.
+
+use crate::support::*;
+
+fn releases_json(p: &Project) -> Vec<serde_json::Value> {
+    let r = p.zdd(&["releases", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    serde_json::from_str::<serde_json::Value>(&r.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Each release's commit and status, newest first.
+fn statuses(p: &Project) -> Vec<(String, String)> {
+    releases_json(p)
+        .iter()
+        .map(|r| {
+            (
+                r["commit"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn on_disk(p: &Project) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(p.root().join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn a_failed_deploy_never_costs_the_rollback_target_and_rollback_steps_back() {
+    let _heavy = heavy();
+    let mut p = Project::new("");
+    p.edit_config(|c| c.replace("timeout = \"15s\"", "timeout = \"2s\""));
+    p.go_live();
+    let v1 = p.state()["slots"]["a"]["commit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v2 = p.commit("v2", "");
+    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    let v3 = p.commit("v3", "");
+    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    assert_eq!(p.served(), "v3");
+    // A broken commit: its deploy fails, v3 serves, and its release goes.
+    let broken = p.commit("v4", "export APP_STATUS=500");
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(p.served(), "v3");
+    assert_eq!(
+        on_disk(&p),
+        sorted(vec![v1.clone(), v2.clone(), v3.clone()])
+    );
+    assert!(!p.root().join(format!("git/index/{broken}")).exists());
+    assert_eq!(
+        statuses(&p),
+        [
+            (v3.clone(), "live".to_string()),
+            (v2.clone(), "kept".to_string()),
+            (v1.clone(), "kept".to_string())
+        ]
+    );
+    assert_eq!(releases_json(&p)[1]["rollback"], true, "v2 comes back");
+    let text = p.zdd(&["releases"]);
+    assert!(
+        text.stdout.contains(&format!("  {}  kept", &v2[..12]))
+            && text.stdout.contains("<- `zdd rollback` brings it back"),
+        "{text:?}"
+    );
+
+    // Rollback brings back v2, although the broken deploy used its slot.
+    let r = p.zdd(&["rollback"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "v2");
+    // Again: a step further back, to v1 (rollbacks reorder nothing).
+    let r = p.zdd(&["rollback"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "v1");
+    let r = p.zdd(&["rollback"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("nothing to roll back to: no good release is older than the live one"),
+        "{r:?}"
+    );
+    assert_eq!(p.served(), "v1");
+    // Cron leaves the tip alone after a rollback, as before.
+    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    assert_eq!(p.served(), "v1");
+
+    // Any kept release by name, without a build; not a failed one.
+    let r = p.zdd(&["rollback", &v3[..10]]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "v3");
+    let r = p.zdd(&["rollback", &broken]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "zdd: cannot roll back to {broken}: {} is not a kept release that went live; the kept releases to roll back to, newest first: {}, {} (`zdd releases` lists them; `zdd deploy {broken}` builds it)",
+            &broken[..12],
+            &v2[..12],
+            &v1[..12]
+        )
+    );
+    assert_eq!(p.served(), "v3");
+    p.kill_everything();
+}
+
+#[test]
+fn a_kept_release_deploys_without_a_checkout_or_a_build() {
+    let _heavy = heavy();
+    let mut p = Project::new("");
+    p.go_live();
+    let v1 = p.state()["slots"]["a"]["commit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.commit("v2", "");
+    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    let builds = |p: &Project| {
+        ["a", "b"]
+            .iter()
+            .map(|s| {
+                std::fs::read_to_string(p.root().join(format!("logs/{s}.log"))).unwrap_or_default()
+            })
+            .map(|log| log.matches(": build of ").count())
+            .sum::<usize>()
+    };
+    let before = builds(&p);
+    let r = p.zdd(&["deploy", &v1]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.trim_end().ends_with("; reused its kept release"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("build 0ms"), "{r:?}");
+    assert_eq!(builds(&p), before, "no build ran");
+    assert_eq!(p.served(), "v1");
+    let last = p.history().last().unwrap().clone();
+    assert_eq!(
+        last["reason"],
+        "reused its kept release: no checkout, no build"
+    );
+    // Deployed again, v1 is the newest: rollback goes to v2.
+    assert_eq!(statuses(&p)[0], (v1.clone(), "live".to_string()));
+    assert_eq!(p.zdd(&["rollback"]).code, 0);
+    assert_eq!(p.served(), "v2");
+    p.kill_everything();
+}
+
+#[test]
+fn releases_keep_removes_the_oldest_good_releases_after_a_swap() {
+    let _heavy = heavy();
+    let mut p = Project::new("");
+    p.edit_config(|c| format!("{c}\n[releases]\nkeep = 2\n"));
+    p.go_live();
+    let mut shas = vec![p.state()["slots"]["a"]["commit"]
+        .as_str()
+        .unwrap()
+        .to_string()];
+    for v in ["v2", "v3", "v4"] {
+        shas.push(p.commit(v, ""));
+        let r = p.zdd(&["deploy"]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    // The live v4 and the rollback target v3 stay.
+    assert_eq!(on_disk(&p), sorted(vec![shas[2].clone(), shas[3].clone()]));
+    assert_eq!(statuses(&p).len(), 2);
+    assert_eq!(p.zdd(&["rollback"]).code, 0);
+    assert_eq!(p.served(), "v3");
+    let r = p.zdd(&["releases", "--json"]);
+    assert_eq!(r.code, 0);
+
+    // A bad keep is a config error naming its place.
+    p.edit_config(|c| c.replace("keep = 2", "keep = 0"));
+    let r = p.zdd(&["releases"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("releases.keep = 0 is out of bounds: keep 1 to 100 good releases"),
+        "{r:?}"
+    );
+    p.kill_everything();
+}
+
+/// A root as an earlier zdd left it: each slot a work tree of its own
+/// (`slots/X`, with `git/X`), no releases in the state.
+#[test]
+fn an_earlier_zdds_slot_trees_are_adopted_as_releases() {
+    let _heavy = heavy();
+    let mut p = Project::new("");
+    p.go_live();
+    let v1 = p.state()["slots"]["a"]["commit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v2 = p.commit("v2", "");
+    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    p.kill_everything();
+    let root = p.root();
+    std::fs::create_dir_all(root.join("slots")).unwrap();
+    for (slot, sha) in [("a", &v1), ("b", &v2)] {
+        std::fs::rename(
+            root.join(format!("releases/{sha}")),
+            root.join(format!("slots/{slot}")),
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join(format!("git/{slot}"))).unwrap();
+        std::fs::write(root.join(format!("git/{slot}/HEAD")), format!("{sha}\n")).unwrap();
+        let app = root.join(format!("route/{slot}/app"));
+        std::fs::remove_file(&app).unwrap();
+        std::os::unix::fs::symlink(format!("../../slots/{slot}"), &app).unwrap();
+    }
+    let state = std::fs::read_to_string(root.join("state.toml")).unwrap();
+    let without: String = state.split("[[releases]]").next().unwrap().to_string();
+    std::fs::write(root.join("state.toml"), without).unwrap();
+
+    // `zdd up` adopts both: the live one moves (nothing runs from it yet).
+    let r = p.zdd(&["up"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "v2");
+    assert!(
+        root.join(format!("releases/{v2}/VERSION")).is_file(),
+        "{r:?}"
+    );
+    assert!(
+        root.join(format!("releases/{v1}/VERSION")).is_file(),
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("route/b/app")).unwrap(),
+        std::path::PathBuf::from(format!("../../releases/{v2}"))
+    );
+    // Its rollback target is the adopted v1.
+    let r = p.zdd(&["rollback"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "v1");
+    // After a swap, what an earlier zdd left is gone.
+    assert!(!root.join("slots").exists() && !root.join("git/a").exists());
+    p.kill_everything();
+}
+
+#[test]
+fn restart_starts_the_live_release_with_the_config_as_it_is_now() {
+    let _heavy = heavy();
+    let mut p = Project::new("");
+    p.go_live();
+    let v1 = p.state()["slots"]["a"]["commit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.commit("v2", "");
+    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    let r = p.zdd(&["restart"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("restarted "), "{r:?}");
+    assert_eq!(p.listening_slots(), ["a"], "on the idle slot");
+    // A changed [env] reaches the app with no downtime.
+    p.edit_config(|c| c.replace("[env]\n", "[env]\nAPP_VERSION = \"v2-restarted\"\n"));
+    let r = p.zdd(&["restart"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "v2-restarted");
+    assert_eq!(p.listening_slots(), ["b"]);
+    // The rollback target is what it was.
+    assert_eq!(p.status_json()["rollback_to"], v1.as_str());
+    let last = p.history().last().unwrap().clone();
+    assert_eq!(
+        (last["action"].as_str(), last["outcome"].as_str()),
+        (Some("restart"), Some("ok"))
+    );
+
+    // A restart that does not come up keeps the live one serving (exit 1).
+    p.edit_config(|c| {
+        c.replace("APP_VERSION = \"v2-restarted\"\n", "APP_STATUS = \"500\"\n")
+            .replace("timeout = \"15s\"", "timeout = \"1s\"")
+    });
+    let r = p.zdd(&["restart"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("restart of ") && r.stderr.contains("failed: not healthy"),
+        "{r:?}"
+    );
+    assert_eq!(p.served(), "v2-restarted");
+    assert_eq!(p.status_json()["rollback_to"], v1.as_str());
+    p.kill_everything();
+
+    let fresh = Project::new("");
+    let r = fresh.zdd(&["restart"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("nothing is deployed yet; nothing to restart"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn shared_paths_outlive_releases_and_belong_to_the_app_user() {
+    let _heavy = heavy();
+    assert!(
+        is_root(),
+        "this test runs the app as nobody: run the suite as root"
+    );
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut p = Project::new("user = \"nobody\"\nshared = [\"uploads/\", \"config/.env\"]");
+    std::fs::set_permissions(p.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    p.go_live();
+    let root = std::fs::canonicalize(p.root()).unwrap();
+    let v1 = p.release_of("a");
+    assert_eq!(
+        std::fs::read_link(v1.join("uploads")).unwrap(),
+        root.join("shared/uploads")
+    );
+    assert_eq!(
+        std::fs::read_link(v1.join("config/.env")).unwrap(),
+        root.join("shared/config/.env")
+    );
+    for (path, uid) in [
+        ("shared", 0),
+        ("shared/config", 0),
+        ("shared/uploads", 65534),
+        ("shared/config/.env", 65534),
+    ] {
+        assert_eq!(
+            std::fs::symlink_metadata(root.join(path)).unwrap().uid(),
+            uid,
+            "{path}"
+        );
+    }
+    std::fs::write(root.join("shared/uploads/photo.jpg"), "jpeg").unwrap();
+    let v2 = p.commit("v2", "");
+    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    assert_eq!(
+        std::fs::read_to_string(p.release_of("b").join("uploads/photo.jpg")).unwrap(),
+        "jpeg",
+        "the new release sees what the old one wrote"
+    );
+
+    // A commit that tracks a shared path fails, naming it; v2 serves on.
+    std::fs::create_dir_all(p.repo().join("config")).unwrap();
+    std::fs::write(p.repo().join("config/.env"), "SECRET=committed\n").unwrap();
+    let bad = p.commit("v3", "");
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "failed: the commit has config/.env, which `shared` in {} names: remove it from the repository",
+            p.config_path().display()
+        )),
+        "{r:?}"
+    );
+    assert!(
+        !root.join(format!("releases/{bad}")).exists(),
+        "its release is gone"
+    );
+    assert_eq!(p.served(), "v2");
+    assert_eq!(
+        p.release_of("a").file_name().unwrap().to_str().unwrap(),
+        bad
+    );
+    let _ = v2;
+    p.kill_everything();
+}
