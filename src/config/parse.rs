@@ -261,18 +261,13 @@ pub fn one_command(start: &str) -> Result<(), String> {
             "`start` begins with the shell builtin `{first}`, which cannot be exec'd; {ADVICE}"
         ));
     }
-    let (mut single, mut double, mut escaped) = (false, false, false);
+    let mut quoting = Quoting::default();
     let chars: Vec<char> = start.chars().collect();
     for (i, &c) in chars.iter().enumerate() {
-        if escaped {
-            escaped = false;
+        if !quoting.plain(c) {
             continue;
         }
         match c {
-            '\\' if !single => escaped = true,
-            '\'' if !double => single = !single,
-            '"' if !single => double = !double,
-            _ if single || double => {}
             ';' | '|' | '\n' => {
                 let op = match (c, chars.get(i + 1)) {
                     ('|', Some('|')) => "||".to_string(),
@@ -304,6 +299,32 @@ pub fn one_command(start: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Where a command's characters stand in sh's quoting, fed one by one.
+#[derive(Default)]
+struct Quoting {
+    single: bool,
+    double: bool,
+    escaped: bool,
+}
+
+impl Quoting {
+    /// Feed `c`: whether it is shell syntax (outside quotes, not escaped,
+    /// not a quote or backslash itself).
+    fn plain(&mut self, c: char) -> bool {
+        if self.escaped {
+            self.escaped = false;
+            return false;
+        }
+        match c {
+            '\\' if !self.single => self.escaped = true,
+            '\'' if !self.double => self.single = !self.single,
+            '"' if !self.single => self.double = !self.double,
+            _ => return !self.single && !self.double,
+        }
+        false
+    }
+}
+
 /// Where the leading `NAME=value` words of a command end (byte offset of
 /// the first other word, or the end): quotes and backslashes respected.
 pub fn assignments_end(command: &str) -> usize {
@@ -322,24 +343,11 @@ pub fn assignments_end(command: &str) -> usize {
             return word_start;
         }
         // Skip the word: up to unquoted whitespace.
-        let (mut single, mut double, mut escaped) = (false, false, false);
-        let mut end = command.len();
-        for (i, c) in word.char_indices() {
-            if escaped {
-                escaped = false;
-                continue;
-            }
-            match c {
-                '\\' if !single => escaped = true,
-                '\'' if !double => single = !single,
-                '"' if !single => double = !double,
-                c if c.is_whitespace() && !single && !double => {
-                    end = word_start + i;
-                    break;
-                }
-                _ => {}
-            }
-        }
+        let mut quoting = Quoting::default();
+        let end = word
+            .char_indices()
+            .find(|&(_, c)| quoting.plain(c) && c.is_whitespace())
+            .map_or(command.len(), |(i, _)| word_start + i);
         if end == command.len() {
             return end;
         }

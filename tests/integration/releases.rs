@@ -49,10 +49,7 @@ fn a_failed_deploy_never_costs_the_rollback_target_and_rollback_steps_back() {
     let mut p = Project::new("");
     p.edit_config(|c| c.replace("timeout = \"15s\"", "timeout = \"2s\""));
     p.go_live();
-    let v1 = p.state()["slots"]["a"]["commit"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let v1 = p.commit_of("a");
     let v2 = p.commit("v2", "");
     assert_eq!(p.zdd(&["deploy"]).code, 0);
     let v3 = p.commit("v3", "");
@@ -128,10 +125,7 @@ fn a_kept_release_deploys_without_a_checkout_or_a_build() {
     let _heavy = heavy();
     let mut p = Project::new("");
     p.go_live();
-    let v1 = p.state()["slots"]["a"]["commit"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let v1 = p.commit_of("a");
     p.commit("v2", "");
     assert_eq!(p.zdd(&["deploy"]).code, 0);
     let builds = |p: &Project| {
@@ -171,10 +165,7 @@ fn releases_keep_removes_the_oldest_good_releases_after_a_swap() {
     let mut p = Project::new("");
     p.edit_config(|c| format!("{c}\n[releases]\nkeep = 2\n"));
     p.go_live();
-    let mut shas = vec![p.state()["slots"]["a"]["commit"]
-        .as_str()
-        .unwrap()
-        .to_string()];
+    let mut shas = vec![p.commit_of("a")];
     for v in ["v2", "v3", "v4"] {
         shas.push(p.commit(v, ""));
         let r = p.zdd(&["deploy"]);
@@ -207,10 +198,7 @@ fn an_earlier_zdds_slot_trees_are_adopted_as_releases() {
     let _heavy = heavy();
     let mut p = Project::new("");
     p.go_live();
-    let v1 = p.state()["slots"]["a"]["commit"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let v1 = p.commit_of("a");
     let v2 = p.commit("v2", "");
     assert_eq!(p.zdd(&["deploy"]).code, 0);
     p.kill_everything();
@@ -262,10 +250,7 @@ fn restart_starts_the_live_release_with_the_config_as_it_is_now() {
     let _heavy = heavy();
     let mut p = Project::new("");
     p.go_live();
-    let v1 = p.state()["slots"]["a"]["commit"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let v1 = p.commit_of("a");
     p.commit("v2", "");
     assert_eq!(p.zdd(&["deploy"]).code, 0);
     let r = p.zdd(&["restart"]);

@@ -109,16 +109,22 @@ fn gunicorn_gthread_workers_lose_no_request() {
     gunicorn("--worker-class gthread --threads 4");
 }
 
-#[test]
-fn uvicorn_loses_no_request() {
-    let _heavy = heavy();
+/// A plain Starlette app served by uvicorn.
+fn uvicorn_project() -> Project {
     let venv = app_servers().join("venv/bin");
-    let mut p = Project::new("");
+    let p = Project::new("");
     let start = format!(
         "{}/uvicorn --host 127.0.0.1 --port $PORT app:app",
         venv.display()
     );
     p.use_app(&[("app.py", "servers/starlette/app.py")], &start, "");
+    p
+}
+
+#[test]
+fn uvicorn_loses_no_request() {
+    let _heavy = heavy();
+    let mut p = uvicorn_project();
     let report = swaps_under_load(&mut p, swaps());
     assert_nothing_lost(&p, "uvicorn", &report);
 }
@@ -128,13 +134,7 @@ fn uvicorn_loses_no_request() {
 #[test]
 fn uvicorn_restarts_lose_no_request() {
     let _heavy = heavy();
-    let venv = app_servers().join("venv/bin");
-    let mut p = Project::new("");
-    let start = format!(
-        "{}/uvicorn --host 127.0.0.1 --port $PORT app:app",
-        venv.display()
-    );
-    p.use_app(&[("app.py", "servers/starlette/app.py")], &start, "");
+    let mut p = uvicorn_project();
     p.go_live();
     let load = Load::start(&p, &["v1"]);
     let slow = Load::start_slow_uploads(&p, &["v1"], "50ms..2s");

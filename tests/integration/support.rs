@@ -406,6 +406,14 @@ impl Project {
         }
     }
 
+    /// The commit slot `slot` ("a", "b") holds.
+    pub fn commit_of(&self, slot: &str) -> String {
+        self.state()["slots"][slot]["commit"]
+            .as_str()
+            .unwrap_or_else(|| panic!("slot {slot} holds no commit"))
+            .to_string()
+    }
+
     /// The folder of the release `slot` ("a", "b") holds.
     pub fn release_of(&self, slot: &str) -> PathBuf {
         let sha = self.state()["slots"][slot]["commit"]
