@@ -148,6 +148,23 @@ done
 ' | tail -n $((2 * N)) > "$B/phases.tsv"
 paste "$B/ops.tsv" "$B/phases.tsv" > "$B/joined.tsv"   # op s e | action fetch build ready route drain total settle
 
+# --- a deploy of a kept commit (no checkout, no build), and `zdd restart`
+# (its wall time, and that minus the new process's readiness)
+: > "$B/kept.txt"; : > "$B/restart-cmd.txt"; : > "$B/restart-beyond.txt"
+for _ in 1 2 3 4 5; do
+  KEPT=$("$ZDD" -c "$CONF" releases --json | tr -d ' \n' \
+    | grep -o '"commit":"[0-9a-f]*"[^}]*"status":"kept"' | head -1 | cut -d'"' -f4)
+  s=$(now_us); "$ZDD" -q -c "$CONF" deploy "$KEPT" > /dev/null; e=$(now_us)
+  echo $(( (e - s) / 1000 )) >> "$B/kept.txt"
+  sleep 1
+  s=$(now_us); "$ZDD" -q -c "$CONF" restart > /dev/null; e=$(now_us)
+  READY=$("$ZDD" -c "$CONF" history --json | grep '"ready_ms"' | tail -1 | grep -o '[0-9]*')
+  echo $(( (e - s) / 1000 )) >> "$B/restart-cmd.txt"
+  echo $(( (e - s) / 1000 - READY )) >> "$B/restart-beyond.txt"
+  sleep 1
+done
+
+
 # --- latency: steady state vs inside swap windows
 awk -F'\t' 'NR == FNR { s[NR] = $2; e[NR] = $3; n = NR; next }
   FNR == 1 { next }
@@ -222,6 +239,9 @@ Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 
 | other | median | max |
 |---|---:|---:|
+| \`zdd deploy SHA\` of a kept release (no checkout, no build), wall ms | $(median < "$B/kept.txt") | $(maxof < "$B/kept.txt") |
+| \`zdd restart\`, wall ms | $(median < "$B/restart-cmd.txt") | $(maxof < "$B/restart-cmd.txt") |
+| \`zdd restart\`, wall − ready (what it adds to the app's boot), ms | $(median < "$B/restart-beyond.txt") | $(maxof < "$B/restart-beyond.txt") |
 | no-op \`zdd deploy SHA\` (already live), ms | $(median < "$B/noop.txt") | $(maxof < "$B/noop.txt") |
 | its \`git fetch\` alone, ms | $(median < "$B/fetch.txt") | $(maxof < "$B/fetch.txt") |
 | \`zdd status\`, ms | $(median < "$B/status.txt" | awk '{printf "%.1f", $1/10}') | $(maxof < "$B/status.txt" | awk '{printf "%.1f", $1/10}') |

@@ -215,12 +215,19 @@ fn start_kept(
             dir.display()
         ),
     );
+    let from_file = match config.and_then(|c| c.env_file.as_deref()) {
+        Some(path) => crate::launch::read_env_file(path)?,
+        None => Vec::new(),
+    };
     let config_env = config.into_iter().flat_map(|c| &c.env);
     let env = crate::launch::app_env(
         root,
         name,
         port,
-        config_env.map(|(k, v)| (k.as_str(), v.as_str())),
+        from_file
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(config_env.map(|(k, v)| (k.as_str(), v.as_str()))),
     );
     let spec = Spec {
         command,

@@ -566,7 +566,10 @@ pub fn releases(config: &Config, json: bool) -> Result<()> {
         .iter()
         .rev()
         .map(|r| {
-            let slot = Slot::BOTH
+            // The live slot first: after `zdd restart` both hold it.
+            let mut order = Slot::BOTH;
+            order.sort_by_key(|&s| state.active != Some(s));
+            let slot = order
                 .into_iter()
                 .find(|&s| state.slot(s).commit.as_deref() == Some(r.commit.as_str()));
             let last = state.history.iter().rev().find(|h| h.commit == r.commit);

@@ -167,6 +167,101 @@ fn size_below(dir: RawFd, dev: u64, depth: usize) -> io::Result<u64> {
     Ok(total)
 }
 
+/// Make `rel` (a relative path, `/`-separated) below the folder `base`
+/// exist, by descriptors: every folder on the way must be the running
+/// user's (made 0755 if missing), so that nobody else can swap one for a
+/// symlink; the entry itself, if missing, is made — a folder (0755) or an
+/// empty file (0644) — and given to `owner` (uid, gid). An entry already
+/// there must be of that kind and no symlink. Returns whether it made it.
+pub fn make_entry(base: &Path, rel: &str, folder: bool, owner: (u32, u32)) -> io::Result<bool> {
+    let me = nix::unistd::geteuid().as_raw();
+    let mut dir = open_dir(None, &cstring(base.as_os_str().as_bytes())?)?;
+    let mut shown = base.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    let (leaf, on_the_way) = parts
+        .split_last()
+        .ok_or_else(|| io::Error::other("an empty path"))?;
+    for part in on_the_way {
+        let name = cstring(part.as_bytes())?;
+        shown.push(part);
+        let child = match open_dir(Some(dir.as_raw_fd()), &name) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc_enoent()) => {
+                nix::sys::stat::mkdirat(
+                    Some(dir.as_raw_fd()),
+                    name.as_c_str(),
+                    Mode::from_bits_truncate(0o755),
+                )?;
+                open_dir(Some(dir.as_raw_fd()), &name)?
+            }
+            Err(e) => return Err(annotate_io(e, &shown)),
+        };
+        if fstat(child.as_raw_fd())?.st_uid != me {
+            return Err(io::Error::other(format!(
+                "{} is not zdd's own folder (uid {me}); a folder on the way of a shared path must be",
+                shown.display()
+            )));
+        }
+        dir = child;
+    }
+    let name = cstring(leaf.as_bytes())?;
+    match nix::sys::stat::fstatat(
+        Some(dir.as_raw_fd()),
+        name.as_c_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(st) => {
+            let kind = st.st_mode & nix::libc::S_IFMT;
+            return match kind {
+                nix::libc::S_IFLNK => Err(io::Error::other(
+                    "it is a symlink; zdd never follows one here: remove it",
+                )),
+                nix::libc::S_IFDIR if folder => Ok(false),
+                nix::libc::S_IFREG if !folder => Ok(false),
+                _ if folder => Err(io::Error::other(
+                    "`shared` names a folder (a trailing /), but something else is there",
+                )),
+                _ => Err(io::Error::other(
+                    "`shared` names a file, but something else is there",
+                )),
+            };
+        }
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(annotate(e, &shown.join(leaf))),
+    }
+    let made = match folder {
+        true => {
+            nix::sys::stat::mkdirat(
+                Some(dir.as_raw_fd()),
+                name.as_c_str(),
+                Mode::from_bits_truncate(0o755),
+            )?;
+            open_dir(Some(dir.as_raw_fd()), &name)?
+        }
+        false => {
+            let flags = OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_EXCL
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC;
+            let fd = openat(
+                Some(dir.as_raw_fd()),
+                name.as_c_str(),
+                flags,
+                Mode::from_bits_truncate(0o644),
+            )?;
+            // SAFETY: openat just returned this descriptor; nothing else owns it.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        }
+    };
+    nix::unistd::fchown(
+        made.as_raw_fd(),
+        Some(nix::unistd::Uid::from_raw(owner.0)),
+        Some(nix::unistd::Gid::from_raw(owner.1)),
+    )?;
+    Ok(true)
+}
+
 /// The entries of the open folder `dir`, `.` and `..` aside.
 fn list(dir: RawFd) -> io::Result<Vec<CString>> {
     // Dir takes its descriptor: give it a close-on-exec copy.
@@ -227,6 +322,52 @@ mod tests {
         }
         all.sort();
         all
+    }
+
+    #[test]
+    fn make_entry_walks_only_zdds_folders_and_follows_no_symlink() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path();
+        let me = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        assert!(make_entry(base, "config/deep/.env", false, me).unwrap());
+        assert!(
+            !make_entry(base, "config/deep/.env", false, me).unwrap(),
+            "there"
+        );
+        assert!(base.join("config/deep/.env").is_file());
+        assert!(make_entry(base, "uploads", true, me).unwrap());
+        assert!(
+            make_entry(base, "uploads", false, me).is_err(),
+            "a folder, not a file"
+        );
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, base.join("link")).unwrap();
+        assert!(make_entry(base, "link/x", false, me).is_err());
+        assert!(make_entry(base, "link", true, me)
+            .unwrap_err()
+            .to_string()
+            .contains("symlink"));
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing made through it"
+        );
+        if nix::unistd::geteuid().is_root() {
+            // A folder on the way that another user owns: refused.
+            std::fs::create_dir(base.join("theirs")).unwrap();
+            std::os::unix::fs::chown(base.join("theirs"), Some(65534), Some(65534)).unwrap();
+            let e = make_entry(base, "theirs/x", false, me)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("is not zdd's own folder"), "{e}");
+            assert!(make_entry(base, "given", true, (65534, 65534)).unwrap());
+            assert_eq!(std::fs::metadata(base.join("given")).unwrap().uid(), 65534);
+        }
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct Config {
     pub health: Health,
     pub stop: Stop,
     pub env: BTreeMap<String, String>,
+    /// Dotenv lines for the app's environment, read at every start by zdd
+    /// (`[env]` wins over it).
+    pub env_file: Option<PathBuf>,
     pub hooks: Hooks,
     pub nginx: Nginx,
     pub keeper: Keeper,
@@ -257,9 +260,12 @@ impl Config {
             h.expect_body,
             h.timeout
         );
-        // Only when set: a config without it keeps its earlier fingerprint.
+        // Only when set: a config without them keeps its earlier fingerprint.
         if !self.shared.is_empty() {
             text.push_str(&format!("|{:?}", self.shared));
+        }
+        if let Some(file) = &self.env_file {
+            text.push_str(&format!("|{file:?}"));
         }
         let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)

@@ -218,6 +218,7 @@ impl Config {
             root: raw.root.as_deref().map(resolve).unwrap_or(dir.clone()),
             build: raw.build.filter(|b| !b.trim().is_empty()),
             shared,
+            env_file: raw.env_file.as_deref().map(resolve),
             start: raw.start.into_inner(),
             ports,
             user,

@@ -84,10 +84,10 @@ impl Source<'_> {
         Ok(Releases {
             keep: match r.keep {
                 None => Releases::default().keep,
-                Some(k) if !(1..=100).contains(k.get_ref()) => {
+                Some(k) if !(2..=100).contains(k.get_ref()) => {
                     return Err(self.at(
                         Some(k.span()),
-                        format!("releases.keep = {} is out of bounds: keep 1 to 100 good releases (the live one counts)", k.get_ref()),
+                        format!("releases.keep = {} is out of bounds: keep 2 to 100 good releases (the live one counts, and one to roll back to)", k.get_ref()),
                     ))
                 }
                 Some(k) => k.into_inner(),

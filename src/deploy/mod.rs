@@ -176,6 +176,10 @@ pub fn rollback(
         }
     }
     let (target, commit) = match &named {
+        // A keeper's rollback: back to what served before this release.
+        None if if_live.is_some() => plan::crash_rollback_target(&run.state)
+            .map_or_else(|| plan::rollback_target(&run.state), Ok)
+            .map_err(Error::Usage)?,
         None => plan::rollback_target(&run.state).map_err(Error::Usage)?,
         Some(rev) => run.kept_release(rev)?,
     };

@@ -115,22 +115,55 @@ impl Run<'_> {
     }
 
     /// After a swap: remove the releases `releases.keep` no longer keeps
-    /// (`plan::to_prune`), and the trees of an earlier zdd nothing holds.
+    /// (`plan::to_prune`), what no record names (a zdd killed while it
+    /// checked one out), and the trees of an earlier zdd nothing holds.
+    /// Each goes out of the record first — renamed to `releases/.gone-SHA`,
+    /// the state saved — and is removed after, so that a record never
+    /// names a folder half removed.
     fn prune_releases(&mut self) {
         let t = std::time::Instant::now();
         let root = self.config.root.clone();
         self.lock.at_step("removing old releases");
-        let mut removed = 0;
+        let mut gone = Vec::new();
         for sha in plan::to_prune(&self.state, self.config.releases.keep) {
             let Some(dir) = self.state.release(&sha).map(|r| r.dir.clone()) else {
                 continue;
             };
-            match git::remove_leftover(&root.join(&dir)) {
-                Ok(()) => {
-                    self.state.releases.retain(|r| r.commit != sha);
-                    removed += 1;
+            let trash = format!("releases/.gone-{sha}");
+            match std::fs::rename(root.join(&dir), root.join(&trash)) {
+                Ok(()) => gone.push(trash),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    log::warn!("cannot remove the release {dir}: {e}");
+                    continue;
                 }
-                Err(e) => log::warn!("cannot remove the release {dir}: {e}"),
+            }
+            self.state.releases.retain(|r| r.commit != sha);
+        }
+        if !gone.is_empty() {
+            if let Err(e) = self.save() {
+                log::warn!("{e}");
+                return;
+            }
+        }
+        let removed = gone.len();
+        // What no record names and no slot holds: earlier removals, and
+        // checkouts a killed zdd left.
+        let named = |name: &str| {
+            self.state.release(name).is_some()
+                || Slot::BOTH
+                    .iter()
+                    .any(|&s| self.state.slot(s).commit.as_deref() == Some(name))
+        };
+        for (folder, prefix) in [("releases", "releases/"), ("git/index", "git/index/")] {
+            let Ok(entries) = std::fs::read_dir(root.join(folder)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".gone-") || !named(&name) {
+                    gone.push(format!("{prefix}{name}"));
+                }
             }
         }
         for slot in Slot::BOTH {
@@ -143,16 +176,20 @@ impl Run<'_> {
                 format!("git/{}", slot.name()),
                 format!("git/{}.index", slot.name()),
             ] {
-                if let Err(e) = git::remove_leftover(&root.join(&dir)) {
-                    log::warn!("cannot remove {dir}, left by an earlier zdd: {e}");
+                if std::fs::symlink_metadata(root.join(&dir)).is_ok() {
+                    gone.push(dir);
                 }
+            }
+        }
+        gone.sort();
+        gone.dedup();
+        for dir in &gone {
+            if let Err(e) = git::remove_leftover(&root.join(dir)) {
+                log::warn!("cannot remove {dir}: {e}");
             }
         }
         let _ = std::fs::remove_dir(root.join("slots")); // once empty
         if removed > 0 {
-            if let Err(e) = self.save() {
-                log::warn!("{e}");
-            }
             log::info!(
                 "removed {removed} release(s) beyond releases.keep = {} in {}",
                 self.config.releases.keep,
@@ -167,7 +204,10 @@ impl Run<'_> {
         let sha = attempt.sha.as_str();
         let release = self.state.release(sha);
         let keep = release.is_some_and(|r| r.good() || !commit_fault);
-        if attempt.action != Action::Deploy || keep {
+        // Never what another slot holds, nor what was live before.
+        let held = self.state.slot(attempt.slot.other()).commit.as_deref() == Some(sha)
+            || attempt.previous.as_deref() == Some(sha);
+        if attempt.action != Action::Deploy || keep || held {
             return;
         }
         let dir = release.map_or_else(|| git::release_dir(sha), |r| r.dir.clone());

@@ -148,6 +148,23 @@ pub fn rollback_target(state: &State) -> Result<(Slot, String), String> {
     }
 }
 
+/// What a keeper's rollback of a crash-looping release brings back: the
+/// release that was live before its deploy, if it is kept and good (after
+/// an operator's rollback that is not the newest older one).
+pub fn crash_rollback_target(state: &State) -> Option<(Slot, String)> {
+    let live_slot = state.active?;
+    let live = state.live_commit()?;
+    let before = state
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.action == Action::Deploy && h.outcome == Outcome::Ok && h.commit == live)?
+        .previous
+        .clone()?;
+    let kept = state.release(&before).is_some_and(|r| r.good()) && before != live;
+    kept.then(|| (live_slot.other(), before))
+}
+
 /// The releases to remove after a swap: good ones beyond the newest
 /// `keep`, and ones that never went live; never one a slot holds (the
 /// live one, the one standing by) nor the rollback target.
@@ -442,6 +459,30 @@ mod tests {
         // keep 1: only v1 counts, but v2 is held by slot b and is the target.
         assert!(!to_prune(&s, 1).contains(&V2.to_string()));
         assert!(to_prune(&s, 1).contains(&sha(5)));
+    }
+
+    #[test]
+    fn a_keepers_rollback_goes_back_to_what_served_before() {
+        const V3: &str = "cccccccccccccccccccccccccccccccccccccccc";
+        const V4: &str = "dddddddddddddddddddddddddddddddddddddddd";
+        let mut s = live_v1();
+        // v2, v3 deployed; rolled back to v2; then v4 deployed over v2.
+        s.releases = vec![release(V2, true), release(V3, true), release(V4, true)];
+        s.slots.a.commit = Some(V4.into());
+        s.history
+            .push(entry(Action::Deploy, Outcome::Ok, V4, Some(V2)));
+        assert_eq!(
+            rollback_target(&s),
+            Ok((Slot::B, V3.into())),
+            "the newest older"
+        );
+        assert_eq!(
+            crash_rollback_target(&s),
+            Some((Slot::B, V2.into())),
+            "what served"
+        );
+        s.releases.retain(|r| r.commit != V2);
+        assert_eq!(crash_rollback_target(&s), None, "pruned: the plain rule");
     }
 
     #[test]

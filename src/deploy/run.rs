@@ -33,6 +33,8 @@ pub(super) struct Run<'a> {
     /// nginx did not answer zdd's probe at all in this run: the live slot
     /// runs, but nothing reaches it.
     pub(super) nginx_silent: bool,
+    /// `env_file`'s variables, read once when this run began.
+    pub(super) env_file: Vec<(String, String)>,
 }
 
 impl<'a> Run<'a> {
@@ -54,6 +56,10 @@ impl<'a> Run<'a> {
             root::check_file(&process::log_path(&config.root, slot.name()))?;
         }
         let mode = nginx::mode(config)?;
+        let env_file = match &config.env_file {
+            Some(path) => crate::launch::read_env_file(path)?,
+            None => Vec::new(),
+        };
         let lock = Lock::acquire(&config.root, wait, command)?;
         let state_path = config.state_path();
         let state = State::load(&state_path, config.ports)?;
@@ -70,6 +76,7 @@ impl<'a> Run<'a> {
             head_time: false,
             log_sizes,
             nginx_silent: false,
+            env_file,
         };
         let restarted = keeper::fold_restarts(&mut run.state, &config.root);
         let reconciled = run.reconcile();
@@ -294,7 +301,19 @@ impl<'a> Run<'a> {
     /// `rev` names (resolved in the repository, without a fetch), or exit 2
     /// naming the kept ones.
     pub(super) fn kept_release(&self, rev: &git::Rev) -> Result<(Slot, String)> {
-        let sha = self.repo()?.resolve(rev).map(|c| c.sha);
+        // A kept sha (or its prefix) first: git may have lost the commit.
+        let hex = rev.as_str().len() >= 7 && rev.as_str().bytes().all(|b| b.is_ascii_hexdigit());
+        let by_prefix: Vec<&str> = self
+            .state
+            .releases
+            .iter()
+            .map(|r| r.commit.as_str())
+            .filter(|c| hex && c.starts_with(&rev.as_str().to_ascii_lowercase()))
+            .collect();
+        let sha = match by_prefix.as_slice() {
+            [one] => Some(one.to_string()),
+            _ => self.repo()?.resolve(rev).map(|c| c.sha),
+        };
         let live = self.state.live_commit();
         let kept: Vec<&crate::state::Release> = self
             .state
@@ -382,28 +401,42 @@ impl<'a> Run<'a> {
             });
             changed = true;
         }
+        // Recorded before anything moves: a zdd killed mid-way finds them.
+        if changed {
+            self.save()?;
+        }
         for slot in Slot::BOTH {
             let legacy_dir = format!("slots/{}", slot.name());
             let runs = self.state.slot(slot).process.is_some();
-            let Some(release) = self.state.releases.iter_mut().find(|r| r.dir == legacy_dir) else {
+            let Some(at) = self.state.releases.iter().position(|r| r.dir == legacy_dir) else {
                 continue;
             };
-            if runs {
-                continue;
+            let to = git::release_dir(&self.state.releases[at].commit);
+            let moved = !root.join(&legacy_dir).exists() && root.join(&to).is_dir();
+            if !moved {
+                if runs || root.join(&to).exists() {
+                    continue;
+                }
+                std::fs::rename(root.join(&legacy_dir), root.join(&to)).map_err(|e| {
+                    Error::NeedsAttention(format!("cannot move {legacy_dir} to {to}: {e}"))
+                })?;
+                log::info!(
+                    "moved the release {} from {legacy_dir} to {to}",
+                    git::short(&self.state.releases[at].commit)
+                );
             }
-            let to = git::release_dir(&release.commit);
-            if root.join(&to).exists() {
-                continue;
-            }
-            std::fs::rename(root.join(&legacy_dir), root.join(&to)).map_err(|e| {
-                Error::NeedsAttention(format!("cannot move {legacy_dir} to {to}: {e}"))
-            })?;
-            log::info!(
-                "moved the release {} from {legacy_dir} to {to}",
-                git::short(&release.commit)
-            );
-            release.dir = to;
+            // Moved now, or by a zdd killed before it recorded the move.
+            self.state.releases[at].dir = to;
+            self.save()?;
             changed = true;
+        }
+        // A slot that went live without its release being marked so (zdd
+        // killed after the flip, the next run recording it live): good.
+        if let Some(sha) = self.state.live_commit().map(str::to_string) {
+            if let Some(r) = self.state.release_mut(&sha).filter(|r| !r.good()) {
+                r.deployed_at = Some(crate::text::now());
+                changed = true;
+            }
         }
         Ok(changed)
     }
@@ -434,7 +467,11 @@ impl<'a> Run<'a> {
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()));
-        let extra = std::iter::once(("ZDD_COMMIT", sha)).chain(config_env);
+        let from_file = self.env_file.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        // `[env]` last: it wins over the env file.
+        let extra = std::iter::once(("ZDD_COMMIT", sha))
+            .chain(from_file)
+            .chain(config_env);
         crate::launch::app_env(&self.config.root, slot.name(), port, extra)
     }
 

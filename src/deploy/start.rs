@@ -91,9 +91,21 @@ impl Run<'_> {
                 )));
             }
             let target = config.root.join("shared").join(&item.path);
-            shared_entry(&config.root.join("shared"), item, owner).map_err(|e| {
-                StepError::Environment(format!("cannot prepare {}: {e}", target.display()))
-            })?;
+            match crate::tree::make_entry(&config.root.join("shared"), &item.path, item.dir, owner)
+            {
+                Ok(true) => log::info!(
+                    "created {} for `shared` ({}, empty)",
+                    target.display(),
+                    if item.dir { "a folder" } else { "a file" }
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(StepError::Environment(format!(
+                        "cannot prepare {}: {e}",
+                        target.display()
+                    )))
+                }
+            }
             let link = Path::new(&item.path);
             if let Some(parent) = link.parent().filter(|p| !p.as_os_str().is_empty()) {
                 self.as_owner(&release, "mkdir", &["-p", "--", &parent.to_string_lossy()])?;
@@ -359,72 +371,4 @@ fn free_port(slot_ports: &[u16; 2]) -> std::io::Result<u16> {
             return Ok(port);
         }
     }
-}
-
-/// `ROOT/shared/PATH` for `item`, made if missing: the folders on the way
-/// root's (0755), so the app's user cannot swap them; the entry itself the
-/// app user's (`owner`), a folder (0755) or an empty file (0644), never
-/// through a symlink.
-fn shared_entry(
-    shared: &Path,
-    item: &crate::config::Shared,
-    owner: (u32, u32),
-) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let path = shared.join(&item.path);
-    let mut at = shared.to_path_buf();
-    for part in Path::new(&item.path)
-        .parent()
-        .into_iter()
-        .flat_map(Path::components)
-    {
-        at.push(part);
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.is_dir() && !m.file_type().is_symlink() => {}
-            Ok(_) => {
-                return Err(std::io::Error::other(format!(
-                    "{} is not a folder of root's",
-                    at.display()
-                )))
-            }
-            Err(_) => std::fs::DirBuilder::new().mode(0o755).create(&at)?,
-        }
-    }
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.file_type().is_symlink() => {
-            return Err(std::io::Error::other(
-                "it is a symlink; zdd never follows one here: remove it",
-            ))
-        }
-        Ok(m) if m.is_dir() != item.dir => {
-            return Err(std::io::Error::other(match item.dir {
-                true => "`shared` names a folder (a trailing /), but a file is there",
-                false => "`shared` names a file, but a folder is there",
-            }))
-        }
-        Ok(_) => return Ok(()),
-        Err(_) => {}
-    }
-    let opened = match item.dir {
-        true => {
-            std::fs::DirBuilder::new().mode(0o755).create(&path)?;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_DIRECTORY)
-                .open(&path)?
-        }
-        false => std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)?,
-    };
-    std::os::unix::fs::fchown(&opened, Some(owner.0), Some(owner.1))?;
-    log::info!(
-        "created {} for `shared` ({}, empty)",
-        path.display(),
-        if item.dir { "a folder" } else { "a file" }
-    );
-    Ok(())
 }

@@ -185,7 +185,7 @@ fn releases_keep_removes_the_oldest_good_releases_after_a_swap() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(
         r.stderr
-            .contains("releases.keep = 0 is out of bounds: keep 1 to 100 good releases"),
+            .contains("releases.keep = 0 is out of bounds: keep 2 to 100 good releases"),
         "{r:?}"
     );
     p.kill_everything();
@@ -236,12 +236,19 @@ fn an_earlier_zdds_slot_trees_are_adopted_as_releases() {
         std::fs::read_link(root.join("route/b/app")).unwrap(),
         std::path::PathBuf::from(format!("../../releases/{v2}"))
     );
+    // What a zdd killed mid-checkout leaves, no record naming it.
+    let orphan = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(root.join(format!("releases/{orphan}/node_modules"))).unwrap();
+    std::fs::create_dir_all(root.join(format!("git/index/{orphan}"))).unwrap();
     // Its rollback target is the adopted v1.
     let r = p.zdd(&["rollback"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(p.served(), "v1");
-    // After a swap, what an earlier zdd left is gone.
+    // After a swap, what an earlier zdd left is gone, and the orphans.
     assert!(!root.join("slots").exists() && !root.join("git/a").exists());
+    assert!(!root.join(format!("releases/{orphan}")).exists());
+    assert!(!root.join(format!("git/index/{orphan}")).exists());
+    assert_eq!(on_disk(&p), sorted(vec![v1.clone(), v2.clone()]));
     p.kill_everything();
 }
 
@@ -263,6 +270,10 @@ fn restart_starts_the_live_release_with_the_config_as_it_is_now() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(p.served(), "v2-restarted");
     assert_eq!(p.listening_slots(), ["b"]);
+    // Both slots hold v2 now; the live one says so.
+    let v2 = p.commit_of("b");
+    assert_eq!(statuses(&p)[0], (v2, "live".to_string()));
+    assert_eq!(releases_json(&p)[0]["slot"], "b");
     // The rollback target is what it was.
     assert_eq!(p.status_json()["rollback_to"], v1.as_str());
     let last = p.history().last().unwrap().clone();
@@ -361,5 +372,97 @@ fn shared_paths_outlive_releases_and_belong_to_the_app_user() {
         bad
     );
     let _ = v2;
+    p.kill_everything();
+}
+
+/// The upgrade in place under load: the live app runs from `slots/b` of an
+/// earlier zdd while the next deploy swaps away from it; it is moved to
+/// `releases/` only once stopped. Nothing is lost, nothing rebuilt.
+#[test]
+fn an_earlier_zdds_running_slot_is_upgraded_under_load_without_a_lost_request() {
+    let _heavy = heavy();
+    let mut p = Project::new("");
+    p.go_live();
+    let v1 = p.commit_of("a");
+    let v2 = p.commit("v2", "");
+    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    let root = p.root();
+    // Turn the layout into an earlier zdd's while v2 runs in slot b.
+    std::fs::create_dir_all(root.join("slots")).unwrap();
+    for (slot, sha) in [("a", &v1), ("b", &v2)] {
+        std::fs::rename(
+            root.join(format!("releases/{sha}")),
+            root.join(format!("slots/{slot}")),
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join(format!("git/{slot}"))).unwrap();
+        std::fs::write(root.join(format!("git/{slot}/HEAD")), format!("{sha}\n")).unwrap();
+        let app = root.join(format!("route/{slot}/app"));
+        std::fs::remove_file(&app).unwrap();
+        std::os::unix::fs::symlink(format!("../../slots/{slot}"), &app).unwrap();
+    }
+    let state = std::fs::read_to_string(root.join("state.toml")).unwrap();
+    std::fs::write(
+        root.join("state.toml"),
+        state.split("[[releases]]").next().unwrap(),
+    )
+    .unwrap();
+
+    let load = Load::start(&p, &["v1", "v2", "v3"]);
+    p.commit("v3", "");
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        root.join("slots/b").is_dir(),
+        "v2 ran from there during the swap"
+    );
+    // The next run moves what nothing runs from any more; rollback needs no build.
+    let r = p.zdd(&["rollback"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "v2");
+    let report = load.finish();
+    eprintln!("upgrade in place: {}", summary(&report));
+    assert_eq!(report["failed"], 0, "{}", summary(&report));
+    assert!(!root.join("slots").exists(), "moved and removed");
+    assert_eq!(p.release_of("b"), root.join(format!("releases/{v2}")));
+    p.kill_everything();
+}
+
+#[test]
+fn an_env_file_reaches_the_app_at_each_start_and_a_bad_line_is_named() {
+    let _heavy = heavy();
+    let mut p = Project::new("env_file = \"shop.env\"");
+    let env_file = p.path().join("shop.env");
+    std::fs::write(
+        &env_file,
+        "# from the env file\nAPP_VERSION=\"from-the-file\"\n",
+    )
+    .unwrap();
+    p.start_nginx();
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "from-the-file");
+    std::fs::write(&env_file, "APP_VERSION=changed\n").unwrap();
+    let r = p.zdd(&["restart"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(p.served(), "changed");
+    // [env] wins over it.
+    p.edit_config(|c| c.replace("[env]\n", "[env]\nAPP_VERSION = \"from-env\"\n"));
+    assert_eq!(p.zdd(&["restart"]).code, 0);
+    assert_eq!(p.served(), "from-env");
+    // A bad line: exit 2, file:line, nothing changed.
+    std::fs::write(&env_file, "A=1\nnot a line\n").unwrap();
+    let before = p.state_bytes();
+    let r = p.zdd(&["restart"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.starts_with(&format!(
+            "zdd: {}:2: not a NAME=value line",
+            env_file.display()
+        )),
+        "{r:?}"
+    );
+    assert_eq!(p.state_bytes(), before);
+    assert_eq!(p.served(), "from-env");
     p.kill_everything();
 }
