@@ -44,8 +44,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Before `attempt.slot` starts: it holds the attempt's release (the
-    /// state says so first), and `route/SLOT/app` names its folder.
+    /// Before `attempt.slot` starts: it holds the attempt's release, and
+    /// `route/SLOT/app` names its folder. The state is saved with the
+    /// process that starts next (`save_or_stop`); a zdd killed before then
+    /// leaves a link the next run points back at what the state says.
     pub(super) fn hold_release(&mut self, attempt: &Attempt) -> Result<()> {
         let (slot, sha) = (attempt.slot, attempt.sha.as_str());
         let subject = self.state.release(sha).and_then(|r| r.subject.clone());
@@ -53,7 +55,6 @@ impl Run<'_> {
         if s.commit.as_deref() != Some(sha) {
             s.commit = Some(sha.to_string());
             s.subject = subject;
-            self.save()?;
         }
         self.point_apps();
         Ok(())
