@@ -14,10 +14,10 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::git;
 use crate::lock::LockWait;
 use crate::state::{Action, Slot, SlotStatus};
 use crate::text::{fmt, out};
+use crate::{git, signals};
 
 pub use plan::rollback_target;
 
@@ -377,9 +377,11 @@ impl Run<'_> {
         if let Err(e) = checkout.check_out(sha, config.user.as_ref()) {
             return Err(self.abort_env(attempt, format!("cannot check out {short}: {e}"), None));
         }
+        signals::fault_point("checked-out");
         if let Err(e) = self.link_shared(sha) {
             return Err(self.abort_with(attempt, e, None));
         }
+        signals::fault_point("linked");
         self.phases.fetch_ms = ms(resolved.fetch_time + t.elapsed());
         log::info!(
             "slot {target}: checked out {short} into {} in {}",
@@ -416,6 +418,7 @@ impl Run<'_> {
             deployed_at: None,
         });
         self.save()?;
+        signals::fault_point("built");
         Ok(())
     }
 

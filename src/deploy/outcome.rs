@@ -116,29 +116,20 @@ impl Run<'_> {
 
     /// After a swap: remove the releases `releases.keep` no longer keeps
     /// (`plan::to_prune`), what no record names (a zdd killed while it
-    /// checked one out), and the trees of an earlier zdd nothing holds.
-    /// Each goes out of the record first — renamed to `releases/.gone-SHA`,
-    /// the state saved — and is removed after, so that a record never
-    /// names a folder half removed.
+    /// checked one out, or while it removed one), and the trees of an
+    /// earlier zdd nothing holds. Each goes out of the record first, the
+    /// state saved, and is removed after: a record never names a folder
+    /// half removed.
     fn prune_releases(&mut self) {
         let t = std::time::Instant::now();
         let root = self.config.root.clone();
         self.lock.at_step("removing old releases");
         let mut gone = Vec::new();
         for sha in plan::to_prune(&self.state, self.config.releases.keep) {
-            let Some(dir) = self.state.release(&sha).map(|r| r.dir.clone()) else {
-                continue;
-            };
-            let trash = format!("releases/.gone-{sha}");
-            match std::fs::rename(root.join(&dir), root.join(&trash)) {
-                Ok(()) => gone.push(trash),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    log::warn!("cannot remove the release {dir}: {e}");
-                    continue;
-                }
+            if let Some(dir) = self.state.release(&sha).map(|r| r.dir.clone()) {
+                gone.push(dir);
+                self.state.releases.retain(|r| r.commit != sha);
             }
-            self.state.releases.retain(|r| r.commit != sha);
         }
         if !gone.is_empty() {
             if let Err(e) = self.save() {
@@ -146,6 +137,7 @@ impl Run<'_> {
                 return;
             }
         }
+        signals::fault_point("pruning");
         let removed = gone.len();
         // What no record names and no slot holds: earlier removals, and
         // checkouts a killed zdd left.
@@ -161,7 +153,7 @@ impl Run<'_> {
             };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(".gone-") || !named(&name) {
+                if !named(&name) {
                     gone.push(format!("{prefix}{name}"));
                 }
             }

@@ -466,3 +466,62 @@ fn an_env_file_reaches_the_app_at_each_start_and_a_bad_line_is_named() {
     assert_eq!(p.served(), "from-env");
     p.kill_everything();
 }
+
+/// zdd killed at each new step — the checkout into a release, the shared
+/// links, the release's record, a restart's swap, pruning — under load:
+/// nothing lost, and the next run converges.
+#[test]
+fn zdd_killed_at_each_new_step_converges_without_losing_a_request() {
+    let _heavy = heavy();
+    let mut p = Project::new("shared = [\"uploads/\"]\n[releases]\nkeep = 2");
+    p.go_live();
+    let v1 = p.commit_of("a");
+    let load = Load::start(&p, &["v1", "v2", "v3", "v4", "v5", "v6"]);
+    // A new commit each time: a kept release would need no checkout.
+    for (step, version) in [("checked-out", "v2"), ("linked", "v3"), ("built", "v4")] {
+        let sha = p.commit(version, "");
+        let fault = format!("{step}:KILL");
+        let r = p.zdd_env(&["deploy", &sha], &[("ZDD_TEST_FAULT", &fault)]);
+        assert_eq!(r.code, -1, "killed at {step}: {r:?}");
+        assert_eq!(p.served(), "v1", "{step}");
+        let r = p.zdd(&["deploy", &sha]);
+        assert_eq!(r.code, 0, "after a kill at {step}: {r:?}");
+        assert_eq!(p.served(), version, "{step}");
+        assert!(p.release_of("b").join("uploads").is_symlink(), "{step}");
+        // Back to v1 by name (a plain rollback goes one release back).
+        let r = p.zdd(&["rollback", &v1]);
+        assert_eq!(r.code, 0, "{step}: {r:?}");
+        assert_eq!(p.served(), "v1", "{step}");
+    }
+    for step in ["recorded", "flipped", "confirmed", "stopping"] {
+        let fault = format!("{step}:KILL");
+        let r = p.zdd_env(&["restart"], &[("ZDD_TEST_FAULT", &fault)]);
+        assert_eq!(r.code, -1, "restart killed at {step}: {r:?}");
+        assert_eq!(p.served(), "v1", "{step}");
+        let r = p.zdd(&["restart"]);
+        assert_eq!(r.code, 0, "after a restart killed at {step}: {r:?}");
+        assert_eq!(p.served(), "v1", "{step}");
+        assert_eq!(p.listening_slots().len(), 1, "{step}");
+    }
+    // Killed while pruning (keep = 2: only the live release and the target).
+    let v5 = p.commit("v5", "");
+    assert_eq!(p.zdd(&["deploy", &v5]).code, 0);
+    let v6 = p.commit("v6", "");
+    let r = p.zdd_env(&["deploy", &v6], &[("ZDD_TEST_FAULT", "pruning:KILL")]);
+    assert_eq!(r.code, -1, "{r:?}");
+    assert_eq!(p.served(), "v6", "the swap was done before pruning");
+    for (sha, _) in statuses(&p) {
+        assert!(
+            p.root().join(format!("releases/{sha}")).is_dir(),
+            "{sha} listed and there"
+        );
+    }
+    // The next swap finishes the job: two releases, nothing else.
+    assert_eq!(p.zdd(&["rollback"]).code, 0);
+    assert_eq!(p.served(), "v5");
+    assert_eq!(on_disk(&p), sorted(vec![v5.clone(), v6.clone()]));
+    let report = load.finish();
+    eprintln!("killed at each new step: {}", summary(&report));
+    assert_eq!(report["failed"], 0, "{}", summary(&report));
+    p.kill_everything();
+}
