@@ -35,6 +35,9 @@ pub struct Config {
     pub build: Option<String>,
     /// Files and folders that outlive a release, linked into each one.
     pub shared: Vec<Shared>,
+    /// Build caches copied from the live release into a new one before
+    /// its build (a copy each, never shared).
+    pub cache: Vec<Shared>,
     pub start: String,
     pub ports: [u16; 2],
     pub user: Option<RunAs>,

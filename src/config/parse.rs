@@ -83,11 +83,17 @@ impl Source<'_> {
         Ok(text.clone())
     }
 
-    /// `shared`: paths relative to a release, each inside it, none inside
-    /// another; a trailing `/` makes it a folder.
-    fn shared(&self, shared: Option<Vec<Spanned<String>>>) -> Result<Vec<Shared>> {
+    /// `shared` or `cache` (`key`): paths relative to a release, each
+    /// inside it, none inside another nor inside one of `taken`; a
+    /// trailing `/` makes it a folder.
+    fn release_paths(
+        &self,
+        key: &str,
+        items: Option<Vec<Spanned<String>>>,
+        taken: &[Shared],
+    ) -> Result<Vec<Shared>> {
         let mut out: Vec<Shared> = Vec::new();
-        for item in shared.unwrap_or_default() {
+        for item in items.unwrap_or_default() {
             let text = item.get_ref();
             let path = text.trim_end_matches('/');
             let bad = path.is_empty()
@@ -97,18 +103,19 @@ impl Source<'_> {
             if bad {
                 return Err(self.at(
                     Some(item.span()),
-                    format!("shared path {text:?} must stay inside the release: a relative path without `.`, `..` or empty parts, like \"uploads/\" or \".env\""),
+                    format!("{key} path {text:?} must stay inside the release: a relative path without `.`, `..` or empty parts, like \"uploads/\" or \".env\""),
                 ));
             }
             let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
             if let Some(other) = out
                 .iter()
+                .chain(taken)
                 .find(|o| inside(path, &o.path) || inside(&o.path, path))
             {
                 return Err(self.at(
                     Some(item.span()),
                     format!(
-                        "shared path {text:?} overlaps {:?}: share each path once",
+                        "{key} path {text:?} overlaps {:?}: name each path once, in `shared` or `cache`",
                         other.path
                     ),
                 ));
@@ -209,7 +216,8 @@ impl Config {
         let hooks = raw.hooks.unwrap_or_default();
         let maintenance = src.maintenance(raw.maintenance.unwrap_or_default(), &resolve)?;
         let releases = src.releases(raw.releases.unwrap_or_default())?;
-        let shared = src.shared(raw.shared)?;
+        let shared = src.release_paths("shared", raw.shared, &[])?;
+        let cache = src.release_paths("cache", raw.cache, &shared)?;
         Ok(Config {
             path: path.to_path_buf(),
             name,
@@ -218,6 +226,7 @@ impl Config {
             root: raw.root.as_deref().map(resolve).unwrap_or(dir.clone()),
             build: raw.build.filter(|b| !b.trim().is_empty()),
             shared,
+            cache,
             env_file: raw.env_file.as_deref().map(resolve),
             start: raw.start.into_inner(),
             ports,

@@ -56,6 +56,7 @@ pub(super) struct RawConfig {
     pub(super) root: Option<PathBuf>,
     pub(super) build: Option<String>,
     pub(super) shared: Option<Vec<Spanned<String>>>,
+    pub(super) cache: Option<Vec<Spanned<String>>>,
     pub(super) env_file: Option<PathBuf>,
     pub(super) start: Spanned<String>,
     pub(super) ports: Option<Spanned<Vec<u16>>>,

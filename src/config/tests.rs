@@ -145,6 +145,12 @@ fn shared_paths_stay_inside_the_release() {
     }
     let e = err("name = \"s\"\nstart = \"x\"\nshared = [\"public/\", \"public/uploads/\"]\n");
     assert!(e.contains("overlaps \"public\""), "{e}");
+    let e =
+        err("name = \"s\"\nstart = \"x\"\nshared = [\"public/\"]\ncache = [\"public/assets/\"]\n");
+    assert!(
+        e.starts_with("/etc/zdd/zdd.toml:4:10: cache path \"public/assets/\" overlaps \"public\""),
+        "{e}"
+    );
 }
 
 #[test]

@@ -382,6 +382,7 @@ impl Run<'_> {
             return Err(self.abort_with(attempt, e, None));
         }
         signals::fault_point("linked");
+        self.warm_caches(sha);
         self.phases.fetch_ms = ms(resolved.fetch_time + t.elapsed());
         log::info!(
             "slot {target}: checked out {short} into {} in {}",

@@ -125,6 +125,74 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Copy each `cache` path from the live release (else the newest kept
+    /// one) into `sha`'s fresh release before its build: `cp -a
+    /// --reflink=auto`, as the releases' owner, by argv — a copy each,
+    /// never a folder two releases share. A cache that cannot be copied
+    /// makes a cold build, with a warning; never a failed deploy.
+    pub(super) fn warm_caches(&self, sha: &str) {
+        let config = self.config;
+        let from = self
+            .state
+            .live_commit()
+            .and_then(|c| self.state.release(c))
+            .or_else(|| self.state.releases.iter().rev().find(|r| r.commit != sha));
+        let Some(from) = from.filter(|_| !config.cache.is_empty()) else {
+            return;
+        };
+        let t = Instant::now();
+        let source = config.root.join(&from.dir);
+        let release = config.root.join(git::release_dir(sha));
+        let mut copied = 0;
+        for item in &config.cache {
+            let src = source.join(&item.path);
+            let parent = Path::new(&item.path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty());
+            let copy = parent
+                .map_or(Ok(()), |p| {
+                    self.as_owner(&release, "mkdir", &["-p", "--", &p.to_string_lossy()])
+                })
+                .and_then(|()| {
+                    self.as_owner(
+                        &release,
+                        "cp",
+                        &[
+                            "-a",
+                            "--reflink=auto",
+                            "-T",
+                            "--",
+                            &src.to_string_lossy(),
+                            &item.path,
+                        ],
+                    )
+                });
+            match copy {
+                Ok(()) => copied += 1,
+                Err(StepError::Environment(e) | StepError::Failed(e))
+                    if e.contains("No such file or directory") =>
+                {
+                    log::debug!("no {} in {} to start the build from", item.path, from.dir)
+                }
+                Err(StepError::Environment(e) | StepError::Failed(e)) => {
+                    log::warn!(
+                        "cannot copy the cache {} from {}: {e}; building without it",
+                        item.path,
+                        from.dir
+                    )
+                }
+                Err(StepError::Interrupted(_)) => {}
+            }
+        }
+        if copied > 0 {
+            log::info!(
+                "copied {copied} cache path(s) from {} in {}",
+                from.dir,
+                fmt(t.elapsed())
+            );
+        }
+    }
+
     /// Run `program ARGS` in `dir` as the release's owner.
     fn as_owner(
         &self,

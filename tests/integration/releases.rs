@@ -525,3 +525,37 @@ fn zdd_killed_at_each_new_step_converges_without_losing_a_request() {
     assert_eq!(report["failed"], 0, "{}", summary(&report));
     p.kill_everything();
 }
+
+#[test]
+fn a_cache_starts_the_next_build_warm_from_a_copy() {
+    let _heavy = heavy();
+    let build = "if [ -f target/marker ]; then echo \"warm build from $(cat target/marker)\"; else echo cold build; fi\nmkdir -p target && echo $ZDD_COMMIT > target/marker\n";
+    let mut p = Project::new("cache = [\"target/\"]");
+    let v1 = p.commit_with("v1", "", build);
+    p.go_live();
+    let log_a = std::fs::read_to_string(p.root().join("logs/a.log")).unwrap();
+    assert!(log_a.contains("cold build"), "{log_a}");
+    let v2 = p.commit_with("v2", "", build);
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("copied 1 cache path(s) from releases/"),
+        "{r:?}"
+    );
+    let log_b = std::fs::read_to_string(p.root().join("logs/b.log")).unwrap();
+    assert!(log_b.contains(&format!("warm build from {v1}")), "{log_b}");
+    // A copy: each release has its own.
+    use std::os::unix::fs::MetadataExt;
+    let inode = |sha: &str| {
+        std::fs::metadata(p.root().join(format!("releases/{sha}/target/marker")))
+            .unwrap()
+            .ino()
+    };
+    assert_ne!(inode(&v1), inode(&v2));
+    assert_eq!(
+        std::fs::read_to_string(p.root().join(format!("releases/{v1}/target/marker"))).unwrap(),
+        format!("{v1}\n"),
+        "the old release's cache is untouched"
+    );
+    p.kill_everything();
+}
