@@ -54,8 +54,8 @@ pub enum Command {
         #[arg(long, hide = true, value_name = "REASON")]
         because: Option<String>,
         /// Only while this keeper's app is the live one (a keeper's rollback)
-        #[arg(long, hide = true, value_name = "SLOT:KEEPER_PID")]
-        if_live: Option<String>,
+        #[arg(long, hide = true, value_name = "SLOT:KEEPER_PID", value_parser = parse_if_live)]
+        if_live: Option<IfLive>,
     },
     /// Start the live release again on the idle slot with the config as it is now, then swap (zero downtime)
     Restart {
@@ -182,6 +182,33 @@ impl Wait {
     }
 }
 
+/// A keeper's `--if-live=SLOT:KEEPER_PID`: the slot it keeps, and itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IfLive {
+    pub slot: crate::slot::Slot,
+    pub keeper_pid: i32,
+}
+
+impl std::fmt::Display for IfLive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.slot, self.keeper_pid)
+    }
+}
+
+fn parse_if_live(s: &str) -> Result<IfLive, String> {
+    let (slot, pid) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected SLOT:KEEPER_PID, got {s:?}"))?;
+    Ok(IfLive {
+        slot: crate::slot::Slot::parse(slot).ok_or_else(|| format!("no slot {slot:?}: a or b"))?,
+        keeper_pid: pid
+            .parse()
+            .ok()
+            .filter(|&p| p > 1)
+            .ok_or_else(|| format!("{pid:?} is not a keeper's pid"))?,
+    })
+}
+
 fn parse_wait(s: &str) -> Result<WaitFor, String> {
     if s == "forever" {
         Ok(WaitFor::Forever)
@@ -224,6 +251,25 @@ mod tests {
                 assert_eq!(wait.lock_wait(), LockWait::AtMost(Duration::from_secs(2)))
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_keepers_if_live_is_parsed_once() {
+        let cli = Cli::try_parse_from(["zdd", "rollback", "--if-live=b:4242"]).unwrap();
+        match cli.command {
+            Command::Rollback { if_live, .. } => assert_eq!(
+                if_live,
+                Some(IfLive {
+                    slot: crate::slot::Slot::B,
+                    keeper_pid: 4242
+                })
+            ),
+            other => panic!("{other:?}"),
+        }
+        for bad in ["c:12", "a:x", "a", "a:1"] {
+            let e = Cli::try_parse_from(["zdd", "rollback", &format!("--if-live={bad}")]);
+            assert_eq!(e.unwrap_err().exit_code(), 2, "{bad}");
         }
     }
 

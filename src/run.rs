@@ -91,7 +91,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             commit.as_deref(),
             wait.lock_wait(),
             because.as_deref(),
-            if_live.as_deref(),
+            if_live,
         ),
         Command::Restart { wait } => deploy::restart(&load()?, wait.lock_wait()),
         Command::Up { wait } => deploy::up(load_optional()?.as_ref(), wait.lock_wait()),

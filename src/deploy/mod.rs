@@ -155,7 +155,7 @@ pub fn rollback(
     commit: Option<&str>,
     wait: LockWait,
     because: Option<&str>,
-    if_live: Option<&str>,
+    if_live: Option<crate::cli::IfLive>,
 ) -> Result<()> {
     let named = commit
         .map(git::Rev::parse)
@@ -163,13 +163,13 @@ pub fn rollback(
         .map_err(Error::Usage)?;
     let mut run = Run::begin(config, wait, "zdd rollback")?; // 1, 2
     if let Some(keeper) = if_live {
-        let still = keeper.split_once(':').is_some_and(|(slot, pid)| {
-            let live = run.state.active;
-            Slot::parse(slot).is_some_and(|s| Some(s) == live)
-                && live
-                    .and_then(|s| run.state.slot(s).process.as_ref())
-                    .is_some_and(|id| id.pid.to_string() == pid)
-        });
+        let still = run.state.active == Some(keeper.slot)
+            && run
+                .state
+                .slot(keeper.slot)
+                .process
+                .as_ref()
+                .is_some_and(|id| id.pid == keeper.keeper_pid);
         if !still {
             out!("the release {keeper} kept is no longer live; nothing to roll back");
             return Ok(());
