@@ -165,6 +165,25 @@ for _ in 1 2 3 4 5; do
 done
 
 
+# --- a cold and a warm build of a real one: `npm install` of express 4,
+# with cache = ["node_modules/"] (npm's own download cache is warm for both:
+# what the cache saves is the install itself)
+COLD_BUILD=- WARM_BUILD=-
+last_build_ms() { "$ZDD" -c "$CONF" history --json | grep '"build_ms"' | tail -1 | grep -o '[0-9]*'; }
+if command -v npm > /dev/null && [ -z "${NO_NPM:-}" ]; then
+  printf '{"name":"bench","version":"1.0.0","private":true,"dependencies":{"express":"^4.21.0"}}\n' > "$B/repo/package.json"
+  cp "$CONF" "$CONF.before-npm"
+  sed -i 's|^build  = .*|build  = "npm install --no-audit --no-fund --omit=dev --loglevel=error"|' "$CONF"
+  sed -i 's|^start  = |cache  = ["node_modules/"]\nstart  = |' "$CONF"
+  npm cache add express@4 > /dev/null 2>&1 || true
+  commit npm-1
+  if "$ZDD" -q -c "$CONF" deploy > /dev/null; then COLD_BUILD=$(last_build_ms); fi
+  sleep 1
+  commit npm-2
+  if "$ZDD" -q -c "$CONF" deploy > /dev/null; then WARM_BUILD=$(last_build_ms); fi
+  cp "$CONF.before-npm" "$CONF"
+fi
+
 # --- latency: steady state vs inside swap windows
 awk -F'\t' 'NR == FNR { s[NR] = $2; e[NR] = $3; n = NR; next }
   FNR == 1 { next }
@@ -246,6 +265,8 @@ Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 | its \`git fetch\` alone, ms | $(median < "$B/fetch.txt") | $(maxof < "$B/fetch.txt") |
 | \`zdd status\`, ms | $(median < "$B/status.txt" | awk '{printf "%.1f", $1/10}') | $(maxof < "$B/status.txt" | awk '{printf "%.1f", $1/10}') |
 | zdd peak RSS, KiB | | ${RSS:-?} |
+| build of a real app (\`npm install\` of express 4), cold: no cache to start from, ms | | $COLD_BUILD |
+| …warm: \`cache = ["node_modules/"]\` copied from the live release, ms | | $WARM_BUILD |
 | removing an old release after a swap ($(wc -l < "$B/prune.txt") swaps; $BUILD_FILES build files each), ms | $(median < "$B/prune.txt") | $(maxof < "$B/prune.txt") |
 | restart of a killed live app, to its first good answer through nginx, ms ($RESTARTS kills) | $(median < "$B/restart.txt") | $(maxof < "$B/restart.txt") |
 | keeper RSS while the app runs, KiB | | ${KEEPER_RSS:-?} |
