@@ -16,6 +16,7 @@
 #   RESTARTS=3 scripts/bench.sh   # fewer kills of the live app (each waits 10 s: the
 #                                 # keeper restarts at once only after 10 s up)
 #   KEEP=1 scripts/bench.sh       # keep the work folder (samples.csv, logs)
+#   NO_NPM=1 scripts/bench.sh     # leave out the cold and warm `npm install` builds
 #   BUILD_FILES=5000 scripts/bench.sh   # each build writes this many files: what
 #                                 # removing an old release (releases.keep) costs
 set -euo pipefail
