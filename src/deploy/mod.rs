@@ -393,20 +393,22 @@ impl Run<'_> {
         let t = Instant::now();
         self.lock
             .at_step(&format!("building {short} in slot {target}"));
-        for (label, command) in [
-            (
-                "after_checkout hook",
-                config.hooks.after_checkout.as_deref(),
-            ),
-            ("build", config.build.as_deref()),
-            ("before_start hook", config.hooks.before_start.as_deref()),
+        use start::Step;
+        for (what, command) in [
+            (Step::AfterCheckout, config.hooks.after_checkout.as_deref()),
+            (Step::Build, config.build.as_deref()),
+            (Step::BeforeStart, config.hooks.before_start.as_deref()),
         ] {
             let Some(command) = command else { continue };
             let step = Instant::now();
-            if let Err(e) = self.step(target, sha, config.port(target), label, command) {
+            if let Err(e) = self.step(target, sha, config.port(target), what, command) {
                 return Err(self.abort_with(attempt, e, None));
             }
-            log::info!("slot {target}: {label} done in {}", fmt(step.elapsed()));
+            log::info!(
+                "slot {target}: {} done in {}",
+                what.label(),
+                fmt(step.elapsed())
+            );
         }
         self.phases.build_ms = ms(t.elapsed());
         // Built: a release, kept for deploys and rollbacks without a build.

@@ -83,7 +83,7 @@ impl Run<'_> {
         });
         self.save()?;
         if let Some(hook) = config.hooks.after_swap.as_deref().filter(|_| fresh) {
-            match self.step(target, &sha, port, "after_swap hook", hook) {
+            match self.step(target, &sha, port, super::start::Step::AfterSwap, hook) {
                 Ok(()) => {}
                 Err(StepError::Failed(m) | StepError::Environment(m)) => {
                     log::warn!("{m}; the swap itself is done")

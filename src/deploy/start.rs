@@ -19,6 +19,56 @@ use super::run::Run;
 use super::Attempt;
 use crate::text::now;
 
+/// A build step or hook zdd runs in a release, by what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    AfterCheckout,
+    Build,
+    BeforeStart,
+    Verify,
+    AfterSwap,
+}
+
+impl Step {
+    /// As messages and the log's marker lines name it.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Step::AfterCheckout => "after_checkout hook",
+            Step::Build => "build",
+            Step::BeforeStart => "before_start hook",
+            Step::Verify => "verify hook",
+            Step::AfterSwap => "after_swap hook",
+        }
+    }
+
+    /// A signal to zdd stops it, except after the swap: the deploy is done.
+    fn interruptible(self) -> bool {
+        self != Step::AfterSwap
+    }
+}
+
+/// How an app is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Launch {
+    /// On its slot's port, under its keeper.
+    Start,
+    /// Round-robin mode: first on a private port, alone, stopped after.
+    Rehearsal,
+    /// `zdd up`: the live slot again, where it is.
+    Up,
+}
+
+impl Launch {
+    /// As the log's marker lines and the test fault points name it.
+    fn label(self) -> &'static str {
+        match self {
+            Launch::Start => "start",
+            Launch::Rehearsal => "rehearsal",
+            Launch::Up => "up",
+        }
+    }
+}
+
 impl Run<'_> {
     /// Step 4: stop what zdd's own earlier runs left in `slot` — its
     /// recorded process, a keeper zdd never recorded (killed just after
@@ -229,9 +279,10 @@ impl Run<'_> {
         slot: Slot,
         sha: &str,
         port: u16,
-        label: &str,
+        what: Step,
         command: &str,
     ) -> std::result::Result<(), StepError> {
+        let label = what.label();
         let log = self.log_path(slot);
         process::log_marker(
             &log,
@@ -260,7 +311,7 @@ impl Run<'_> {
             }
         }
         // After the swap nothing may be cut short: the deploy is done.
-        let interruptible = label != "after_swap hook";
+        let interruptible = what.interruptible();
         let end = process::wait_step(&mut step, interruptible);
         if records_step {
             self.state.slot_mut(slot).process = None;
@@ -300,7 +351,7 @@ impl Run<'_> {
                     return Err(self.abort_env(attempt, reason, None));
                 }
             };
-            let mut rehearsal = self.start_verified(attempt, private, "rehearsal", true)?;
+            let mut rehearsal = self.start_verified(attempt, private, Launch::Rehearsal, true)?;
             process::stop_group(
                 &rehearsal.id,
                 config.stop.with(),
@@ -312,7 +363,7 @@ impl Run<'_> {
             );
         }
         let verify_here = fresh && !rehearse;
-        let started = self.start_verified(attempt, port, "start", verify_here)?;
+        let started = self.start_verified(attempt, port, Launch::Start, verify_here)?;
         self.phases.ready_ms = ms(t.elapsed());
         log::info!(
             "slot {target}: pid {} healthy on port {port} after {}",
@@ -329,10 +380,11 @@ impl Run<'_> {
         target: Slot,
         sha: &str,
         port: u16,
-        label: &str,
+        how: Launch,
         armed: bool,
         rollback: Option<(u32, Duration, &Path)>,
     ) -> std::io::Result<Started> {
+        let label = how.label();
         let config = self.config;
         let log = self.log_path(target);
         process::log_marker(
@@ -353,7 +405,7 @@ impl Run<'_> {
             run_as: config.user.as_ref(),
         };
         // What stays up runs under its keeper; a rehearsal does not stay.
-        let started = if label == "rehearsal" {
+        let started = if how == Launch::Rehearsal {
             process::spawn_app(&spec)?
         } else {
             let keep = keeper::Keep {
@@ -380,9 +432,10 @@ impl Run<'_> {
         &mut self,
         attempt: &Attempt,
         port: u16,
-        label: &str,
+        how: Launch,
         verify: bool,
     ) -> Result<Started> {
+        let label = how.label();
         let (target, sha) = (attempt.slot, attempt.sha.as_str());
         let config = self.config;
         let rollback = attempt.crash_rollback.then_some((
@@ -390,7 +443,7 @@ impl Run<'_> {
             config.keeper.rollback_within,
             config.path.as_path(),
         ));
-        let mut started = match self.launch(target, sha, port, label, false, rollback) {
+        let mut started = match self.launch(target, sha, port, how, false, rollback) {
             Ok(s) => s,
             Err(e) => {
                 let reason = format!("cannot start `{}`: {e}", config.start);
@@ -401,13 +454,13 @@ impl Run<'_> {
         signals::fault_point(label);
 
         let hook = config.hooks.verify.as_deref().filter(|_| verify);
-        let rehearsal = label == "rehearsal";
+        let rehearsal = how == Launch::Rehearsal;
         let verified = launch::verify(
             &config.health,
             port,
             &mut started,
             !rehearsal,
-            || match hook.map(|hook| self.step(target, sha, port, "verify hook", hook)) {
+            || match hook.map(|hook| self.step(target, sha, port, Step::Verify, hook)) {
                 None | Some(Ok(())) => Verified::Healthy,
                 Some(Err(StepError::Failed(m))) => Verified::Failed(m),
                 Some(Err(StepError::Environment(m))) => Verified::Foreign(m),
