@@ -13,7 +13,6 @@
 //! change: what is left of an earlier attempt is removed by descriptors
 //! (`tree::remove`) and checked out afresh.
 
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -70,11 +69,6 @@ impl std::fmt::Display for Rev {
 pub struct Commit {
     pub sha: String,
     pub subject: String,
-}
-
-/// The folder of `sha`'s release, relative to `root`.
-pub fn release_dir(sha: &str) -> String {
-    format!("releases/{sha}")
 }
 
 /// The commit an earlier zdd checked out in slot `slot`'s own repository
@@ -188,7 +182,7 @@ impl Checkout {
     pub fn release(root: &Path, sha: &str) -> Checkout {
         Checkout {
             repo: Repo::new(root),
-            work_tree: root.join(release_dir(sha)),
+            work_tree: root.join(crate::state::release_dir(sha)),
             index_dir: root.join("git").join("index").join(sha),
         }
     }
@@ -318,47 +312,17 @@ pub fn local_repo(repo: &str) -> Option<&Path> {
     path.starts_with('/').then(|| Path::new(path))
 }
 
-/// `dir` exists as a folder of `owner`'s (uid, gid), made with `mode` if
-/// it did not; one of someone else's is removed first (`tree::remove`).
-/// Its parent is zdd's own (`root::prepare` checked it), so nobody can
-/// swap `dir` between these steps.
+/// Make the folder `dir`, which is not there, with `mode`, and give it to
+/// `owner` (uid, gid), by descriptors (`tree::make_entry`). Its parent is
+/// zdd's own (`root::prepare` checked it), so nobody can swap `dir` between
+/// these steps.
 fn own_folder(dir: &Path, mode: u32, owner: (u32, u32)) -> Result<(), String> {
-    match std::fs::symlink_metadata(dir) {
-        Ok(meta) if meta.is_dir() && meta.uid() == owner.0 => return Ok(()),
-        Ok(meta) if meta.is_dir() => {
-            log::warn!(
-                "{} belongs to uid {}, not to uid {} who builds and runs the app (was `user` changed?); removing it and checking out afresh",
-                dir.display(),
-                meta.uid(),
-                owner.0
-            );
-            crate::tree::remove(dir)
-                .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
-        }
-        Ok(_) => {
-            return Err(format!(
-                "{} is not a folder; zdd keeps a work tree there: remove it",
-                dir.display()
-            ))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot look at {}: {e}", dir.display())),
-    }
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .mode(mode)
-        .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let give = || -> std::io::Result<()> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_DIRECTORY)
-            .open(dir)?;
-        std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1))?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(format!("{} names no folder", dir.display()));
     };
-    give().map_err(|e| format!("cannot give {} to uid {}: {e}", dir.display(), owner.0))
+    crate::tree::make_entry(parent, &name.to_string_lossy(), true, mode, owner)
+        .map(|_| ())
+        .map_err(|e| format!("cannot create {} for uid {}: {e}", dir.display(), owner.0))
 }
 
 /// The short form of a sha for messages.

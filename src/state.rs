@@ -190,6 +190,11 @@ pub struct State {
     pub releases: Vec<Release>,
 }
 
+/// The folder a new release of `sha` gets, relative to root.
+pub fn release_dir(sha: &str) -> String {
+    format!("releases/{sha}")
+}
+
 /// A commit checked out and built once in a folder of its own, kept for
 /// deploys and rollbacks that need no build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -253,6 +258,13 @@ impl State {
             history: Vec::new(),
             releases: Vec::new(),
         }
+    }
+
+    /// The folder of `sha`'s release, relative to root: where its record
+    /// says (an earlier zdd's slot tree), else `releases/SHA`.
+    pub fn release_dir(&self, sha: &str) -> String {
+        self.release(sha)
+            .map_or_else(|| release_dir(sha), |r| r.dir.clone())
     }
 
     /// The kept release of `sha`, if there is one.

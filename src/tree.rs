@@ -170,10 +170,17 @@ fn size_below(dir: RawFd, dev: u64, depth: usize) -> io::Result<u64> {
 /// Make `rel` (a relative path, `/`-separated) below the folder `base`
 /// exist, by descriptors: every folder on the way must be the running
 /// user's (made 0755 if missing), so that nobody else can swap one for a
-/// symlink; the entry itself, if missing, is made — a folder (0755) or an
-/// empty file (0644) — and given to `owner` (uid, gid). An entry already
-/// there must be of that kind and no symlink. Returns whether it made it.
-pub fn make_entry(base: &Path, rel: &str, folder: bool, owner: (u32, u32)) -> io::Result<bool> {
+/// symlink; the entry itself, if missing, is made — a folder or an empty
+/// file, with `mode` whatever the umask — and given to `owner` (uid, gid).
+/// An entry already there must be of that kind and no symlink. Returns
+/// whether it made it.
+pub fn make_entry(
+    base: &Path,
+    rel: &str,
+    folder: bool,
+    mode: u32,
+    owner: (u32, u32),
+) -> io::Result<bool> {
     let me = nix::unistd::geteuid().as_raw();
     let mut dir = open_dir(None, &cstring(base.as_os_str().as_bytes())?)?;
     let mut shown = base.to_path_buf();
@@ -186,14 +193,7 @@ pub fn make_entry(base: &Path, rel: &str, folder: bool, owner: (u32, u32)) -> io
         shown.push(part);
         let child = match open_dir(Some(dir.as_raw_fd()), &name) {
             Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc_enoent()) => {
-                nix::sys::stat::mkdirat(
-                    Some(dir.as_raw_fd()),
-                    name.as_c_str(),
-                    Mode::from_bits_truncate(0o755),
-                )?;
-                open_dir(Some(dir.as_raw_fd()), &name)?
-            }
+            Err(e) if e.raw_os_error() == Some(libc_enoent()) => make_dir(dir.as_raw_fd(), &name)?,
             Err(e) => return Err(annotate_io(e, &shown)),
         };
         if fstat(child.as_raw_fd())?.st_uid != me {
@@ -230,14 +230,7 @@ pub fn make_entry(base: &Path, rel: &str, folder: bool, owner: (u32, u32)) -> io
         Err(e) => return Err(annotate(e, &shown.join(leaf))),
     }
     let made = match folder {
-        true => {
-            nix::sys::stat::mkdirat(
-                Some(dir.as_raw_fd()),
-                name.as_c_str(),
-                Mode::from_bits_truncate(0o755),
-            )?;
-            open_dir(Some(dir.as_raw_fd()), &name)?
-        }
+        true => make_dir(dir.as_raw_fd(), &name)?,
         false => {
             let flags = OFlag::O_WRONLY
                 | OFlag::O_CREAT
@@ -248,7 +241,7 @@ pub fn make_entry(base: &Path, rel: &str, folder: bool, owner: (u32, u32)) -> io
                 Some(dir.as_raw_fd()),
                 name.as_c_str(),
                 flags,
-                Mode::from_bits_truncate(0o644),
+                Mode::from_bits_truncate(mode),
             )?;
             // SAFETY: openat just returned this descriptor; nothing else owns it.
             unsafe { OwnedFd::from_raw_fd(fd) }
@@ -259,7 +252,15 @@ pub fn make_entry(base: &Path, rel: &str, folder: bool, owner: (u32, u32)) -> io
         Some(nix::unistd::Uid::from_raw(owner.0)),
         Some(nix::unistd::Gid::from_raw(owner.1)),
     )?;
+    nix::sys::stat::fchmod(made.as_raw_fd(), Mode::from_bits_truncate(mode))?;
     Ok(true)
+}
+
+/// Make the folder `name` in the open folder `dir` (0755 before any
+/// umask) and open it, never through a symlink.
+fn make_dir(dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+    nix::sys::stat::mkdirat(Some(dir), name, Mode::from_bits_truncate(0o755))?;
+    open_dir(Some(dir), name)
 }
 
 /// The entries of the open folder `dir`, `.` and `..` aside.
@@ -333,22 +334,22 @@ mod tests {
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getegid().as_raw(),
         );
-        assert!(make_entry(base, "config/deep/.env", false, me).unwrap());
+        assert!(make_entry(base, "config/deep/.env", false, 0o644, me).unwrap());
         assert!(
-            !make_entry(base, "config/deep/.env", false, me).unwrap(),
+            !make_entry(base, "config/deep/.env", false, 0o644, me).unwrap(),
             "there"
         );
         assert!(base.join("config/deep/.env").is_file());
-        assert!(make_entry(base, "uploads", true, me).unwrap());
+        assert!(make_entry(base, "uploads", true, 0o755, me).unwrap());
         assert!(
-            make_entry(base, "uploads", false, me).is_err(),
+            make_entry(base, "uploads", false, 0o644, me).is_err(),
             "a folder, not a file"
         );
         let outside = t.path().join("outside");
         std::fs::create_dir(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, base.join("link")).unwrap();
-        assert!(make_entry(base, "link/x", false, me).is_err());
-        assert!(make_entry(base, "link", true, me)
+        assert!(make_entry(base, "link/x", false, 0o644, me).is_err());
+        assert!(make_entry(base, "link", true, 0o755, me)
             .unwrap_err()
             .to_string()
             .contains("symlink"));
@@ -361,11 +362,11 @@ mod tests {
             // A folder on the way that another user owns: refused.
             std::fs::create_dir(base.join("theirs")).unwrap();
             std::os::unix::fs::chown(base.join("theirs"), Some(65534), Some(65534)).unwrap();
-            let e = make_entry(base, "theirs/x", false, me)
+            let e = make_entry(base, "theirs/x", false, 0o644, me)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("is not zdd's own folder"), "{e}");
-            assert!(make_entry(base, "given", true, (65534, 65534)).unwrap());
+            assert!(make_entry(base, "given", true, 0o755, (65534, 65534)).unwrap());
             assert_eq!(std::fs::metadata(base.join("given")).unwrap().uid(), 65534);
         }
     }

@@ -386,7 +386,7 @@ impl Run<'_> {
         self.phases.fetch_ms = ms(resolved.fetch_time + t.elapsed());
         log::info!(
             "slot {target}: checked out {short} into {} in {}",
-            git::release_dir(sha),
+            crate::state::release_dir(sha),
             fmt(t.elapsed())
         );
 
@@ -416,7 +416,7 @@ impl Run<'_> {
         self.state.releases.push(crate::state::Release {
             commit: sha.to_string(),
             subject: Some(resolved.subject.clone()),
-            dir: git::release_dir(sha),
+            dir: crate::state::release_dir(sha),
             built_at: crate::text::now(),
             deployed_at: None,
         });

@@ -202,7 +202,7 @@ impl Run<'_> {
         if attempt.action != Action::Deploy || keep || held {
             return;
         }
-        let dir = release.map_or_else(|| git::release_dir(sha), |r| r.dir.clone());
+        let dir = self.state.release_dir(sha);
         let root = &self.config.root;
         let index = root.join("git/index").join(sha);
         match git::remove_leftover(&root.join(&dir)).and_then(|()| git::remove_leftover(&index)) {

@@ -436,7 +436,7 @@ mod tests {
         crate::state::Release {
             commit: commit.into(),
             subject: None,
-            dir: crate::git::release_dir(commit),
+            dir: crate::state::release_dir(commit),
             built_at: "t".into(),
             deployed_at: deployed.then(|| "t".into()),
         }

@@ -264,11 +264,7 @@ impl<'a> Run<'a> {
     /// The folder of the release `slot` holds, relative to root.
     fn release_dir_of(&self, slot: Slot) -> Option<String> {
         let sha = self.state.slot(slot).commit.as_deref()?;
-        Some(
-            self.state
-                .release(sha)
-                .map_or_else(|| git::release_dir(sha), |r| r.dir.clone()),
-        )
+        Some(self.state.release_dir(sha))
     }
 
     /// The tree `slot` runs: its release's folder (where builds, hooks and
@@ -411,7 +407,7 @@ impl<'a> Run<'a> {
             let Some(at) = self.state.releases.iter().position(|r| r.dir == legacy_dir) else {
                 continue;
             };
-            let to = git::release_dir(&self.state.releases[at].commit);
+            let to = crate::state::release_dir(&self.state.releases[at].commit);
             let moved = !root.join(&legacy_dir).exists() && root.join(&to).is_dir();
             if !moved {
                 if runs || root.join(&to).exists() {

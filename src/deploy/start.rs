@@ -122,7 +122,7 @@ impl Run<'_> {
         }
         let env = |e: Error| StepError::Environment(e.to_string());
         crate::root::prepare(&config.root, &[crate::root::SHARED]).map_err(env)?;
-        let release = config.root.join(git::release_dir(sha));
+        let release = config.root.join(crate::state::release_dir(sha));
         let owner = config.user.as_ref().map_or_else(
             || {
                 (
@@ -142,8 +142,13 @@ impl Run<'_> {
                 )));
             }
             let target = config.root.join("shared").join(&item.path);
-            match crate::tree::make_entry(&config.root.join("shared"), &item.path, item.dir, owner)
-            {
+            match crate::tree::make_entry(
+                &config.root.join("shared"),
+                &item.path,
+                item.dir,
+                if item.dir { 0o755 } else { 0o644 },
+                owner,
+            ) {
                 Ok(true) => log::info!(
                     "created {} for `shared` ({}, empty)",
                     target.display(),
@@ -170,7 +175,7 @@ impl Run<'_> {
         log::info!(
             "linked {} shared path(s) into {}",
             config.shared.len(),
-            git::release_dir(sha)
+            crate::state::release_dir(sha)
         );
         Ok(())
     }
@@ -192,7 +197,7 @@ impl Run<'_> {
         };
         let t = Instant::now();
         let source = config.root.join(&from.dir);
-        let release = config.root.join(git::release_dir(sha));
+        let release = config.root.join(crate::state::release_dir(sha));
         let mut copied = 0;
         for item in &config.cache {
             let src = source.join(&item.path);

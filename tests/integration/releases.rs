@@ -38,6 +38,29 @@ fn on_disk(p: &Project) -> Vec<String> {
     names
 }
 
+/// Turn `p`'s root into the layout an earlier zdd left: v1's and v2's
+/// releases as the slots' own work trees (`slots/a`, `slots/b`, each with
+/// `git/X`), the links into them, and no releases in the state.
+fn as_an_earlier_zdd_left_it(p: &Project, v1: &str, v2: &str) {
+    let root = p.root();
+    std::fs::create_dir_all(root.join("slots")).unwrap();
+    for (slot, sha) in [("a", v1), ("b", v2)] {
+        std::fs::rename(
+            root.join(format!("releases/{sha}")),
+            root.join(format!("slots/{slot}")),
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join(format!("git/{slot}"))).unwrap();
+        std::fs::write(root.join(format!("git/{slot}/HEAD")), format!("{sha}\n")).unwrap();
+        let app = root.join(format!("route/{slot}/app"));
+        std::fs::remove_file(&app).unwrap();
+        std::os::unix::fs::symlink(format!("../../slots/{slot}"), &app).unwrap();
+    }
+    let state = std::fs::read_to_string(root.join("state.toml")).unwrap();
+    let without = state.split("[[releases]]").next().unwrap();
+    std::fs::write(root.join("state.toml"), without).unwrap();
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -203,22 +226,7 @@ fn an_earlier_zdds_slot_trees_are_adopted_as_releases() {
     assert_eq!(p.zdd(&["deploy"]).code, 0);
     p.kill_everything();
     let root = p.root();
-    std::fs::create_dir_all(root.join("slots")).unwrap();
-    for (slot, sha) in [("a", &v1), ("b", &v2)] {
-        std::fs::rename(
-            root.join(format!("releases/{sha}")),
-            root.join(format!("slots/{slot}")),
-        )
-        .unwrap();
-        std::fs::create_dir_all(root.join(format!("git/{slot}"))).unwrap();
-        std::fs::write(root.join(format!("git/{slot}/HEAD")), format!("{sha}\n")).unwrap();
-        let app = root.join(format!("route/{slot}/app"));
-        std::fs::remove_file(&app).unwrap();
-        std::os::unix::fs::symlink(format!("../../slots/{slot}"), &app).unwrap();
-    }
-    let state = std::fs::read_to_string(root.join("state.toml")).unwrap();
-    let without: String = state.split("[[releases]]").next().unwrap().to_string();
-    std::fs::write(root.join("state.toml"), without).unwrap();
+    as_an_earlier_zdd_left_it(&p, &v1, &v2);
 
     // `zdd up` adopts both: the live one moves (nothing runs from it yet).
     let r = p.zdd(&["up"]);
@@ -388,25 +396,7 @@ fn an_earlier_zdds_running_slot_is_upgraded_under_load_without_a_lost_request() 
     assert_eq!(p.zdd(&["deploy"]).code, 0);
     let root = p.root();
     // Turn the layout into an earlier zdd's while v2 runs in slot b.
-    std::fs::create_dir_all(root.join("slots")).unwrap();
-    for (slot, sha) in [("a", &v1), ("b", &v2)] {
-        std::fs::rename(
-            root.join(format!("releases/{sha}")),
-            root.join(format!("slots/{slot}")),
-        )
-        .unwrap();
-        std::fs::create_dir_all(root.join(format!("git/{slot}"))).unwrap();
-        std::fs::write(root.join(format!("git/{slot}/HEAD")), format!("{sha}\n")).unwrap();
-        let app = root.join(format!("route/{slot}/app"));
-        std::fs::remove_file(&app).unwrap();
-        std::os::unix::fs::symlink(format!("../../slots/{slot}"), &app).unwrap();
-    }
-    let state = std::fs::read_to_string(root.join("state.toml")).unwrap();
-    std::fs::write(
-        root.join("state.toml"),
-        state.split("[[releases]]").next().unwrap(),
-    )
-    .unwrap();
+    as_an_earlier_zdd_left_it(&p, &v1, &v2);
 
     let load = Load::start(&p, &["v1", "v2", "v3"]);
     p.commit("v3", "");
