@@ -25,7 +25,7 @@ chmod 755 "$DEMO"   # nginx's workers (nobody) look for zdd's switch file below 
 NGINX_PREFIX=$DEMO/nginx
 cleanup() {
   set +e
-  [ -f "$DEMO/zdd.toml" ] && { "$ZDD" -q -c "$DEMO/zdd.toml" stop a >/dev/null; "$ZDD" -q -c "$DEMO/zdd.toml" stop b >/dev/null; }
+  [ -f "$DEMO/zdd.toml" ] && { "$ZDD" -q -c "$DEMO/zdd.toml" stop a >/dev/null 2>&1; "$ZDD" -q -c "$DEMO/zdd.toml" stop b >/dev/null 2>&1; }
   [ -f "$NGINX_PREFIX/nginx.pid" ] && kill "$(cat "$NGINX_PREFIX/nginx.pid")" 2>/dev/null
   [ -n "${LOAD_PID:-}" ] && kill "$LOAD_PID" 2>/dev/null
   if [ -n "${KEEP:-}" ]; then echo "kept $DEMO"; else rm -rf "$DEMO"; fi
