@@ -30,7 +30,7 @@ pub struct Record {
 
 /// Where records live: the config's root, or without a config file
 /// `$ZDD_ROOT`, `$XDG_STATE_HOME/zdd`, `~/.local/state/zdd`.
-fn root_of(config: Option<&Config>) -> Result<PathBuf> {
+pub(crate) fn root_of(config: Option<&Config>) -> Result<PathBuf> {
     if let Some(c) = config {
         return Ok(c.root.clone());
     }
@@ -243,6 +243,7 @@ fn start_kept(
         stop: stop.with(),
         armed,
         rollback: None,
+        log_policy: config.map_or(crate::keeper::LogPolicy::DEFAULT, |c| c.logs),
     };
     let mut started = keeper::spawn(&spec, &keep)
         .map_err(|e| Error::Failed(format!("cannot start `{command}`: {e}")))?;

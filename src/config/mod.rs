@@ -52,6 +52,8 @@ pub struct Config {
     pub keeper: Keeper,
     pub maintenance: Maintenance,
     pub releases: Releases,
+    /// How the keepers cap and stamp the app logs (`[logs]`).
+    pub logs: LogPolicy,
 }
 
 /// A path every release shares: `ROOT/shared/PATH`, linked into each
@@ -62,6 +64,27 @@ pub struct Shared {
     pub path: String,
     /// A folder (written with a trailing `/`), else a file.
     pub dir: bool,
+}
+
+/// How the log is capped and stamped (`[logs]`): what the keepers do to the
+/// app logs they write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPolicy {
+    /// The most a file holds, in bytes.
+    pub max_size: u64,
+    /// How many rotated files are kept (at least 1).
+    pub keep: u32,
+    /// Each line starts with its RFC 3339 time.
+    pub timestamps: bool,
+}
+
+impl LogPolicy {
+    /// zdd's defaults: 10 MiB, 5 rotated files, no timestamps.
+    pub const DEFAULT: LogPolicy = LogPolicy {
+        max_size: 10 * 1024 * 1024,
+        keep: 5,
+        timestamps: false,
+    };
 }
 
 /// How many releases stay on disk.

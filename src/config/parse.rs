@@ -216,6 +216,7 @@ impl Config {
         let hooks = raw.hooks.unwrap_or_default();
         let maintenance = src.maintenance(raw.maintenance.unwrap_or_default(), &resolve)?;
         let releases = src.releases(raw.releases.unwrap_or_default())?;
+        let logs = src.logs(raw.logs.unwrap_or_default())?;
         let shared = src.release_paths("shared", raw.shared, &[])?;
         let cache = src.release_paths("cache", raw.cache, &shared)?;
         Ok(Config {
@@ -244,6 +245,7 @@ impl Config {
             keeper,
             maintenance,
             releases,
+            logs,
         })
     }
 }

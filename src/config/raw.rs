@@ -69,6 +69,60 @@ pub(super) struct RawConfig {
     pub(super) keeper: Option<RawKeeper>,
     pub(super) maintenance: Option<RawMaintenance>,
     pub(super) releases: Option<RawReleases>,
+    pub(super) logs: Option<RawLogs>,
+}
+
+/// A size written as a number of bytes or with a binary unit: `10MiB`,
+/// `512K`, `1G` (K, M and G count 1024s).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ByteSize(pub(super) u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Bytes(n) => Ok(ByteSize(n)),
+            Written::Text(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parse `10MiB`, `10M`, `512 KiB`, `1G`, `4096` (bytes).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let unit = unit.trim();
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if scale > 0 => n
+            .checked_mul(scale)
+            .ok_or_else(|| format!("size {s:?} is too large")),
+        _ => Err(format!(
+            "invalid size {s:?}; expected a number of bytes or one with KiB, MiB or GiB, like \"10MiB\""
+        )),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLogs {
+    pub(super) max_size: Option<Spanned<ByteSize>>,
+    pub(super) keep: Option<Spanned<u32>>,
+    pub(super) timestamps: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

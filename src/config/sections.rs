@@ -8,8 +8,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::parse::Source;
-use super::raw::{RawHealth, RawKeeper, RawMaintenance, RawNginx, RawReleases, RawStop};
-use super::{Health, Keeper, Maintenance, Nginx, NginxMode, Releases, Stop};
+use super::raw::{RawHealth, RawKeeper, RawLogs, RawMaintenance, RawNginx, RawReleases, RawStop};
+use super::{Health, Keeper, LogPolicy, Maintenance, Nginx, NginxMode, Releases, Stop};
 use crate::error::Result;
 use crate::signals::parse_signal;
 
@@ -92,6 +92,41 @@ impl Source<'_> {
                 }
                 Some(k) => k.into_inner(),
             },
+        })
+    }
+
+    pub(super) fn logs(&self, l: RawLogs) -> Result<LogPolicy> {
+        let defaults = LogPolicy::DEFAULT;
+        const MIN: u64 = 1 << 20;
+        const MAX: u64 = 64 << 30;
+        Ok(LogPolicy {
+            max_size: match l.max_size {
+                None => defaults.max_size,
+                Some(m) if !(MIN..=MAX).contains(&m.get_ref().0) => {
+                    return Err(self.at(
+                        Some(m.span()),
+                        format!("logs.max_size = {} bytes is out of bounds: take 1MiB to 64GiB per file", m.get_ref().0),
+                    ))
+                }
+                Some(m) => m.into_inner().0,
+            },
+            keep: match l.keep {
+                None => defaults.keep,
+                Some(k) if *k.get_ref() == 0 => {
+                    return Err(self.at(
+                        Some(k.span()),
+                        "logs.keep = 0 would throw the whole log away each time it reaches logs.max_size; keep 1 to 100 rotated files".into(),
+                    ))
+                }
+                Some(k) if *k.get_ref() > 100 => {
+                    return Err(self.at(
+                        Some(k.span()),
+                        format!("logs.keep = {} is out of bounds: keep 1 to 100 rotated files (raise logs.max_size for more)", k.get_ref()),
+                    ))
+                }
+                Some(k) => k.into_inner(),
+            },
+            timestamps: l.timestamps.unwrap_or(defaults.timestamps),
         })
     }
 

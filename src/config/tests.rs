@@ -377,3 +377,52 @@ fn keepalive_and_maintenance_keys_are_checked() {
         .to_string();
     assert!(e.contains("maintenance.retry_after"), "{e}");
 }
+
+#[test]
+fn logs_keys_take_sizes_with_units_and_refuse_what_cannot_cap() {
+    let c = parse("name = \"s\"\nstart = \"x\"\n").unwrap();
+    assert_eq!(c.logs, super::LogPolicy::DEFAULT);
+    assert_eq!(c.logs.max_size, 10 << 20);
+    let c = parse(
+        "name = \"s\"\nstart = \"x\"\n[logs]\nmax_size = \"2MiB\"\nkeep = 1\ntimestamps = true\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (c.logs.max_size, c.logs.keep, c.logs.timestamps),
+        (2 << 20, 1, true)
+    );
+    for (written, bytes) in [
+        ("\"1G\"", 1u64 << 30),
+        ("\"512 KiB\"", 512 << 10),
+        ("3000000", 3_000_000),
+    ] {
+        let c = parse(&format!(
+            "name = \"s\"\nstart = \"x\"\n[logs]\nmax_size = {written}\n"
+        ));
+        match c {
+            Ok(c) => assert_eq!(c.logs.max_size, bytes, "{written}"),
+            // 512 KiB is below the smallest cap.
+            Err(e) => assert!(
+                bytes < 1 << 20 && e.to_string().contains("1MiB to 64GiB"),
+                "{e}"
+            ),
+        }
+    }
+    let e = err("name = \"s\"\nstart = \"x\"\n[logs]\nmax_size = \"10 parsecs\"\n");
+    assert!(
+        e.starts_with("/etc/zdd/zdd.toml:4:12: invalid size \"10 parsecs\""),
+        "{e}"
+    );
+    let e = err("name = \"s\"\nstart = \"x\"\n[logs]\nmax_size = 1000\n");
+    assert!(
+        e.contains("logs.max_size = 1000 bytes is out of bounds"),
+        "{e}"
+    );
+    let e = err("name = \"s\"\nstart = \"x\"\n[logs]\nkeep = 0\n");
+    assert!(
+        e.starts_with("/etc/zdd/zdd.toml:4:8: logs.keep = 0 would throw the whole log away"),
+        "{e}"
+    );
+    let e = err("name = \"s\"\nstart = \"x\"\n[logs]\nkept = 3\n");
+    assert!(e.contains("unknown field `kept`"), "{e}");
+}

@@ -419,6 +419,7 @@ impl Run<'_> {
                 stop: config.stop.with(),
                 armed,
                 rollback,
+                log_policy: config.logs,
             };
             keeper::spawn(&spec, &keep)?
         };

@@ -1,7 +1,10 @@
 //! The keeper: one small process per running slot or named process — zdd
 //! itself, re-executed as `zdd keep` (hidden) — that outlives the zdd run.
 //! It leads the app's process group, starts the app in it, and waits for
-//! it without polling (`sigtimedwait` on blocked signals). When the app
+//! it without polling (a signalfd of blocked signals, polled with the
+//! app's output). The app's stdout and stderr are a pipe that the keeper
+//! writes to `ROOT/logs/NAME.log`, rotated by rename at `logs.max_size`
+//! (`logfile`; daemontools' multilog, runit's svlogd). When the app
 //! exits on its own it starts it again: at once, then after a delay that
 //! doubles from 100 ms to 30 s, reset after 10 s up (Docker's rule). The
 //! group's stop signal (a deploy, a rollback, `zdd stop`) reaches the app as
@@ -16,10 +19,16 @@
 //! a deploy) starts it again. What `status` shows is written, atomically,
 //! to `ROOT/run/NAME.keeper`.
 //!
-//! `mod.rs` holds what zdd calls (the command line it writes, [`spawn`],
-//! [`arm`]); `supervise` is the keeper process itself, `sigwait` its
-//! signal plumbing, `status` the file it writes and what zdd makes of it.
+//! `mod.rs` holds what zdd calls (the command line it writes, [`spawn`]);
+//! `protocol` the two signals zdd sends a keeper ([`arm`],
+//! [`notify_stop`]); `machine` the keeper as a pure state machine,
+//! `supervise` the process that runs it, `sigwait` its signal plumbing,
+//! `logfile` the log it writes, `status` the file it writes and what zdd
+//! makes of it.
 
+mod logfile;
+mod machine;
+mod protocol;
 mod reap;
 mod sigwait;
 mod status;
@@ -30,11 +39,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use nix::libc;
 use nix::sys::signal::Signal;
 
 use crate::process::{Spec, Started, StopWith};
 
+pub use logfile::{rotated_path, times_path, LogPolicy};
+pub use protocol::{arm, notify_stop};
 pub use status::{fold_restarts, read_status, unrecorded, KeeperStatus};
 pub use supervise::run;
 
@@ -49,6 +59,8 @@ pub struct KeepArgs {
     pub root: PathBuf,
     /// The app's log (the keeper's marker lines go there too).
     pub log: PathBuf,
+    /// How the keeper caps and stamps it.
+    pub log_policy: LogPolicy,
     /// The app's stop signal.
     pub stop_signal: Signal,
     /// How long the app has to stop (a stop sent to the keeper alone is
@@ -77,6 +89,10 @@ impl KeepArgs {
             self.root.clone().into(),
             "--log".into(),
             self.log.clone().into(),
+            "--log-max-size".into(),
+            self.log_policy.max_size.to_string().into(),
+            "--log-keep".into(),
+            self.log_policy.keep.to_string().into(),
             "--stop-signal".into(),
             self.stop_signal.as_str().into(),
             "--stop-timeout-ms".into(),
@@ -84,6 +100,9 @@ impl KeepArgs {
         ];
         if self.armed {
             a.push("--armed".into());
+        }
+        if self.log_policy.timestamps {
+            a.push("--log-timestamps".into());
         }
         if let Some(user) = &self.run_as {
             a.extend(["--run-as".into(), user.into()]);
@@ -114,6 +133,8 @@ impl KeepArgs {
             (false, None, None, None, None);
         let mut cgroup = None;
         let mut script = None;
+        // A keeper started by an earlier zdd has no log flags: the defaults.
+        let mut log_policy = LogPolicy::DEFAULT;
         while let Some(arg) = it.next() {
             let arg = arg.to_str().ok_or("arguments must be UTF-8")?;
             if arg == "--" {
@@ -122,6 +143,10 @@ impl KeepArgs {
             }
             if arg == "--armed" {
                 armed = true;
+                continue;
+            }
+            if arg == "--log-timestamps" {
+                log_policy.timestamps = true;
                 continue;
             }
             let value = it.next().ok_or(format!("{arg} needs a value"))?;
@@ -135,6 +160,10 @@ impl KeepArgs {
                 "--name" => name = Some(text()?),
                 "--root" => root = Some(PathBuf::from(value)),
                 "--log" => log = Some(PathBuf::from(value)),
+                "--log-max-size" => {
+                    log_policy.max_size = text()?.parse().map_err(|_| "bad size")?
+                }
+                "--log-keep" => log_policy.keep = text()?.parse().map_err(|_| "bad count")?,
                 "--stop-signal" => stop = Some(crate::signals::parse_signal(&text()?)?),
                 "--stop-timeout-ms" => {
                     stop_timeout = Some(Duration::from_millis(
@@ -173,6 +202,7 @@ impl KeepArgs {
             name,
             root,
             log: log.ok_or_else(|| missing("--log"))?,
+            log_policy,
             stop_signal: stop.ok_or_else(|| missing("--stop-signal"))?,
             stop_timeout: stop_timeout.ok_or_else(|| missing("--stop-timeout-ms"))?,
             armed,
@@ -200,6 +230,8 @@ pub struct Keep<'a> {
     /// Roll back after this many exits within this long of arming, with
     /// this config file.
     pub rollback: Option<(u32, Duration, &'a Path)>,
+    /// How the keeper caps and stamps the app's log.
+    pub log_policy: LogPolicy,
 }
 
 /// Start the app under its keeper (`zdd keep`, zdd itself): the keeper
@@ -214,6 +246,7 @@ pub fn spawn(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
         name: keep.name.to_string(),
         root: keep.root.to_path_buf(),
         log: spec.log.to_path_buf(),
+        log_policy: keep.log_policy,
         stop_signal: keep.stop.signal,
         stop_timeout: keep.stop.timeout,
         armed: keep.armed,
@@ -231,16 +264,6 @@ pub fn spawn(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
     crate::process::identify(cmd.spawn()?, cgroup)
 }
 
-/// The signal zdd sends the keeper (alone, never the group) to arm it.
-pub fn arm_signal() -> libc::c_int {
-    libc::SIGRTMIN()
-}
-
-/// Arm the keeper `pid`: from now on it restarts the app.
-pub fn arm(pid: i32) -> std::io::Result<()> {
-    crate::signals::send_number(pid, arm_signal())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +276,11 @@ mod tests {
             name: "a".into(),
             root: "/srv/zdd root".into(),
             log: "/srv/zdd root/logs/a.log".into(),
+            log_policy: LogPolicy {
+                max_size: 1 << 20,
+                keep: 2,
+                timestamps: true,
+            },
             stop_signal: Signal::SIGQUIT,
             stop_timeout: Duration::from_secs(30),
             armed: true,
@@ -264,6 +292,7 @@ mod tests {
         assert_eq!(KeepArgs::from_args(&args.to_args()).unwrap(), args);
         let plain = KeepArgs {
             armed: false,
+            log_policy: LogPolicy::DEFAULT,
             run_as: None,
             cgroup: None,
             rollback: None,

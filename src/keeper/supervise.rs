@@ -1,53 +1,48 @@
-//! The keeper process (`zdd keep`): start the app, wait for signals
-//! without polling, start it again when it exits on its own (backing off)
-//! while it is still wanted, pass a stop on, and ask for a rollback when it
-//! crash-loops once armed.
+//! The keeper process (`zdd keep`): the effects around the pure
+//! `machine`. It waits for signals and the app's output without polling,
+//! copies the output to the log (`logfile`), feeds what it sees to the
+//! machine as events and carries out the actions it gets back: start the
+//! app, stop what it left, pass a stop on, ask for a rollback, write the
+//! status file, end.
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::libc;
 
+use super::logfile::LogFile;
+use super::machine::{Action, End, Event, Machine, RollbackPolicy};
+use super::protocol::{arm_signal, stop_notice_signal};
 use super::reap;
-use super::sigwait::{block, unblock_all, wait, watched_signals};
+use super::sigwait::{block, unblock_all, watched_signals, Signals, Woke};
 use super::status::{status_path, KeeperStatus};
-use super::{arm_signal, KeepArgs};
+use super::KeepArgs;
 use crate::fsutil;
 use crate::process::{fence, Spec};
-use crate::text::fmt_ms;
 use crate::text::now;
 use crate::user::RunAs;
-
-/// The delay before the next start after an exit: 0 for the first, then
-/// 100 ms doubling to 30 s; `reset` (10 s up) starts the series again.
-pub fn next_delay(previous: Option<Duration>, reset: bool) -> Duration {
-    match previous {
-        _ if reset => Duration::ZERO,
-        None => Duration::ZERO,
-        Some(d) if d.is_zero() => Duration::from_millis(100),
-        Some(d) => (d * 2).min(Duration::from_secs(30)),
-    }
-}
-
-/// How long an app must run for the delay to start over.
-const RESET_AFTER: Duration = Duration::from_secs(10);
 
 /// How long a keeper may wait for zdd to record it (zdd records a keeper
 /// right after it starts it, within milliseconds) before it takes a
 /// missing record for one that is gone.
 const RECORD_GRACE: Duration = Duration::from_secs(10);
 
+/// How much the keeper reads from the pipe at a time, and at most per
+/// wake-up while the app runs (then it looks at its signals again).
+const CHUNK: usize = 64 * 1024;
+const READS_PER_WAKE: usize = 16;
+
 /// `zdd keep ARGS...`: keep the app running; returns the exit code.
 pub fn run(args: &[OsString]) -> i32 {
     let args = match KeepArgs::from_args(args) {
         Ok(a) => a,
         Err(e) => {
-            say(&format!("zdd keep: {e} (zdd starts keepers itself)"));
+            say_early(&format!("zdd keep: {e} (zdd starts keepers itself)"));
             return 2;
         }
     };
@@ -55,199 +50,235 @@ pub fn run(args: &[OsString]) -> i32 {
         None => None,
         Some(Ok(u)) => Some(u),
         Some(Err(e)) => {
-            say(&format!("cannot run the app as {e}"));
+            say_early(&format!("cannot run the app as {e}"));
             return 1;
         }
     };
+    let watched = watched_signals(args.stop_signal);
+    block(&watched);
+    let (signals, (pipe_read, pipe_write)) =
+        match Signals::new(&watched).and_then(|s| Ok((s, log_pipe()?))) {
+            Ok(both) => both,
+            Err(e) => {
+                say_early(&format!("cannot set up the keeper: {e}"));
+                return 1;
+            }
+        };
+    let mut log = LogFile::new(&args.log, args.log_policy);
+    // From now on the keeper writes only through `log`: its own stdout and
+    // stderr (the log file as zdd opened it) would hold a rotated file open.
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 2);
+    }
     // Orphans among the app's descendants become the keeper's children:
     // it sees, reaps and stops all of them.
     if let Err(e) = fence::become_subreaper() {
-        say(&format!(
+        log.say(&line(&format!(
             "cannot become the subreaper of the app's processes: {e}"
-        ));
+        )));
     }
-    let watched = watched_signals(args.stop_signal);
-    block(&watched);
     let me = std::process::id() as i32;
+    let status = KeeperStatus {
+        keeper_pid: me,
+        keeper_start_time: crate::process::read_stat(me).map_or(0, |st| st.start_time),
+        boot_id: crate::process::boot_id(),
+        ..KeeperStatus::default()
+    };
+    let rollback = args
+        .rollback
+        .as_ref()
+        .map(|(after, within, _)| RollbackPolicy {
+            after: *after,
+            within: *within,
+        });
     let mut keeper = Keeper {
-        status: KeeperStatus {
-            keeper_pid: me,
-            keeper_start_time: crate::process::read_stat(me).map_or(0, |st| st.start_time),
-            boot_id: crate::process::boot_id(),
-            ..KeeperStatus::default()
-        },
-        armed_at: None,
-        exits_in_window: 0,
+        machine: Machine::new(status, rollback, args.stop_timeout),
         rollback_pid: None,
         run_as,
         born: Instant::now(),
         record_seen: false,
+        log,
+        pipe_read,
+        pipe_write,
         args,
     };
     if keeper.args.armed {
-        keeper.arm();
+        if let Some(code) = keeper.feed(Event::Arm) {
+            return code;
+        }
     }
-    keeper.supervise(&watched)
+    keeper.supervise(&signals)
+}
+
+/// The app's stdout and stderr: a pipe the keeper reads (nonblocking) and
+/// writes to the log. Both ends close on exec; the app gets its copies as
+/// descriptors 1 and 2. A bigger buffer (1 MiB where the system allows)
+/// rides out a slow disk.
+fn log_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        read.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    // SAFETY: fcntl on a descriptor this function owns.
+    unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    Ok((read, write))
 }
 
 struct Keeper {
     args: KeepArgs,
     run_as: Option<RunAs>,
-    status: KeeperStatus,
-    armed_at: Option<Instant>,
-    /// How often the app exited on its own within the rollback window
-    /// after arming.
-    exits_in_window: u32,
+    machine: Machine,
     /// The `zdd rollback` it started, until reaped.
     rollback_pid: Option<i32>,
     /// When the keeper started, and whether it has seen zdd's record of it.
     born: Instant,
     record_seen: bool,
+    log: LogFile,
+    pipe_read: OwnedFd,
+    /// Kept open, so that the app's writes never fail while the keeper
+    /// lives (and never block: the keeper reads all the time).
+    pipe_write: OwnedFd,
 }
 
 impl Keeper {
-    fn arm(&mut self) {
-        self.armed_at = Some(Instant::now());
-        self.status.armed_at = Some(now());
-        self.save();
-    }
-
-    fn supervise(&mut self, watched: &libc::sigset_t) -> i32 {
-        let mut app: Option<(i32, Instant)> = None;
-        let mut restart_at = Some(Instant::now());
-        let mut delay: Option<Duration> = None;
-        // Since when it stops, and whether it passed the stop on itself.
-        let mut stopping: Option<Instant> = None;
-        let mut forwarded = false;
+    fn supervise(&mut self, signals: &Signals) -> i32 {
         loop {
-            if stopping.is_none() && restart_at.is_some_and(|at| at <= Instant::now()) {
-                restart_at = None;
-                // A restart, not the first start: is the app still wanted?
-                if let Some(why) = delay.and_then(|_| self.unwanted()) {
-                    say(&format!("{why}; not starting the app again"));
-                    self.save();
-                    return 0;
-                }
-                match self.start() {
-                    Ok(pid) => {
-                        self.status.app_pid = Some(pid);
-                        self.status.app_started_at = Some(now());
-                        self.status.backoff_ms = None;
-                        self.save();
-                        app = Some((pid, Instant::now()));
-                    }
-                    Err(e) if self.armed_at.is_none() => {
-                        say(&format!("cannot start the app: {e}"));
-                        return 1;
-                    }
-                    Err(e) => {
-                        // As if it had exited at once: back off, never spin.
-                        let wait = next_delay(delay, false).max(Duration::from_millis(100));
-                        delay = Some(wait);
-                        say(&format!(
-                            "cannot start the app: {e}; trying again in {}",
-                            fmt_ms(wait.as_millis() as u64)
-                        ));
-                        self.status.last_exit = Some(format!("cannot start: {e}"));
-                        self.status.last_exit_at = Some(now());
-                        self.status.backoff_ms = Some(wait.as_millis() as u64);
-                        self.save();
-                        restart_at = Some(Instant::now() + wait);
-                    }
-                }
-            }
-            // Wake for a signal, a restart that is due, or a stop to pass on.
-            let forward_at = stopping
-                .filter(|_| !forwarded)
-                .map(|since| since + self.args.stop_timeout);
-            let deadline = match (restart_at.filter(|_| stopping.is_none()), forward_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
+            let now = Instant::now();
+            let timeout = self
+                .machine
+                .deadline(now)
+                .map(|at| at.saturating_duration_since(now));
+            let woke = match timeout {
+                Some(t) if t.is_zero() => Woke {
+                    signals: Vec::new(),
+                    pipe: false,
+                },
+                _ => signals.wait(Some(self.pipe_read.as_raw_fd()), timeout),
             };
-            let timeout = deadline.map(|at| at.saturating_duration_since(Instant::now()));
-            // Every signal that waits, not only the first: sigtimedwait hands
-            // out the lowest number first, and a stop or an arm that came
-            // with a child's exit must win over SIGCHLD (17).
-            let mut signals: Vec<libc::c_int> = wait(watched, timeout).into_iter().collect();
-            while let Some(more) = wait(watched, Some(Duration::ZERO)) {
-                signals.push(more);
-            }
+            // Every signal that waited, not only the first: a stop or an
+            // arm that came with a child's exit must win over SIGCHLD (17).
+            let mut events = Vec::new();
             let mut child_event = false;
-            for sig in signals {
+            for sig in woke.signals {
                 match sig {
                     libc::SIGCHLD => child_event = true,
-                    s if s == arm_signal() && self.armed_at.is_none() => self.arm(),
-                    s if stopping.is_none()
-                        && (s == crate::process::stop_notice_signal()
-                            || s == self.args.stop_signal as i32
-                            || s == libc::SIGTERM
-                            || s == libc::SIGINT) =>
+                    s if s == arm_signal() => events.push(Event::Arm),
+                    s if s == stop_notice_signal()
+                        || s == self.args.stop_signal as i32
+                        || s == libc::SIGTERM
+                        || s == libc::SIGINT =>
                     {
-                        stopping = Some(Instant::now());
-                        self.status.stopping = true;
-                        self.status.backoff_ms = None;
-                        self.save();
+                        events.push(Event::Stop)
                     }
                     _ => {} // meant for the app, which has it too
                 }
             }
-            let mut exited = None;
+            // What the app wrote before it exited goes before the line
+            // that says it exited.
+            if woke.pipe || child_event {
+                self.drain(if child_event {
+                    usize::MAX
+                } else {
+                    READS_PER_WAKE
+                });
+            }
             if child_event {
                 for child in reap::reap_all() {
-                    match app {
-                        Some((pid, started)) if pid == child.pid => {
-                            exited = Some((child.status, started.elapsed()));
-                        }
-                        _ if Some(child.pid) == self.rollback_pid => {
-                            self.rollback_ended(child.status)
-                        }
-                        _ => {} // an orphan handed to the keeper, reaped
+                    if Some(child.pid) == self.rollback_pid {
+                        self.rollback_ended(child.status);
+                    } else {
+                        events.push(Event::Exited {
+                            pid: child.pid,
+                            status: child.status,
+                        });
                     }
                 }
             }
-            if let Some((status, up)) = exited {
-                app = None;
-                self.status.app_pid = None;
-                if let Some(since) = stopping {
-                    return self.end_stop(Some(status), since);
+            events.push(Event::Due);
+            for event in events {
+                if let Some(code) = self.feed(event) {
+                    return code;
                 }
-                if self.armed_at.is_none() {
-                    // Probation: zdd is watching; it decides. Nothing the
-                    // app started outlives it.
-                    self.clear_remnants();
-                    self.save();
-                    exit_like(status);
-                }
-                self.clear_remnants();
-                let wait = next_delay(delay, up >= RESET_AFTER);
-                delay = Some(wait);
-                self.exited(status, up, wait);
-                restart_at = Some(Instant::now() + wait);
             }
-            if let Some(since) = stopping {
-                if app.is_none() {
-                    return self.end_stop(None, since);
-                }
-                // A stop that came to the keeper alone (not to the group)
-                // never reached the app: pass it on, once, after the time
-                // the app would have had to finish. Sooner would stop an
-                // app that got it from the group twice.
-                if !forwarded && since.elapsed() >= self.args.stop_timeout {
-                    forwarded = true;
-                    say(&format!(
-                        "the app still runs {} after the stop: sending it {}",
-                        humantime::format_duration(self.args.stop_timeout),
-                        self.args.stop_signal
-                    ));
-                    let _ = nix::sys::signal::killpg(nix::unistd::getpgrp(), self.args.stop_signal);
-                    for (pid, start) in reap::descendants(self.rollback_pid) {
-                        if crate::process::read_stat(pid)
-                            .is_some_and(|st| st.pgrp != nix::unistd::getpgrp().as_raw())
-                        {
-                            fence::signal_exact(pid, start, self.args.stop_signal as i32);
-                        }
+        }
+    }
+
+    /// Step the machine with `event` and carry out its actions (and those
+    /// of the events they lead to); `Some` when the keeper is to end.
+    fn feed(&mut self, event: Event) -> Option<i32> {
+        let mut queue = std::collections::VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            for action in self.machine.step(event, Instant::now(), &now()) {
+                match action {
+                    Action::Start { restart } => {
+                        let unwanted = if restart { self.unwanted() } else { None };
+                        queue.push_back(match unwanted {
+                            Some(why) => Event::Unwanted { why },
+                            None => match self.start() {
+                                Ok(pid) => Event::Started { pid },
+                                Err(e) => Event::StartFailed {
+                                    error: e.to_string(),
+                                },
+                            },
+                        });
                     }
+                    Action::Say(text) => self.say(&text),
+                    Action::Save => self.save(),
+                    Action::ClearRemnants => self.clear_remnants(),
+                    Action::ForwardStop => self.forward_stop(),
+                    Action::RollBack { reason, within } => self.roll_back(&reason, within),
+                    Action::Exit(end) => return Some(self.end(end)),
                 }
+            }
+        }
+        None
+    }
+
+    /// Copy what waits in the pipe to the log: at most `reads` chunks.
+    fn drain(&mut self, reads: usize) {
+        let mut buf = vec![0u8; CHUNK];
+        for _ in 0..reads {
+            match nix::unistd::read(self.pipe_read.as_raw_fd(), &mut buf) {
+                Ok(0) => return,
+                Ok(n) => self.log.write(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return, // EAGAIN: nothing more for now
+            }
+        }
+    }
+
+    /// The keeper ends: the way `end` says, with everything written.
+    fn end(&mut self, end: End) -> i32 {
+        let code = match end {
+            End::Code(code) => code,
+            End::Stopped { status, since } => self.end_stop(status, since),
+            End::Like(status) => {
+                self.drain(usize::MAX);
+                self.log.finish();
+                exit_like(status)
+            }
+        };
+        self.drain(usize::MAX);
+        self.log.finish();
+        code
+    }
+
+    /// Pass a stop that came to the keeper alone on to the group, and to
+    /// the app's processes that left it.
+    fn forward_stop(&mut self) {
+        self.say(&format!(
+            "the app still runs {} after the stop: sending it {}",
+            humantime::format_duration(self.args.stop_timeout),
+            self.args.stop_signal
+        ));
+        let _ = nix::sys::signal::killpg(nix::unistd::getpgrp(), self.args.stop_signal);
+        for (pid, start) in reap::descendants(self.rollback_pid) {
+            if crate::process::read_stat(pid)
+                .is_some_and(|st| st.pgrp != nix::unistd::getpgrp().as_raw())
+            {
+                fence::signal_exact(pid, start, self.args.stop_signal as i32);
             }
         }
     }
@@ -256,6 +287,7 @@ impl Keeper {
     /// wait for what outlived it until the stop timeout, then kill it; say
     /// what there was, and end.
     fn end_stop(&mut self, status: Option<ExitStatus>, since: Instant) -> i32 {
+        self.drain(usize::MAX);
         let deadline = since + self.args.stop_timeout;
         let cgroup = self.args.cgroup.clone();
         let mut reaped = Vec::new();
@@ -264,16 +296,16 @@ impl Keeper {
         });
         self.reaped_meanwhile(reaped);
         match status {
-            Some(status) => say(&format!("the app stopped ({status})")),
-            None => say("stopped while the app was not running"),
+            Some(status) => self.say(&format!("the app stopped ({status})")),
+            None => self.say("stopped while the app was not running"),
         }
         if !left.is_empty() {
-            say(&format!(
+            self.say(&format!(
                 "the app left {} process(es) running, stopped with it: {}",
                 left.len(),
                 left.join(", ")
             ));
-            self.status.outlived = left;
+            self.machine.status.outlived = left;
         }
         self.save();
         0
@@ -298,7 +330,7 @@ impl Keeper {
                     "zdd's record of {} ({}) does not name this keeper (pid {}): it was stopped or replaced behind its back",
                     self.what(),
                     self.record_path().display(),
-                    self.status.keeper_pid
+                    self.machine.status.keeper_pid
                 ))
             }
             // Not recorded yet, or unreadable for now: go on.
@@ -344,7 +376,7 @@ impl Keeper {
             None => value.get("process").cloned(),
         };
         let pid = process.and_then(|p| p.get("pid")?.as_integer());
-        Some(pid == Some(i64::from(self.status.keeper_pid)))
+        Some(pid == Some(i64::from(self.machine.status.keeper_pid)))
     }
 
     /// The app's main process is gone; anything it left (a worker holding
@@ -360,7 +392,7 @@ impl Keeper {
         );
         self.reaped_meanwhile(reaped);
         if !left.is_empty() {
-            say(&format!(
+            self.say(&format!(
                 "the app left {} process(es) ({}); killed them",
                 left.len(),
                 left.join(", ")
@@ -383,11 +415,11 @@ impl Keeper {
         self.rollback_pid = None;
         let what = status.to_string();
         if !status.success() {
-            say(&format!(
+            self.say(&format!(
                 "zdd rollback ended with {what}; see the lines above"
             ));
         }
-        self.status.rollback_exit = Some(what);
+        self.machine.status.rollback_exit = Some(what);
         self.save();
     }
 
@@ -437,6 +469,10 @@ impl Keeper {
             });
         }
         let mut cmd = spec.around(sh, false)?;
+        // Its output goes through the keeper, which writes and rotates the
+        // log.
+        cmd.stdout(self.pipe_write.try_clone()?)
+            .stderr(self.pipe_write.try_clone()?);
         if let Some(user) = self.run_as.as_ref() {
             crate::process::become_user(&mut cmd, user);
         }
@@ -464,14 +500,14 @@ impl Keeper {
 
     /// The app as [`fence::spawn_in_cgroup`] starts it: `sh -c SCRIPT` in
     /// the keeper's folder with the keeper's environment (zdd gave it the
-    /// app's), stdin from /dev/null, output to the log, as its user; with
-    /// the files it names by descriptor.
-    fn exec(&self) -> std::io::Result<(fence::Exec, [std::fs::File; 2])> {
+    /// app's), stdin from /dev/null, output to the keeper's pipe, as its
+    /// user; with the file it names by descriptor.
+    fn exec(&self) -> std::io::Result<(fence::Exec, std::fs::File)> {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
         let c = |b: &[u8]| CString::new(b).map_err(|_| std::io::Error::other("a NUL byte"));
         let null = std::fs::File::open("/dev/null")?;
-        let log = crate::process::open_log(&self.args.log)?;
+        let out = self.pipe_write.as_raw_fd();
         let exec = fence::Exec {
             program: c(b"/bin/sh")?,
             argv: vec![c(b"/bin/sh")?, c(b"-c")?, c(self.args.script.as_bytes())?],
@@ -484,7 +520,7 @@ impl Keeper {
                 })
                 .collect(),
             dir: c(std::env::current_dir()?.as_os_str().as_bytes())?,
-            stdio: [null.as_raw_fd(), log.as_raw_fd(), log.as_raw_fd()],
+            stdio: [null.as_raw_fd(), out, out],
             user: self
                 .run_as
                 .as_ref()
@@ -492,53 +528,15 @@ impl Keeper {
             death_signal: self.args.stop_signal as libc::c_int,
             parent: std::process::id() as libc::pid_t,
         };
-        Ok((exec, [null, log]))
-    }
-
-    /// The app exited on its own: say so, count it, and maybe ask for a
-    /// rollback.
-    fn exited(&mut self, status: ExitStatus, up: Duration, wait: Duration) {
-        let what = status.to_string();
-        self.status.restarts += 1;
-        self.status.last_exit = Some(what.clone());
-        self.status.last_exit_at = Some(now());
-        self.status.backoff_ms = Some(wait.as_millis() as u64);
-        say(&format!(
-            "the app exited on its own ({what}) after {} up; starting it again {}",
-            fmt_ms(up.as_millis() as u64),
-            if wait.is_zero() {
-                "at once".to_string()
-            } else {
-                format!("in {}", fmt_ms(wait.as_millis() as u64))
-            }
-        ));
-        // Only exits inside the window count, and only until it asked once.
-        if let (Some((after, within, config)), Some(armed), None) = (
-            self.args.rollback.clone(),
-            self.armed_at,
-            &self.status.rollback,
-        ) {
-            let since_swap = armed.elapsed();
-            if since_swap <= within {
-                self.exits_in_window += 1;
-            }
-            if after > 0 && self.exits_in_window >= after {
-                let reason = format!(
-                    "exited {} times in {} after its swap; last: {what}",
-                    self.exits_in_window,
-                    humantime::format_duration(Duration::from_secs(since_swap.as_secs()))
-                );
-                self.roll_back(&reason, within, &config);
-            }
-        }
-        self.save();
+        Ok((exec, null))
     }
 
     /// Ask for the rollback, once: `zdd rollback --wait`, in its own group
     /// (it stops this keeper's group), output to the log.
-    fn roll_back(&mut self, reason: &str, within: Duration, config: &Path) {
-        self.status.rollback = Some(reason.to_string());
-        say(&format!("rolling back: the release {reason}"));
+    fn roll_back(&mut self, reason: &str, within: Duration) {
+        let Some((_, _, config)) = &self.args.rollback else {
+            return;
+        };
         let exe = zdd_exe();
         let log = crate::process::open_log(&self.args.log);
         let mut cmd = Command::new(exe);
@@ -554,7 +552,7 @@ impl Keeper {
             // lock too: it is in the keeper's session.)
             .arg(format!(
                 "--if-live={}:{}",
-                self.args.name, self.status.keeper_pid
+                self.args.name, self.machine.status.keeper_pid
             ));
         cmd.stdin(Stdio::null()).process_group(0);
         // It runs as root: none of the app's environment (the keeper holds
@@ -584,12 +582,17 @@ impl Keeper {
         match cmd.spawn() {
             // Not waited for here: reaped on its SIGCHLD.
             Ok(child) => self.rollback_pid = Some(child.id() as i32),
-            Err(e) => say(&format!("cannot run zdd rollback: {e}")),
+            Err(e) => self.say(&format!("cannot run zdd rollback: {e}")),
         }
     }
 
+    /// One of the keeper's lines in the log.
+    fn say(&mut self, text: &str) {
+        self.log.say(&line(text));
+    }
+
     fn save(&self) {
-        let text = toml::to_string(&self.status).expect("keeper status serializes");
+        let text = toml::to_string(&self.machine.status).expect("keeper status serializes");
         let path = status_path(&self.args.root, &self.args.name);
         let _ = fsutil::write_atomic(&path, text.as_bytes(), 0o600);
     }
@@ -621,37 +624,13 @@ fn exit_like(status: ExitStatus) -> ! {
     std::process::exit(status.code().unwrap_or(1));
 }
 
-/// One marker line in the log (the keeper's stderr is the app's log).
-fn say(text: &str) {
-    let _ = writeln!(
-        std::io::stderr(),
-        "=== zdd {}: keeper {}: {text}",
-        now(),
-        std::process::id()
-    );
+/// One of the keeper's marker lines.
+fn line(text: &str) -> String {
+    format!("=== zdd {}: keeper {}: {text}", now(), std::process::id())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restart_delays_follow_dockers_rule() {
-        let mut d = None;
-        let mut seen = Vec::new();
-        for _ in 0..12 {
-            let next = next_delay(d, false);
-            seen.push(next.as_millis() as u64);
-            d = Some(next);
-        }
-        assert_eq!(
-            seen,
-            [0, 100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
-        );
-        assert_eq!(
-            next_delay(d, true),
-            Duration::ZERO,
-            "10 s up: at once again"
-        );
-    }
+/// A marker line before the keeper has its log: on its stderr, which zdd
+/// pointed at the log.
+fn say_early(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{}", line(text));
 }

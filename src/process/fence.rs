@@ -268,6 +268,10 @@ unsafe fn child(
     let mut none: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut none);
     libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    // Rust ignores SIGPIPE, and an ignored signal stays ignored across
+    // exec: the app gets the default back, as std's spawn gives it. (A
+    // writer whose reader is gone, its keeper, must die, not spin.)
+    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     for (to, &from) in exec.stdio.iter().enumerate() {
         if libc::dup2(from, to as libc::c_int) < 0 {
             return errno();

@@ -18,7 +18,7 @@ use crate::user::RunAs;
 
 pub use identity::{boot_id, claims, is_keeper, read_stat, user_of, ProcessId, Stat, Table};
 pub use logs::{log_marker, log_path, log_size, open_log, tail_note, tail_note_since};
-pub use stop::{stop_group, stop_group_watched, stop_notice_signal, StopReport, StopWith, Stopped};
+pub use stop::{stop_group, stop_group_watched, StopReport, StopWith, Stopped};
 
 /// What to run and where: shared by the app, the build and hooks.
 pub struct Spec<'a> {

@@ -12,18 +12,7 @@ use nix::unistd::Pid;
 
 use super::identity::{is_keeper, Table};
 use super::{fence, poll_interval, ProcessId};
-
-/// The signal zdd sends a keeper (alone) just before it sends the stop
-/// signal to its group: whatever signal that is, the keeper then knows its
-/// app's exit is no crash (see `keeper`).
-pub fn stop_notice_signal() -> nix::libc::c_int {
-    nix::libc::SIGRTMIN() + 1
-}
-
-/// Tell the keeper `pid` that its group is about to be stopped.
-fn notify_stop(pid: i32) -> std::io::Result<()> {
-    crate::signals::send_number(pid, stop_notice_signal())
-}
+use crate::keeper::notify_stop;
 
 /// How a group is stopped: `signal` to the whole group, then SIGKILL to
 /// it when `timeout` passes. Apps get the configured `stop.signal` and

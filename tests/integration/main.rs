@@ -13,6 +13,7 @@ mod maintenance;
 mod newcomer;
 mod operator;
 mod releases;
+mod rotation;
 mod servers;
 mod steering;
 mod zero_downtime;

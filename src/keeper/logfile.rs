@@ -1,0 +1,430 @@
+//! The app's log as its keeper writes it: what comes through the pipe goes
+//! to `ROOT/logs/NAME.log`, which is rotated by rename at a line boundary
+//! when it would pass `logs.max_size` (`NAME.log.1` is the newest of
+//! `logs.keep` rotated files, as with logrotate), each line optionally
+//! stamped with an RFC 3339 time. Beside each file a times index
+//! (`NAME.log.times`, lines `SECS OFFSET`: where the first byte written in
+//! that second or later starts) lets `zdd logs --since` start in the right
+//! place. Nothing here ever blocks the app: a write that fails (a full disk)
+//! drops its lines, counts them, and one line says how many once a write
+//! works again.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use crate::config::LogPolicy;
+
+/// The times index beside a log file.
+pub fn times_path(log: &Path) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(".times");
+    PathBuf::from(name)
+}
+
+/// The `n`th rotated file of `log` (`NAME.log.1` is the newest).
+pub fn rotated_path(log: &Path, n: u32) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// The log being written.
+pub struct LogFile {
+    path: PathBuf,
+    policy: LogPolicy,
+    file: Option<File>,
+    times: Option<File>,
+    /// The file's size when the chunk being written began, plus what the
+    /// keeper wrote since.
+    size: u64,
+    /// The last byte buffered ended a line.
+    at_line_start: bool,
+    /// The last byte written to the file ended a line.
+    file_ends_line: bool,
+    /// The second of the last index entry.
+    indexed_second: Option<u64>,
+    /// Lines dropped since the last write that worked, and why.
+    lost: u64,
+    lost_why: String,
+    buf: Vec<u8>,
+}
+
+impl LogFile {
+    /// The log at `path`, appended to (opened now, or at the next write
+    /// if it cannot be opened now).
+    pub fn new(path: &Path, policy: LogPolicy) -> LogFile {
+        let mut log = LogFile {
+            path: path.to_path_buf(),
+            policy,
+            file: None,
+            times: None,
+            size: 0,
+            at_line_start: true,
+            file_ends_line: true,
+            indexed_second: None,
+            lost: 0,
+            lost_why: String::new(),
+            buf: Vec::with_capacity(64 * 1024),
+        };
+        log.reopen();
+        log
+    }
+
+    fn reopen(&mut self) {
+        match crate::process::open_log(&self.path) {
+            Ok(f) => {
+                self.size = f.metadata().map_or(0, |m| m.len());
+                self.file = Some(f);
+                self.times = crate::process::open_log(&times_path(&self.path)).ok();
+                self.indexed_second = None;
+            }
+            Err(e) => {
+                self.file = None;
+                self.lost_why = e.to_string();
+            }
+        }
+    }
+
+    /// One of the keeper's own lines.
+    pub fn say(&mut self, line: &str) {
+        let mut text = Vec::with_capacity(line.len() + 2);
+        if !self.at_line_start {
+            text.push(b'\n');
+        }
+        text.extend_from_slice(line.as_bytes());
+        text.push(b'\n');
+        self.write(&text);
+    }
+
+    /// What the app wrote (any bytes; lines may come in pieces).
+    pub fn write(&mut self, mut data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let now = SystemTime::now();
+        match &self.file {
+            None => self.reopen(),
+            // zdd's own marker lines are appended beside the keeper's: the
+            // cap counts them too.
+            Some(f) => {
+                if let Ok(m) = f.metadata() {
+                    self.size = m.len();
+                }
+            }
+        }
+        if self.lost > 0 && self.file.is_some() {
+            self.own_line(&format!(
+                "=== zdd {}: keeper {}: {} line(s) lost: could not write the log ({})",
+                crate::text::now(),
+                std::process::id(),
+                self.lost,
+                self.lost_why
+            ));
+            // Still failing: they stay counted (the note is no app line),
+            // and so do the new ones.
+            let lost = self.lost;
+            if self.flush().is_err() {
+                self.lost = lost;
+                self.drop_lines(data);
+                return;
+            }
+        }
+        let stamp = if self.policy.timestamps {
+            format!("{} ", humantime::format_rfc3339_micros(now))
+        } else {
+            String::new()
+        };
+        self.index(now);
+        let max = self.policy.max_size;
+        while !data.is_empty() {
+            let end = data
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(data.len(), |i| i + 1);
+            let ends_line = data[end - 1] == b'\n';
+            let prefix = if self.at_line_start { stamp.len() } else { 0 };
+            let pending = self.size + self.buf.len() as u64;
+            // Room for the piece, and for a newline if it ends mid-line.
+            let needs = (prefix + end + usize::from(!ends_line)) as u64;
+            if pending + needs > max && pending > 0 && !self.at_line_start {
+                // A line that would cross the cap: end it here.
+                self.buf.push(b'\n');
+                self.at_line_start = true;
+            }
+            if pending + needs > max && pending > 0 {
+                if self.rotate().is_err() {
+                    self.drop_lines(data);
+                    return;
+                }
+                self.index(now);
+                continue;
+            }
+            // A line longer than a whole file is cut at the cap.
+            let take = if pending + needs > max {
+                ((max - pending) as usize)
+                    .saturating_sub(prefix + 1)
+                    .clamp(1, end)
+            } else {
+                end
+            };
+            if self.at_line_start {
+                self.buf.extend_from_slice(stamp.as_bytes());
+            }
+            self.buf.extend_from_slice(&data[..take]);
+            self.at_line_start = data[take - 1] == b'\n';
+            data = &data[take..];
+        }
+        let _ = self.flush();
+    }
+
+    /// A line of the keeper's own, whatever the cap (it is short).
+    fn own_line(&mut self, line: &str) {
+        if !self.at_line_start {
+            self.buf.push(b'\n');
+        }
+        self.buf.extend_from_slice(line.as_bytes());
+        self.buf.push(b'\n');
+        self.at_line_start = true;
+    }
+
+    /// The index entry for the second `now`, once per second.
+    fn index(&mut self, now: SystemTime) {
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if self.indexed_second == Some(second) {
+            return;
+        }
+        if let Some(times) = &mut self.times {
+            let offset = self.size + self.buf.len() as u64;
+            if times
+                .write_all(format!("{second} {offset}\n").as_bytes())
+                .is_ok()
+            {
+                self.indexed_second = Some(second);
+            }
+        }
+    }
+
+    /// Write what is buffered; what cannot be written is counted as lost.
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let mut written = 0;
+        let result = match &mut self.file {
+            None => Err(std::io::Error::other(self.lost_why.clone())),
+            Some(f) => loop {
+                if written == buf.len() {
+                    break Ok(());
+                }
+                match f.write(&buf[written..]) {
+                    Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            },
+        };
+        self.size += written as u64;
+        if written > 0 {
+            self.file_ends_line = buf[written - 1] == b'\n';
+        }
+        match &result {
+            Ok(()) => self.lost = 0,
+            Err(e) => {
+                self.lost_why = e.to_string();
+                self.drop_lines(&buf[written..]);
+                // What follows starts where the file ends.
+                self.at_line_start = self.file_ends_line;
+            }
+        }
+        // The allocation is kept for the next chunk.
+        self.buf = buf;
+        self.buf.clear();
+        result
+    }
+
+    /// Count the lines in `data` as lost.
+    fn drop_lines(&mut self, data: &[u8]) {
+        let lines = data.iter().filter(|&&b| b == b'\n').count() as u64;
+        self.lost += lines.max(1);
+    }
+
+    /// `NAME.log` becomes `NAME.log.1`, `.1` becomes `.2`, … up to
+    /// `keep` (the oldest is replaced), index files with them; a new
+    /// `NAME.log` is started.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        let keep = self.policy.keep.max(1);
+        let both = |p: &Path| [p.to_path_buf(), times_path(p)];
+        for n in (1..keep).rev() {
+            for (from, to) in both(&rotated_path(&self.path, n))
+                .into_iter()
+                .zip(both(&rotated_path(&self.path, n + 1)))
+            {
+                rename_if_there(&from, &to)?;
+            }
+        }
+        for (from, to) in both(&self.path)
+            .into_iter()
+            .zip(both(&rotated_path(&self.path, 1)))
+        {
+            rename_if_there(&from, &to)?;
+        }
+        self.reopen();
+        match self.file {
+            Some(_) => Ok(()),
+            None => Err(std::io::Error::other(self.lost_why.clone())),
+        }
+    }
+
+    /// Write out anything buffered (before the keeper ends).
+    pub fn finish(&mut self) {
+        let _ = self.flush();
+    }
+
+    #[cfg(test)]
+    fn set_file(&mut self, file: File) {
+        self.file = Some(file);
+    }
+}
+
+fn rename_if_there(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max_size: u64, keep: u32) -> LogPolicy {
+        LogPolicy {
+            max_size,
+            keep,
+            timestamps: false,
+        }
+    }
+
+    /// Every file of the log, oldest first.
+    fn files(log: &Path, keep: u32) -> Vec<String> {
+        let mut all: Vec<PathBuf> = (1..=keep).rev().map(|n| rotated_path(log, n)).collect();
+        all.push(log.to_path_buf());
+        all.iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect()
+    }
+
+    #[test]
+    fn lines_arrive_whole_and_in_order_across_rotations_and_the_cap_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut log = LogFile::new(&path, policy(4096, 3));
+        // Lines in pieces of awkward sizes, as a pipe hands them out.
+        let text: String = (0..2000)
+            .map(|i| format!("line {i:05} {}\n", "x".repeat(i % 50)))
+            .collect();
+        for piece in text.as_bytes().chunks(777) {
+            log.write(piece);
+        }
+        log.finish();
+        let kept = files(&path, 3);
+        assert_eq!(kept.len(), 4, "the current file and 3 rotated ones");
+        for f in &kept {
+            assert!(f.len() <= 4096, "a file of {} bytes", f.len());
+            assert!(f.ends_with('\n') || f.is_empty());
+        }
+        let joined = kept.concat();
+        assert!(
+            text.ends_with(&joined),
+            "the newest lines, in order, unbroken"
+        );
+        assert!(
+            joined.len() > 3 * 4096 - 200,
+            "rotated near the cap: {}",
+            joined.len()
+        );
+        assert!(!path.with_extension("log.4").exists());
+    }
+
+    #[test]
+    fn a_line_longer_than_a_file_is_cut_and_still_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut log = LogFile::new(&path, policy(1000, 2));
+        let long = "y".repeat(2500);
+        log.write(long.as_bytes());
+        log.write(b"\nnext\n");
+        log.finish();
+        let kept = files(&path, 2);
+        assert!(kept.iter().all(|f| f.len() <= 1000), "{kept:?}");
+        assert!(kept.last().unwrap().ends_with("next\n"));
+    }
+
+    #[test]
+    fn timestamps_start_each_line_and_the_index_points_into_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut log = LogFile::new(
+            &path,
+            LogPolicy {
+                timestamps: true,
+                ..LogPolicy::DEFAULT
+            },
+        );
+        log.write(b"one\ntw");
+        log.write(b"o\nthree\n");
+        log.finish();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        for (line, want) in lines.iter().zip(["one", "two", "three"]) {
+            let (stamp, rest) = line.split_once(' ').unwrap();
+            assert_eq!(rest, want);
+            humantime::parse_rfc3339(stamp).expect("an RFC 3339 time");
+        }
+        let index = std::fs::read_to_string(times_path(&path)).unwrap();
+        let (secs, offset) = index.lines().next().unwrap().split_once(' ').unwrap();
+        assert_eq!(offset, "0");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(now - secs.parse::<u64>().unwrap() < 60);
+    }
+
+    #[test]
+    fn a_full_disk_drops_lines_counts_them_and_says_so_once_space_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut log = LogFile::new(&path, LogPolicy::DEFAULT);
+        log.write(b"before\n");
+        // /dev/full: every write fails with ENOSPC, at once (never blocks).
+        log.set_file(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        );
+        log.write(b"lost 1\nlost 2\n");
+        log.write(b"lost 3\n");
+        assert_eq!(log.lost, 3);
+        // Space again.
+        log.set_file(crate::process::open_log(&path).unwrap());
+        log.write(b"after\n");
+        log.finish();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "before");
+        assert!(
+            lines[1].contains("3 line(s) lost: could not write the log (No space left on device"),
+            "{text}"
+        );
+        assert_eq!(lines[2], "after");
+        assert_eq!(lines.len(), 3);
+    }
+}
