@@ -185,6 +185,47 @@ if command -v npm > /dev/null && [ -z "${NO_NPM:-}" ]; then
   cp "$CONF.before-npm" "$CONF"
 fi
 
+# --- the log pipe: a `zdd start` process whose app writes 10 MB/s of
+# 100-byte lines for 10 s (each line carries the time it was written);
+# the keeper stamps each line with the time it read it (logs.timestamps):
+# its CPU and peak RSS meanwhile, and the latency the pipe adds to a line
+LOGB=$B/logbench; mkdir -p "$LOGB/app"; echo logbench > "$LOGB/app/VERSION"
+cat > "$LOGB/app/writer.py" <<'PY'
+import sys, time
+out, per, end = sys.stdout.buffer, 1000, time.time() + 10   # 1000 lines per 10 ms
+while time.time() < end:
+    t = time.time()
+    stamp = b"%.6f " % t
+    out.write((stamp + b"x" * (99 - len(stamp)) + b"\n") * per)
+    out.flush()
+    time.sleep(max(0.0, 0.01 - (time.time() - t)))
+PY
+printf 'name = "logbench"\nroot = "%s"\nstart = "x"\n[logs]\ntimestamps = true\n' "$LOGB/state" > "$LOGB/zdd.toml"
+LOG_PORT=$(free_port)
+"$ZDD" -q -c "$LOGB/zdd.toml" start logbench "$LOGB/app" "$LOG_PORT" -- \
+  sh -c "python3 writer.py & exec $APP" > /dev/null
+LOG_KEEPER=$(grep '^keeper_pid' "$LOGB/state/run/logbench.keeper" | awk '{print $3}')
+T0=$(awk '{print $14 + $15}' "/proc/$LOG_KEEPER/stat"); sleep 10
+T1=$(awk '{print $14 + $15}' "/proc/$LOG_KEEPER/stat")
+LOG_CPU=$(awk -v t=$((T1 - T0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", 100 * t / hz / 10 }')
+LOG_RSS=$(awk '/^VmHWM:/ {print $2}' "/proc/$LOG_KEEPER/status")
+sleep 1
+LOG_LAT=$(python3 - "$LOGB/state/logs" <<'PY'
+import sys, datetime, glob
+lat = []
+for line in (l for f in glob.glob(sys.argv[1] + "/logbench.log*") if not f.endswith(".times") for l in open(f, errors="replace")):
+    parts = line.split(" ", 2)
+    if len(parts) < 3 or not parts[1][:1].isdigit():
+        continue
+    read = datetime.datetime.fromisoformat(parts[0].replace("Z", "+00:00")).timestamp()
+    lat.append((read - float(parts[1])) * 1000)
+lat.sort()
+print("%.2f %.2f %d" % (lat[len(lat) // 2], lat[int(len(lat) * 0.99)], len(lat)) if lat else "- - 0")
+PY
+)
+"$ZDD" -q -c "$LOGB/zdd.toml" stop logbench > /dev/null
+LOG_BYTES=$(cat "$LOGB"/state/logs/logbench.log* 2>/dev/null | wc -c)
+
 # --- latency: steady state vs inside swap windows
 awk -F'\t' 'NR == FNR { s[NR] = $2; e[NR] = $3; n = NR; next }
   FNR == 1 { next }
@@ -272,6 +313,10 @@ Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 | restart of a killed live app, to its first good answer through nginx, ms ($RESTARTS kills) | $(median < "$B/restart.txt") | $(maxof < "$B/restart.txt") |
 | keeper RSS while the app runs, KiB | | ${KEEPER_RSS:-?} |
 | keeper CPU while the app runs (10 s), % | | ${KEEPER_CPU:-?} |
+| keeper CPU while its app writes 10 MB/s of 100-byte lines (10 s), % | | ${LOG_CPU:-?} |
+| keeper peak RSS meanwhile, KiB | | ${LOG_RSS:-?} |
+| latency the pipe adds to a line, written to read and stamped, ms (median, p99 of the $(echo "$LOG_LAT" | cut -d' ' -f3) lines kept) | $(echo "$LOG_LAT" | cut -d' ' -f1) | $(echo "$LOG_LAT" | cut -d' ' -f2) (p99) |
+| its log on disk after 100 MB written (logs.max_size 10 MiB, logs.keep 5), bytes | | ${LOG_BYTES:-?} |
 
 | throughput, ${TPUT_SECONDS:-10} s unthrottled (16 clients, half POST) | requests/s | failed |
 |---|---:|---:|

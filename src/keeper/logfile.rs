@@ -66,7 +66,7 @@ impl LogFile {
             indexed_second: None,
             lost: 0,
             lost_why: String::new(),
-            buf: Vec::with_capacity(64 * 1024),
+            buf: Vec::with_capacity(32 * 1024),
         };
         log.reopen();
         log
