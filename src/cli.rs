@@ -106,6 +106,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the last lines of the live slot's log, a slot's or a `zdd start` process's; -f follows it
+    Logs {
+        /// A slot (`a`, `b`) or a name given to `zdd start` [default: the live slot, followed across swaps with -f]
+        #[arg(value_name = "TARGET")]
+        target: Option<String>,
+        /// How many of the last lines to print [default: 50; with --since: all of those]
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<usize>,
+        /// Then print what is appended, across rotations (and swaps, without TARGET), until interrupted
+        #[arg(short, long)]
+        follow: bool,
+        /// Only what was written in the last DURATION (e.g. 10m, 2h)
+        #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+        since: Option<Duration>,
+    },
     /// Render the nginx config for both slots (the whole site, or the parts for your own server blocks)
     Nginx {
         /// What to render [default: site; with --write, every part that has an output set]
@@ -270,6 +285,40 @@ mod tests {
         for bad in ["c:12", "a:x", "a", "a:1"] {
             let e = Cli::try_parse_from(["zdd", "rollback", &format!("--if-live={bad}")]);
             assert_eq!(e.unwrap_err().exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn logs_takes_a_target_a_count_follow_and_a_duration() {
+        let cli = Cli::try_parse_from(["zdd", "logs", "worker", "-n", "0", "-f", "--since", "10m"])
+            .unwrap();
+        match cli.command {
+            Command::Logs {
+                target,
+                lines,
+                follow,
+                since,
+            } => {
+                assert_eq!(target.as_deref(), Some("worker"));
+                assert_eq!(lines, Some(0));
+                assert!(follow);
+                assert_eq!(since, Some(Duration::from_secs(600)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["zdd", "logs"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Logs {
+                target: None,
+                lines: None,
+                follow: false,
+                since: None
+            }
+        ));
+        for bad in [&["-n", "many"][..], &["-n", "-1"], &["--since", "soon"]] {
+            let e = Cli::try_parse_from(["zdd", "logs"].iter().chain(bad)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
     }
 

@@ -4,9 +4,10 @@
 //! The modules, from the command line down:
 //! - the program: `run` (dispatch, logging, exit codes), `cli`, `init`;
 //! - the commands: `deploy` (deploy, rollback, `zdd up`), `named` (`zdd
-//!   start`/`stop`), `report` (`status`, `history`), `nginx` (render, write,
-//!   reload), `maintenance` (close the site behind a page); `observe` (what
-//!   really runs, against the state file);
+//!   start`/`stop`), `report` (`status`, `history`), `logview` (`zdd logs`:
+//!   the app logs, read and followed), `nginx` (render, write, reload),
+//!   `maintenance` (close the site behind a page); `observe` (what really
+//!   runs, against the state file);
 //! - a swap's parts: `steer` (confirm through nginx, drain), `switch` (the
 //!   symlink nginx resolves), `launch` (start and verify an app that stays up),
 //!   `keeper` (the process that keeps an app up),
@@ -28,6 +29,7 @@ pub mod init;
 pub mod keeper;
 pub mod launch;
 pub mod lock;
+pub mod logview;
 pub mod maintenance;
 pub mod named;
 pub mod nginx;

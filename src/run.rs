@@ -9,7 +9,9 @@ use clap::Parser;
 use crate::cli::{Cli, Command, MaintenanceAction};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::{config, deploy, error, init, keeper, maintenance, named, nginx, report, signals};
+use crate::{
+    config, deploy, error, init, keeper, logview, maintenance, named, nginx, report, signals,
+};
 
 /// Parse the command line, run the command, print any error once, and
 /// return the exit code.
@@ -25,7 +27,8 @@ pub fn run() -> i32 {
     let cli = Cli::parse_from(args);
     init_logging(cli.verbose, cli.quiet);
     // Commands that start or swap processes finish or undo their work on
-    // SIGINT/SIGTERM/SIGHUP; the others just end.
+    // SIGINT/SIGTERM/SIGHUP, and `zdd logs -f` ends on them quietly (exit
+    // 0); the others just end.
     let handles_signals = matches!(
         cli.command,
         Command::Deploy { .. }
@@ -33,6 +36,7 @@ pub fn run() -> i32 {
             | Command::Restart { .. }
             | Command::Start { .. }
             | Command::Up { .. }
+            | Command::Logs { follow: true, .. }
     );
     if handles_signals {
         if let Err(e) = signals::install() {
@@ -115,6 +119,20 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Status { json } => report::status(&load()?, json),
         Command::History { json } => report::history(&load()?, json),
         Command::Releases { json } => report::releases(&load()?, json),
+        Command::Logs {
+            target,
+            lines,
+            follow,
+            since,
+        } => logview::run(
+            load_optional()?.as_ref(),
+            &logview::Request {
+                target: target.as_deref(),
+                lines,
+                follow,
+                since,
+            },
+        ),
         Command::Nginx {
             part,
             write,

@@ -55,6 +55,50 @@ fn escape_but<'a>(text: &'a str, keep: &[char]) -> Cow<'a, str> {
     Cow::Owned(out)
 }
 
+/// [`printable`] for raw bytes (an app's log): appended to `out`, with
+/// every byte that is not UTF-8 written as `\xNN`. With `more`, an
+/// unfinished character at the end of `input` is left for the next call
+/// (a read may end in the middle of one): the number of bytes used is
+/// returned, and the caller hands the rest back in front of what follows.
+pub fn printable_bytes(mut input: &[u8], more: bool, out: &mut Vec<u8>) -> usize {
+    let total = input.len();
+    // Plain ASCII lines, what logs mostly are: as they are.
+    let plain = |b: &u8| matches!(b, b' '..=b'~' | b'\n' | b'\t');
+    if input.iter().all(plain) {
+        out.extend_from_slice(input);
+        return total;
+    }
+    let invalid = |bytes: &[u8], out: &mut Vec<u8>| {
+        for b in bytes {
+            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        }
+    };
+    loop {
+        match std::str::from_utf8(input) {
+            Ok(text) => {
+                out.extend_from_slice(printable(text).as_bytes());
+                return total;
+            }
+            Err(e) => {
+                let (valid, rest) = input.split_at(e.valid_up_to());
+                let valid = std::str::from_utf8(valid).expect("valid up to here");
+                out.extend_from_slice(printable(valid).as_bytes());
+                match e.error_len() {
+                    None if more => return total - rest.len(),
+                    None => {
+                        invalid(rest, out);
+                        return total;
+                    }
+                    Some(n) => {
+                        invalid(&rest[..n], out);
+                        input = &rest[n..];
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// C0 and C1 controls, DEL, and the Unicode marks that reorder or hide
 /// text on screen (bidirectional embeddings, overrides and isolates).
 fn needs_escape(c: char) -> bool {
@@ -110,6 +154,30 @@ mod tests {
         assert!(matches!(escape("plain text, é"), Cow::Borrowed(_)));
         // zdd's own lines keep their breaks; an ESC among them does not pass.
         assert_eq!(printable("a\n\tb\x1bc\u{9b}"), "a\n\tb\\x1bc\\x9b");
+    }
+
+    #[test]
+    fn log_bytes_are_printable_and_unfinished_characters_wait() {
+        let mut out = Vec::new();
+        let input = "ok \t\x1b]0;owned\x07 \u{202e}é\r\n".as_bytes();
+        assert_eq!(printable_bytes(input, false, &mut out), input.len());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ok \t\\x1b]0;owned\\x07 \\u{202e}é\\r\n"
+        );
+        // Bytes that are not UTF-8, and a character cut by a read.
+        let mut out = Vec::new();
+        let e_acute = "é".as_bytes();
+        let input = [b"a\xff\xfeb".as_slice(), &e_acute[..1]].concat();
+        let used = printable_bytes(&input, true, &mut out);
+        assert_eq!(used, input.len() - 1, "the cut character waits");
+        let rest = [&input[used..], &e_acute[1..]].concat();
+        assert_eq!(printable_bytes(&rest, true, &mut out), rest.len());
+        assert_eq!(String::from_utf8(out).unwrap(), "a\\xff\\xfebé");
+        // At the end, a cut character is written as the bytes it is.
+        let mut out = Vec::new();
+        printable_bytes(&e_acute[..1], false, &mut out);
+        assert_eq!(out, b"\\xc3");
     }
 
     #[test]
