@@ -9,6 +9,7 @@ mod faults;
 mod guards;
 mod hostile;
 mod keeper;
+mod logs;
 mod maintenance;
 mod newcomer;
 mod operator;
