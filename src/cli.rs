@@ -120,6 +120,9 @@ pub enum Command {
         /// Only what was written in the last DURATION (e.g. 10m, 2h)
         #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
         since: Option<Duration>,
+        /// Instead: the output of the last deploy, rollback or restart attempt, or of COMMIT's last (checkout, build, hooks, the app's start), failed ones included
+        #[arg(long, value_name = "COMMIT", num_args = 0..=1, conflicts_with_all = ["target", "follow", "since"])]
+        deploy: Option<Option<String>>,
     },
     /// Render the nginx config for both slots (the whole site, or the parts for your own server blocks)
     Nginx {
@@ -298,6 +301,7 @@ mod tests {
                 lines,
                 follow,
                 since,
+                deploy: None,
             } => {
                 assert_eq!(target.as_deref(), Some("worker"));
                 assert_eq!(lines, Some(0));
@@ -313,9 +317,29 @@ mod tests {
                 target: None,
                 lines: None,
                 follow: false,
-                since: None
+                since: None,
+                deploy: None,
             }
         ));
+        let deploy = |args: &[&str]| match Cli::try_parse_from(["zdd", "logs"].iter().chain(args))
+            .map(|c| c.command)
+        {
+            Ok(Command::Logs { deploy, lines, .. }) => Ok((deploy, lines)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.exit_code()),
+        };
+        assert_eq!(deploy(&["--deploy"]), Ok((Some(None), None)));
+        assert_eq!(
+            deploy(&["--deploy", "v2", "-n", "5"]),
+            Ok((Some(Some("v2".into())), Some(5)))
+        );
+        for clash in [
+            &["--deploy", "-f"][..],
+            &["a", "--deploy"],
+            &["--deploy", "--since", "1h"],
+        ] {
+            assert_eq!(deploy(clash), Err(2), "{clash:?}");
+        }
         for bad in [&["-n", "many"][..], &["-n", "-1"], &["--since", "soon"]] {
             let e = Cli::try_parse_from(["zdd", "logs"].iter().chain(bad)).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}");

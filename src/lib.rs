@@ -5,7 +5,8 @@
 //! - the program: `run` (dispatch, logging, exit codes), `cli`, `init`;
 //! - the commands: `deploy` (deploy, rollback, `zdd up`), `named` (`zdd
 //!   start`/`stop`), `report` (`status`, `history`), `logview` (`zdd logs`:
-//!   the app logs, read and followed), `nginx` (render, write, reload),
+//!   the app logs, read and followed), `attempts` (each deploy attempt's
+//!   output, `zdd logs --deploy`), `nginx` (render, write, reload),
 //!   `maintenance` (close the site behind a page); `observe` (what really
 //!   runs, against the state file);
 //! - a swap's parts: `steer` (confirm through nginx, drain), `switch` (the
@@ -18,6 +19,7 @@
 //! - plain data and leaves: `config`, `slot`, `user`, `signals`, `error`,
 //!   `text`.
 
+pub mod attempts;
 pub mod cli;
 pub mod config;
 pub mod deploy;

@@ -21,6 +21,8 @@ pub const SHARED: (&str, u32) = ("shared", 0o755);
 pub const GIT_INDEX: (&str, u32) = ("git/index", 0o755);
 pub const LOGS: (&str, u32) = ("logs", 0o700);
 pub const RUN: (&str, u32) = ("run", 0o700);
+/// Each deploy attempt's output (`attempts`).
+pub const DEPLOY_LOGS: (&str, u32) = ("logs/deploys", 0o700);
 
 /// Make sure `root` and `folders` in it exist and are safe to write in:
 /// create what is missing, then check ownership, modes and symlinks.

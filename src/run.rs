@@ -120,10 +120,20 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::History { json } => report::history(&load()?, json),
         Command::Releases { json } => report::releases(&load()?, json),
         Command::Logs {
+            deploy: Some(commit),
+            lines,
+            ..
+        } => crate::attempts::show(
+            &crate::named::root_of(load_optional()?.as_ref())?,
+            commit.as_deref(),
+            lines,
+        ),
+        Command::Logs {
             target,
             lines,
             follow,
             since,
+            deploy: None,
         } => logview::run(
             load_optional()?.as_ref(),
             &logview::Request {

@@ -100,6 +100,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<(
             }
             run.clear_port(slot)?;
             let attempt = Attempt::new(Action::Deploy, slot, &live_sha, Some(live_sha.clone()));
+            run.log_attempt(&attempt);
             return run.bring_up(attempt, false);
         }
         Decision::Deploy { .. } => {}
@@ -124,6 +125,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<(
             .resolve(&branch)
             .is_some_and(|tip| tip.sha == resolved.sha);
     attempt.tip_of = is_tip.then(|| config.branch.clone());
+    run.log_attempt(&attempt);
     // A release built before needs no checkout and no build.
     let kept = run
         .state
@@ -132,10 +134,12 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<(
         .cloned();
     let fresh = match kept {
         Some(release) => {
-            log::info!(
+            let text = format!(
                 "{short} is a kept release, built {}: no checkout, no build",
                 release.built_at
             );
+            log::info!("{text}");
+            run.note(&text);
             attempt.reused = true;
             !release.good()
         }
@@ -202,6 +206,7 @@ pub fn rollback(
         Some(p) => format!("{} {why}", git::short(p)),
         None => why.to_string(),
     });
+    run.log_attempt(&attempt);
     run.bring_up(attempt, false) // 6 to 9
 }
 
@@ -229,6 +234,7 @@ pub fn restart(config: &Config, wait: LockWait) -> Result<()> {
     let target = live.other();
     run.clear_port(target)?; // 4
     let attempt = Attempt::new(Action::Restart, target, &sha, Some(sha.clone()));
+    run.log_attempt(&attempt);
     run.bring_up(attempt, false) // 6 to 9
 }
 
@@ -384,11 +390,13 @@ impl Run<'_> {
         signals::fault_point("linked");
         self.warm_caches(sha);
         self.phases.fetch_ms = ms(resolved.fetch_time + t.elapsed());
-        log::info!(
+        let text = format!(
             "slot {target}: checked out {short} into {} in {}",
             crate::state::release_dir(sha),
             fmt(t.elapsed())
         );
+        log::info!("{text}");
+        self.note(&text);
 
         let t = Instant::now();
         self.lock

@@ -96,7 +96,7 @@ impl Run<'_> {
                 }
             }
         }
-        out!(
+        let summary = format!(
             "{}{}",
             summary_line(action, &short, subject.as_deref(), target, port, &phases),
             match attempt.reused {
@@ -104,6 +104,8 @@ impl Run<'_> {
                 false => "",
             }
         );
+        self.note(&summary);
+        out!("{summary}");
         if let Some(why) = &attempt.because {
             out!("because {why}");
         }
@@ -289,12 +291,15 @@ impl Run<'_> {
         });
         let saved = self.save();
         let serving = self.serving_note();
-        let tail = if !quote_log || matches!(why, StepError::Interrupted(_)) {
-            String::new()
-        } else {
+        // The app it started, stopped now, wrote all it will.
+        self.copy_start_output();
+        let tail = match &self.attempt_log {
+            _ if !quote_log || matches!(why, StepError::Interrupted(_)) => String::new(),
+            Some(log) => process::tail_note(log.path()),
             // This attempt's own output: none when nothing ran in the slot.
-            process::tail_note_since(&self.log_path(slot), self.log_sizes[slot.index()])
+            None => process::tail_note_since(&self.log_path(slot), self.log_sizes[slot.index()]),
         };
+        self.note(&format!("the {} failed: {reason}", attempt.what()));
         if let Err(e) = saved {
             return e;
         }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::attempts::AttemptLog;
 use crate::config::{Config, NginxMode};
 use crate::error::{Error, Result};
 use crate::health::Checker;
@@ -13,7 +14,7 @@ use crate::process::{self, ProcessId, Started};
 use crate::state::{Phases, Slot, SlotStatus, State};
 use crate::{fsutil, git, keeper, nginx, observe, root, signals, steer, switch};
 
-use super::plan;
+use super::{plan, Attempt};
 
 /// One deploy or rollback in progress: holds the lock and the state.
 pub(super) struct Run<'a> {
@@ -35,6 +36,14 @@ pub(super) struct Run<'a> {
     pub(super) nginx_silent: bool,
     /// `env_file`'s variables, read once when this run began.
     pub(super) env_file: Vec<(String, String)>,
+    /// This attempt's own output file (`attempts`), once there is an
+    /// attempt; without one (it could not be created) steps write to the
+    /// slot's log.
+    pub(super) attempt_log: Option<AttemptLog>,
+    /// An app started in this attempt whose output is still to be copied
+    /// from its slot's log into the attempt's: the slot, and the log's size
+    /// before the start.
+    pub(super) start_output: Option<(Slot, u64)>,
 }
 
 impl<'a> Run<'a> {
@@ -48,6 +57,7 @@ impl<'a> Run<'a> {
                 root::GIT,
                 root::GIT_INDEX,
                 root::LOGS,
+                root::DEPLOY_LOGS,
                 root::RUN,
             ],
         )?;
@@ -77,6 +87,8 @@ impl<'a> Run<'a> {
             log_sizes,
             nginx_silent: false,
             env_file,
+            attempt_log: None,
+            start_output: None,
         };
         let restarted = keeper::fold_restarts(&mut run.state, &config.root);
         let reconciled = run.reconcile();
@@ -439,6 +451,45 @@ impl<'a> Run<'a> {
 
     pub(super) fn log_path(&self, slot: Slot) -> PathBuf {
         process::log_path(&self.config.root, slot.name())
+    }
+
+    /// Open `attempt`'s own output file. Without one (a full disk) the
+    /// attempt goes on, its steps' output in the slot's log.
+    pub(super) fn log_attempt(&mut self, attempt: &Attempt) {
+        match AttemptLog::create(
+            &self.config.root,
+            attempt.action,
+            &attempt.sha,
+            attempt.slot,
+        ) {
+            Ok(log) => self.attempt_log = Some(log),
+            Err(e) => log::warn!("{e}; the attempt's output goes to the slot's log"),
+        }
+    }
+
+    /// Where a build or hook of `slot` writes: the attempt's file, else the
+    /// slot's log.
+    pub(super) fn step_log(&self, slot: Slot) -> PathBuf {
+        match &self.attempt_log {
+            Some(log) => log.path().to_path_buf(),
+            None => self.log_path(slot),
+        }
+    }
+
+    /// A marker line in the attempt's file, if there is one.
+    pub(super) fn note(&self, text: &str) {
+        if let Some(log) = &self.attempt_log {
+            log.marker(text);
+        }
+    }
+
+    /// Copy the output of the app this attempt started last from its
+    /// slot's log into the attempt's file (once it was verified, or
+    /// stopped).
+    pub(super) fn copy_start_output(&mut self) {
+        if let (Some((slot, from)), Some(log)) = (self.start_output.take(), &self.attempt_log) {
+            log.copy_output(&self.log_path(slot), from);
+        }
     }
 
     pub(super) fn check_signal(&self, what: &str) -> Result<()> {

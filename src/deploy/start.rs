@@ -288,7 +288,7 @@ impl Run<'_> {
         command: &str,
     ) -> std::result::Result<(), StepError> {
         let label = what.label();
-        let log = self.log_path(slot);
+        let log = self.step_log(slot);
         process::log_marker(
             &log,
             &format!("{label} of {} in slot {slot}: {command}", git::short(sha)),
@@ -370,11 +370,14 @@ impl Run<'_> {
         let verify_here = fresh && !rehearse;
         let started = self.start_verified(attempt, port, Launch::Start, verify_here)?;
         self.phases.ready_ms = ms(t.elapsed());
-        log::info!(
+        self.copy_start_output();
+        let text = format!(
             "slot {target}: pid {} healthy on port {port} after {}",
             started.id.pid,
             fmt(t.elapsed())
         );
+        log::info!("{text}");
+        self.note(&text);
         Ok(started)
     }
 
@@ -392,6 +395,15 @@ impl Run<'_> {
         let label = how.label();
         let config = self.config;
         let log = self.log_path(target);
+        // What an earlier start of this attempt wrote (a rehearsal's).
+        self.copy_start_output();
+        self.note(&format!(
+            "{label} of {} in slot {target} on port {port}: {} (its output: {})",
+            git::short(sha),
+            config.start,
+            log.display()
+        ));
+        let from = process::log_size(&log);
         process::log_marker(
             &log,
             &format!(
@@ -423,6 +435,7 @@ impl Run<'_> {
             };
             keeper::spawn(&spec, &keep)?
         };
+        self.start_output = Some((target, from));
         let s = self.state.slot_mut(target);
         s.status = SlotStatus::Starting;
         s.process = Some(started.id.clone());

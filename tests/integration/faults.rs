@@ -580,7 +580,13 @@ fn signal_during_the_build_stops_it_and_keeps_the_old_slot() {
     let slow = p.commit_with("v2", "", "echo build-started; sleep 30\n");
     let log = p.path().join("zdd.log");
     let mut z = p.spawn_zdd_logged(&["deploy", &slow], &log);
-    wait_for_log(&p.root().join("logs/b.log"), "build-started");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            last_attempt_log(&p).is_some_and(|t| t.contains("build-started"))
+        }),
+        "the build never started: {:?}",
+        last_attempt_log(&p)
+    );
     signal(&z, nix::sys::signal::Signal::SIGTERM);
     let status = z.wait().unwrap();
     let stderr = std::fs::read_to_string(&log).unwrap();

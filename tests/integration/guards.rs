@@ -45,6 +45,7 @@ fn symlinks_where_zdd_keeps_its_files_are_refused_and_their_targets_untouched() 
         ("zdd.lock", false),
         ("state.toml", false),
         ("logs/b.log", false),
+        ("logs/deploys", true),
     ] {
         let path = root.join(planted);
         let aside = root.join(format!("{planted}.aside"));

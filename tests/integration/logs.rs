@@ -1,7 +1,8 @@
 //! `zdd logs`: the live slot's log by default, `-n`, `--since`, a TARGET
 //! that names nothing, the app's control characters escaped, and `-f`
 //! across a deploy that swaps slots, ended by SIGINT or by a closed
-//! stdout with exit 0.
+//! stdout with exit 0, and across a keeper restart; `zdd logs --deploy
+//! [COMMIT]`, each attempt's output.
 
 use crate::support::*;
 use std::io::{BufRead, BufReader};
@@ -192,4 +193,127 @@ fn logs_show_the_live_apps_lines_escaped_and_follow_it_across_a_swap() {
     std::thread::sleep(Duration::from_millis(2500));
     let r = p.zdd(&["logs", "--since", "1s"]);
     assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{r:?}");
+}
+
+#[test]
+fn logs_follow_goes_on_across_a_keeper_restart_of_the_live_app() {
+    let p = Project::live_v1("");
+    let listening = format!("app v1 listening on 127.0.0.1:{}", p.ports[0]);
+    let (mut follower, rx) = spawn_logs(&p, &["-f", "-n", "3"]);
+    lines_until(&rx, Duration::from_secs(20), |l| l.contains(&listening));
+    let apps = p.app_pids();
+    assert_eq!(apps.len(), 1, "{apps:?}");
+    kill(apps[0], nix::sys::signal::Signal::SIGKILL);
+    // The keeper's lines, then the new process's own.
+    let after = lines_until(&rx, Duration::from_secs(20), |l| l.contains(&listening));
+    assert!(
+        after
+            .iter()
+            .any(|l| l.contains("the app exited on its own (signal: 9 (SIGKILL))")),
+        "{after:?}"
+    );
+    assert!(
+        after
+            .iter()
+            .any(|l| l.contains("starting it again at once")),
+        "{after:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || p
+            .app_pids()
+            .iter()
+            .any(|pid| !apps.contains(pid))),
+        "a new app process: {:?}",
+        p.app_pids()
+    );
+    kill(follower.id() as i32, nix::sys::signal::Signal::SIGINT);
+    assert_eq!(exit_within(&mut follower, Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn logs_deploy_shows_each_attempts_output_a_failed_builds_error_included() {
+    let (p, v2) = Project::live_v1_with_v2("");
+    let r = p.zdd(&["logs", "--deploy", "nosuch"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("\"nosuch\""), "{r:?}");
+    assert!(r.stderr.contains("deploy of"), "names what is kept: {r:?}");
+    let r = p.zdd(&["deploy", &v2]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let broken = p.commit_with(
+        "v3",
+        "",
+        "echo compiling v3; echo 'error[E0425]: v3 does not build' >&2; exit 7\n",
+    );
+    let r = p.zdd(&["deploy", &broken]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let tail = r.stderr.split("last lines of").nth(1).unwrap_or_default();
+    assert!(
+        tail.contains("/logs/deploys/") && tail.contains("v3 does not build"),
+        "the failure quotes the attempt's own file: {r:?}"
+    );
+
+    // No COMMIT: the last attempt, the failed one, from its first line to
+    // how it ended.
+    let d = p.zdd(&["logs", "--deploy"]);
+    assert_eq!(d.code, 0, "{d:?}");
+    let lines: Vec<&str> = d.stdout.lines().collect();
+    assert!(
+        lines[0].contains(&format!("deploy of {broken} to slot a")),
+        "{d:?}"
+    );
+    for want in [
+        "checked out",
+        "build of",
+        "compiling v3",
+        "error[E0425]: v3 does not build",
+    ] {
+        assert!(d.stdout.contains(want), "{want:?} in {d:?}");
+    }
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("the deploy failed: the build failed"),
+        "{d:?}"
+    );
+    // The build's output is the attempt's, not the app's log.
+    let log_a = std::fs::read_to_string(p.root().join("logs/a.log")).unwrap();
+    assert!(!log_a.contains("compiling v3"), "{log_a}");
+
+    // -n: its last lines.
+    let d = p.zdd(&["logs", "--deploy", "-n", "1"]);
+    assert_eq!(d.code, 0, "{d:?}");
+    assert_eq!(d.stdout.lines().count(), 1, "{d:?}");
+    assert!(d.stdout.contains("failed"), "{d:?}");
+
+    // By a sha's prefix: v2's attempt, its build and the app's start
+    // output up to the swap.
+    let d = p.zdd(&["logs", "--deploy", &v2[..8]]);
+    assert_eq!(d.code, 0, "{d:?}");
+    for want in [
+        format!("deploy of {v2} to slot b"),
+        format!("building {v2}"),
+        "the app's output, from".to_string(),
+        format!("app v2 listening on 127.0.0.1:{}", p.ports[1]),
+        format!("deployed {}", &v2[..12]),
+    ] {
+        assert!(d.stdout.contains(&want), "{want:?} in {d:?}");
+    }
+    assert!(!d.stdout.contains("v3"), "{d:?}");
+
+    // A rollback is an attempt too, and a commit never deployed is none.
+    let r = p.zdd(&["rollback"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let d = p.zdd(&["logs", "--deploy"]);
+    assert!(
+        d.stdout.lines().next().unwrap().contains("rollback of"),
+        "{d:?}"
+    );
+    let never = p.commit("v4", "");
+    let r = p.zdd(&["logs", "--deploy", &never]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("no output of an attempt to deploy") && r.stderr.contains("rollback of"),
+        "names the kept ones, newest first: {r:?}"
+    );
 }

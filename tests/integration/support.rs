@@ -92,6 +92,18 @@ pub fn listening(port: u16) -> bool {
 }
 
 /// Poll `cond` until it holds or `limit` passes.
+/// The file of the newest deploy attempt in `ROOT/logs/deploys/`, if any.
+pub fn last_attempt_log(p: &Project) -> Option<String> {
+    let dir = p.root().join("logs/deploys");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    std::fs::read_to_string(dir.join(names.pop()?)).ok()
+}
+
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let t = Instant::now();
     while t.elapsed() < limit {

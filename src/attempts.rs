@@ -1,0 +1,356 @@
+//! The output of every deploy, rollback and restart attempt, failed ones
+//! included, one file each in `ROOT/logs/deploys/`: zdd's marker lines for
+//! each step, the output of the checkout's hooks, the build and the verify
+//! and `after_swap` hooks (written there directly), the app's output from
+//! its start until it was verified or stopped (copied from its slot's log),
+//! and one line that says how the attempt ended. It owns writing them,
+//! keeping the newest [`KEPT`], and `zdd logs --deploy [COMMIT]`.
+//!
+//! The folder is root's (`root::DEPLOY_LOGS`, mode 0700) and every file in
+//! it is opened without following a symlink. The app's user writes into
+//! an attempt's file only through the descriptor its build inherits.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::error::{Error, Result};
+use crate::state::{Action, Slot};
+use crate::{git, root, text};
+
+/// How many attempts' files are kept: the newest, whatever their outcome.
+pub const KEPT: usize = 30;
+/// The most of an app's start output copied into an attempt's file: its
+/// last bytes (the rest stays in the slot's log while that keeps it).
+const START_OUTPUT_CAP: u64 = 256 * 1024;
+
+/// The file of one attempt, open for appending.
+pub struct AttemptLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl AttemptLog {
+    /// Create the file of a new attempt (`TIME-ACTION-SHA.log`), after
+    /// removing the oldest files beyond [`KEPT`], and write its first line.
+    pub fn create(root: &Path, action: Action, sha: &str, slot: Slot) -> Result<AttemptLog> {
+        root::prepare(root, &[root::LOGS, root::DEPLOY_LOGS])?;
+        let dir = root.join(root::DEPLOY_LOGS.0);
+        prune(&dir, KEPT - 1);
+        let stamp = file_stamp(SystemTime::now());
+        let mut n = 1;
+        loop {
+            let name = match n {
+                1 => format!("{stamp}-{}-{sha}.log", action.as_str()),
+                n => format!("{stamp}.{n:02}-{}-{sha}.log", action.as_str()),
+            };
+            let path = dir.join(name);
+            match create_new(&path) {
+                Ok(file) => {
+                    let log = AttemptLog { path, file };
+                    log.marker(&format!("{} of {sha} to slot {slot}", action.as_str()));
+                    return Ok(log);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                Err(e) => return Err(Error::io("cannot create", &path)(e)),
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append "=== zdd TIME: TEXT". A write that fails (a full disk) is
+    /// let go: the attempt does not fail for its own log.
+    pub fn marker(&self, text: &str) {
+        let _ = writeln!(&self.file, "=== zdd {}: {text}", text::now());
+    }
+
+    /// Copy what `slot_log` holds from byte `from` on (its last
+    /// [`START_OUTPUT_CAP`] bytes), under a marker line naming it. A log
+    /// shorter than `from` was rotated meanwhile: all of it is new.
+    pub fn copy_output(&self, slot_log: &Path, from: u64) {
+        let Ok(mut src) = crate::fsutil::open_nofollow(slot_log) else {
+            return;
+        };
+        let len = src.metadata().map_or(0, |m| m.len());
+        let from = if from > len { 0 } else { from };
+        if len == from {
+            return;
+        }
+        let start = from.max(len.saturating_sub(START_OUTPUT_CAP));
+        let left_out = match start - from {
+            0 => String::new(),
+            n => format!("; its first {n} bytes are left out here"),
+        };
+        self.marker(&format!(
+            "the app's output, from {}{left_out}:",
+            slot_log.display()
+        ));
+        let mut buf = Vec::new();
+        if src.seek(SeekFrom::Start(start)).is_err()
+            || src.take(len - start).read_to_end(&mut buf).is_err()
+        {
+            return;
+        }
+        let mut out = &self.file;
+        let _ = out.write_all(&buf);
+        if !buf.ends_with(b"\n") {
+            let _ = out.write_all(b"\n");
+        }
+    }
+}
+
+/// `O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600.
+fn create_new(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// `2026-12-03T103755.123Z`: RFC 3339 in UTC with milliseconds, without
+/// the colons; names sort as their times do.
+fn file_stamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at)
+        .to_string()
+        .replace(':', "")
+}
+
+/// One attempt's file, as its name says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    name: String,
+    /// When it began, as in the name.
+    stamp: String,
+    action: String,
+    sha: String,
+}
+
+impl Entry {
+    /// `TIME-ACTION-SHA.log`, or `None` for a file zdd did not write.
+    fn parse(name: &str) -> Option<Entry> {
+        let base = name.strip_suffix(".log")?;
+        let (rest, sha) = base.rsplit_once('-')?;
+        let (stamp, action) = rest.rsplit_once('-')?;
+        let known = ["deploy", "rollback", "restart"].contains(&action);
+        let hex = sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit());
+        (known && hex && !stamp.is_empty()).then(|| Entry {
+            name: name.to_string(),
+            stamp: stamp.to_string(),
+            action: action.to_string(),
+            sha: sha.to_string(),
+        })
+    }
+
+    /// "deploy of 5145c65a3ef0 at 2026-12-03T103755.123Z".
+    fn described(&self) -> String {
+        format!(
+            "{} of {} at {}",
+            self.action,
+            git::short(&self.sha),
+            self.stamp
+        )
+    }
+}
+
+/// The attempts' files in `dir`, oldest first; none when it is missing.
+/// `dir` must be a folder, not a symlink.
+fn entries(dir: &Path) -> Result<Vec<Entry>> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(root::refused(dir, nix::errno::Errno::ELOOP.into())),
+        Err(_) => return Ok(Vec::new()),
+    }
+    let read = std::fs::read_dir(dir).map_err(Error::io("cannot read", dir))?;
+    let mut found: Vec<Entry> = read
+        .flatten()
+        .filter_map(|e| Entry::parse(&e.file_name().to_string_lossy()))
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
+/// Remove the oldest attempts' files beyond the newest `keep`.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(all) = entries(dir) else { return };
+    let excess = all.len().saturating_sub(keep);
+    for e in &all[..excess] {
+        if let Err(err) = std::fs::remove_file(dir.join(&e.name)) {
+            log::warn!("cannot remove {}: {err}", dir.join(&e.name).display());
+        }
+    }
+}
+
+/// `zdd logs --deploy [COMMIT]`: print the file of the last attempt, or of
+/// COMMIT's last one (a sha or its prefix, else a tag or branch resolved in
+/// zdd's repository), its last `lines` lines if given; control characters
+/// escaped, as for the app's logs. An attempt not kept is exit 2, naming
+/// the ones that are.
+pub fn show(root: &Path, commit: Option<&str>, lines: Option<usize>) -> Result<()> {
+    let dir = root.join(root::DEPLOY_LOGS.0);
+    let all = entries(&dir)?;
+    if all.is_empty() {
+        return Err(Error::Usage(format!(
+            "no deploy attempt's output is kept in {} yet",
+            dir.display()
+        )));
+    }
+    let entry = match commit {
+        None => all.last().expect("not empty"),
+        Some(rev) => find(root, &all, rev)?,
+    };
+    let path = dir.join(&entry.name);
+    let mut bytes = Vec::new();
+    crate::fsutil::open_nofollow(&path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| root::refused(&path, e))?;
+    let shown = match lines {
+        Some(n) => last_lines(&bytes, n),
+        None => &bytes[..],
+    };
+    let mut out = Vec::with_capacity(shown.len() + 64);
+    text::printable_bytes(shown, false, &mut out);
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    text::write_stdout(&out).map_err(Error::io("cannot write", Path::new("stdout")))
+}
+
+/// The last attempt of the commit `rev` names.
+fn find<'a>(root: &Path, all: &'a [Entry], rev: &str) -> Result<&'a Entry> {
+    let lower = rev.to_ascii_lowercase();
+    let hex = (4..=40).contains(&rev.len()) && rev.bytes().all(|b| b.is_ascii_hexdigit());
+    let by_prefix = |sha: &str| all.iter().rev().find(|e| e.sha.starts_with(sha));
+    if let Some(e) = by_prefix(&lower).filter(|_| hex) {
+        return Ok(e);
+    }
+    let resolved = git::Rev::parse(rev)
+        .ok()
+        .and_then(|r| git::Repo::new(root).resolve(&r));
+    if let Some(e) = resolved.as_ref().and_then(|c| by_prefix(&c.sha)) {
+        return Ok(e);
+    }
+    let what = match &resolved {
+        Some(c) if !c.sha.starts_with(&lower) => format!("{rev:?} ({})", git::short(&c.sha)),
+        _ => format!("{rev:?}"),
+    };
+    let newest: Vec<String> = all.iter().rev().take(5).map(Entry::described).collect();
+    Err(Error::Usage(format!(
+        "no output of an attempt to deploy {what} is kept; the newest kept: {}{}",
+        newest.join(", "),
+        match all.len() > 5 {
+            true => format!(" (and {} older)", all.len() - 5),
+            false => String::new(),
+        }
+    )))
+}
+
+/// The end of `bytes` that holds its last `n` lines.
+fn last_lines(bytes: &[u8], n: usize) -> &[u8] {
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    if n == 0 {
+        return &[];
+    }
+    let mut seen = 0;
+    for (i, &b) in body.iter().enumerate().rev() {
+        if b == b'\n' {
+            seen += 1;
+            if seen == n {
+                return &bytes[i + 1..];
+            }
+        }
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "5145c65a3ef0d1b2c3d4e5f60718293a4b5c6d7e";
+
+    #[test]
+    fn names_parse_back() {
+        let name = format!("2026-12-03T103755.123Z-deploy-{SHA}.log");
+        let e = Entry::parse(&name).unwrap();
+        assert_eq!(e.stamp, "2026-12-03T103755.123Z");
+        assert_eq!(e.action, "deploy");
+        assert_eq!(e.sha, SHA);
+        let again = format!("2026-12-03T103755.123Z.02-rollback-{SHA}.log");
+        assert_eq!(Entry::parse(&again).unwrap().action, "rollback");
+        for bad in [
+            "a.log".to_string(),
+            format!("2026-12-03T103755.123Z-build-{SHA}.log"),
+            format!("2026-12-03T103755.123Z-deploy-{}.log", &SHA[..12]),
+            format!("-deploy-{SHA}.log"),
+            format!("2026-12-03T103755.123Z-deploy-{SHA}.txt"),
+        ] {
+            assert_eq!(Entry::parse(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn stamps_sort_as_times() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_000_000_123);
+        let later = t + std::time::Duration::from_millis(1);
+        let (a, b) = (file_stamp(t), file_stamp(later));
+        assert!(!a.contains(':'), "{a}");
+        assert!(a < b, "{a} {b}");
+        assert!(a.ends_with(".123Z"), "{a}");
+    }
+
+    #[test]
+    fn last_lines_of_a_file() {
+        assert_eq!(last_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(last_lines(b"a\nb\nc", 2), b"b\nc");
+        assert_eq!(last_lines(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(last_lines(b"a\nb\n", 0), b"");
+    }
+
+    #[test]
+    fn keeps_the_newest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let mut made = Vec::new();
+        for _ in 0..KEPT + 3 {
+            let log = AttemptLog::create(&root, Action::Deploy, SHA, Slot::B).unwrap();
+            made.push(log.path().to_path_buf());
+        }
+        let dir = root.join(root::DEPLOY_LOGS.0);
+        let left: Vec<PathBuf> = entries(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|e| dir.join(e.name))
+            .collect();
+        assert_eq!(left, made[3..], "the newest {KEPT}, in order");
+        let text = std::fs::read_to_string(&made[KEPT + 2]).unwrap();
+        assert!(
+            text.contains(&format!("deploy of {SHA} to slot b")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn copies_what_the_app_wrote_since() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let log = AttemptLog::create(&root, Action::Deploy, SHA, Slot::A).unwrap();
+        let slot_log = tmp.path().join("a.log");
+        std::fs::write(&slot_log, "before\nlistening\nfailed").unwrap();
+        log.copy_output(&slot_log, 7);
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(!text.contains("before"), "{text}");
+        assert!(text.ends_with("listening\nfailed\n"), "{text}");
+        // Rotated since (shorter than where it began): all of it.
+        std::fs::write(&slot_log, "new\n").unwrap();
+        log.copy_output(&slot_log, 100);
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(text.ends_with(":\nnew\n"), "{text}");
+    }
+}
