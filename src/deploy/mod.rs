@@ -15,14 +15,14 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lock::LockWait;
-use crate::state::{Action, Slot, SlotStatus};
+use crate::state::{Action, SlotStatus};
 use crate::text::{fmt, out};
 use crate::{git, signals};
 
 pub use plan::rollback_target;
 
 use outcome::{ms, StepError};
-use plan::Decision;
+use plan::{Attempt, Decision, Resolved};
 use run::Run;
 
 /// `zdd deploy [COMMIT]`.
@@ -255,51 +255,6 @@ pub fn up(config: Option<&Config>, wait: LockWait) -> Result<()> {
     }
     errors.extend(crate::named::up(config, wait));
     Error::worst_of(errors)
-}
-
-/// One deploy or rollback: which commit goes to which slot.
-struct Attempt {
-    action: Action,
-    slot: Slot,
-    sha: String,
-    /// The commit that was live before, if any.
-    previous: Option<String>,
-    /// The branch whose tip `sha` is, if it is (what cron deploys).
-    tip_of: Option<String>,
-    /// Why it happens, if zdd was told (a keeper's automatic rollback).
-    because: Option<String>,
-    /// Its keeper may roll it back if it crash-loops after the swap (a new
-    /// release, with the previous one standing by).
-    crash_rollback: bool,
-    /// A kept release deployed again: no checkout, no build.
-    reused: bool,
-}
-
-impl Attempt {
-    fn new(action: Action, slot: Slot, sha: &str, previous: Option<String>) -> Attempt {
-        Attempt {
-            action,
-            slot,
-            sha: sha.to_string(),
-            previous,
-            tip_of: None,
-            because: None,
-            crash_rollback: false,
-            reused: false,
-        }
-    }
-
-    fn what(&self) -> &'static str {
-        self.action.as_str()
-    }
-}
-
-/// The commit step 3 resolved.
-struct Resolved {
-    sha: String,
-    subject: String,
-    /// The `git fetch` and the resolution.
-    fetch_time: std::time::Duration,
 }
 
 impl Run<'_> {

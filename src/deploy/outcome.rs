@@ -14,8 +14,8 @@ use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, SlotStatus};
 use crate::text::{fmt_ms, now, out};
 use crate::{git, keeper, signals};
 
+use super::plan::{self, Attempt};
 use super::run::Run;
-use super::{plan, Attempt};
 
 /// Why a build, hook or check ended a deploy.
 pub(super) enum StepError {

@@ -1,8 +1,54 @@
 //! What a deploy or rollback does, decided from plain data — the state,
 //! its history, the live slot's health, the resolved commit — with no
-//! process, file or network in sight, so that every decision has a test.
+//! process, file or network in sight, so that every decision has a test;
+//! and the plain data of one attempt (`Attempt`, `Resolved`).
 
 use crate::state::{Action, HistoryEntry, Outcome, Slot, SlotStatus, State};
+
+/// One deploy or rollback: which commit goes to which slot.
+pub(super) struct Attempt {
+    pub(super) action: Action,
+    pub(super) slot: Slot,
+    pub(super) sha: String,
+    /// The commit that was live before, if any.
+    pub(super) previous: Option<String>,
+    /// The branch whose tip `sha` is, if it is (what cron deploys).
+    pub(super) tip_of: Option<String>,
+    /// Why it happens, if zdd was told (a keeper's automatic rollback).
+    pub(super) because: Option<String>,
+    /// Its keeper may roll it back if it crash-loops after the swap (a new
+    /// release, with the previous one standing by).
+    pub(super) crash_rollback: bool,
+    /// A kept release deployed again: no checkout, no build.
+    pub(super) reused: bool,
+}
+
+impl Attempt {
+    pub(super) fn new(action: Action, slot: Slot, sha: &str, previous: Option<String>) -> Attempt {
+        Attempt {
+            action,
+            slot,
+            sha: sha.to_string(),
+            previous,
+            tip_of: None,
+            because: None,
+            crash_rollback: false,
+            reused: false,
+        }
+    }
+
+    pub(super) fn what(&self) -> &'static str {
+        self.action.as_str()
+    }
+}
+
+/// The commit step 3 resolved.
+pub(super) struct Resolved {
+    pub(super) sha: String,
+    pub(super) subject: String,
+    /// The `git fetch` and the resolution.
+    pub(super) fetch_time: std::time::Duration,
+}
 
 /// What a deploy does with the commit it resolved (step 3).
 #[derive(Debug, Clone, PartialEq, Eq)]

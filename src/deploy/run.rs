@@ -14,7 +14,7 @@ use crate::process::{self, ProcessId, Started};
 use crate::state::{Phases, Slot, SlotStatus, State};
 use crate::{fsutil, git, keeper, nginx, observe, root, signals, steer, switch};
 
-use super::{plan, Attempt};
+use super::plan::{self, Attempt};
 
 /// One deploy or rollback in progress: holds the lock and the state.
 pub(super) struct Run<'a> {

@@ -15,8 +15,8 @@ use crate::{git, signals};
 use crate::{keeper, launch};
 
 use super::outcome::{ms, StepError};
+use super::plan::Attempt;
 use super::run::Run;
-use super::Attempt;
 use crate::text::now;
 
 /// A build step or hook zdd runs in a release, by what it is.

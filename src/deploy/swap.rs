@@ -13,8 +13,8 @@ use crate::text::fmt;
 use crate::{signals, switch};
 
 use super::outcome::{ms, StepError};
+use super::plan::Attempt;
 use super::run::Run;
-use super::Attempt;
 
 /// The settle while nginx runs a site of an earlier zdd, whose switch
 /// picks the slot per request head: the earlier default.
