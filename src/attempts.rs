@@ -29,6 +29,8 @@ const START_OUTPUT_CAP: u64 = 256 * 1024;
 pub struct AttemptLog {
     path: PathBuf,
     file: File,
+    /// [`AttemptLog::end`] wrote how it ended.
+    ended: std::cell::Cell<bool>,
 }
 
 impl AttemptLog {
@@ -48,7 +50,11 @@ impl AttemptLog {
             let path = dir.join(name);
             match create_new(&path) {
                 Ok(file) => {
-                    let log = AttemptLog { path, file };
+                    let log = AttemptLog {
+                        path,
+                        file,
+                        ended: std::cell::Cell::new(false),
+                    };
                     log.marker(&format!("{} of {sha} to slot {slot}", action.as_str()));
                     return Ok(log);
                 }
@@ -66,6 +72,12 @@ impl AttemptLog {
     /// let go: the attempt does not fail for its own log.
     pub fn marker(&self, text: &str) {
         let _ = writeln!(&self.file, "=== zdd {}: {text}", text::now());
+    }
+
+    /// The last line: how the attempt ended.
+    pub fn end(&self, text: &str) {
+        self.marker(text);
+        self.ended.set(true);
     }
 
     /// Copy what `slot_log` holds from byte `from` on (its last
@@ -99,6 +111,16 @@ impl AttemptLog {
         let _ = out.write_all(&buf);
         if !buf.ends_with(b"\n") {
             let _ = out.write_all(b"\n");
+        }
+    }
+}
+
+impl Drop for AttemptLog {
+    /// An attempt that ended on an error of zdd's own (its state could not
+    /// be written) still gets a last line.
+    fn drop(&mut self) {
+        if !self.ended.get() {
+            self.marker("the attempt ended here, on an error of zdd's own: its message, and `zdd history`, say which");
         }
     }
 }

@@ -86,13 +86,17 @@ impl Run<'_> {
             match self.step(target, &sha, port, super::start::Step::AfterSwap, hook) {
                 Ok(()) => {}
                 Err(StepError::Failed(m) | StepError::Environment(m)) => {
-                    log::warn!("{m}; the swap itself is done")
+                    let text = format!("{m}; the swap itself is done");
+                    self.note(&text);
+                    log::warn!("{text}")
                 }
                 Err(StepError::Interrupted(sig)) => {
-                    log::warn!(
+                    let text = format!(
                         "the after_swap hook was stopped by {}; the swap itself is done",
                         sig.as_str()
-                    )
+                    );
+                    self.note(&text);
+                    log::warn!("{text}")
                 }
             }
         }
@@ -104,7 +108,7 @@ impl Run<'_> {
                 false => "",
             }
         );
-        self.note(&summary);
+        self.note_end(&summary);
         out!("{summary}");
         if let Some(why) = &attempt.because {
             out!("because {why}");
@@ -299,7 +303,7 @@ impl Run<'_> {
             // This attempt's own output: none when nothing ran in the slot.
             None => process::tail_note_since(&self.log_path(slot), self.log_sizes[slot.index()]),
         };
-        self.note(&format!("the {} failed: {reason}", attempt.what()));
+        self.note_end(&format!("the {} failed: {reason}", attempt.what()));
         if let Err(e) = saved {
             return e;
         }

@@ -483,6 +483,13 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The attempt's last line, how it ended, if it has a file.
+    pub(super) fn note_end(&self, text: &str) {
+        if let Some(log) = &self.attempt_log {
+            log.end(text);
+        }
+    }
+
     /// Copy the output of the app this attempt started last from its
     /// slot's log into the attempt's file (once it was verified, or
     /// stopped).

@@ -273,6 +273,16 @@ impl LogFile {
         {
             rename_if_there(&from, &to)?;
         }
+        // Files beyond `keep`, left by a larger `logs.keep` before.
+        for n in keep + 1.. {
+            let older = rotated_path(&self.path, n);
+            if std::fs::symlink_metadata(&older).is_err() {
+                break;
+            }
+            for path in both(&older) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         self.reopen();
         match self.file {
             Some(_) => Ok(()),
@@ -349,6 +359,31 @@ mod tests {
             joined.len()
         );
         assert!(!path.with_extension("log.4").exists());
+    }
+
+    #[test]
+    fn a_lowered_keep_removes_the_files_beyond_it_at_the_next_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut log = LogFile::new(&path, policy(1000, 4));
+        for i in 0..300 {
+            log.write(format!("line {i:05} of the first run\n").as_bytes());
+        }
+        log.finish();
+        assert!(rotated_path(&path, 4).exists());
+        let mut log = LogFile::new(&path, policy(1000, 2));
+        for i in 0..40 {
+            log.write(format!("line {i:05} of the second\n").as_bytes());
+        }
+        log.finish();
+        assert!(rotated_path(&path, 2).exists());
+        for n in [3, 4] {
+            assert!(!rotated_path(&path, n).exists(), "a.log.{n}");
+            assert!(
+                !times_path(&rotated_path(&path, n)).exists(),
+                "a.log.{n}.times"
+            );
+        }
     }
 
     #[test]

@@ -37,6 +37,12 @@ const RECORD_GRACE: Duration = Duration::from_secs(10);
 /// (Small reads keep its memory small: 10 MB/s is 640 reads a second.)
 const CHUNK: usize = 16 * 1024;
 const READS_PER_WAKE: usize = 64;
+/// The most chunks one drain reads when all that waits in the pipe must be
+/// written first (the app exited, the keeper stops or ends): 4 MiB, four
+/// times the biggest pipe an unprivileged app can make (`pipe-max-size`),
+/// so it gets everything that was in the pipe, and a process left writing
+/// faster than the disk takes cannot hold the keeper in the loop.
+const READS_TO_EMPTY: usize = 256;
 
 /// `zdd keep ARGS...`: keep the app running; returns the exit code.
 pub fn run(args: &[OsString]) -> i32 {
@@ -180,7 +186,7 @@ impl Keeper {
             // that says it exited.
             if woke.pipe || child_event {
                 self.drain(if child_event {
-                    usize::MAX
+                    READS_TO_EMPTY
                 } else {
                     READS_PER_WAKE
                 });
@@ -256,12 +262,12 @@ impl Keeper {
             End::Code(code) => code,
             End::Stopped { status, since } => self.end_stop(status, since),
             End::Like(status) => {
-                self.drain(usize::MAX);
+                self.drain(READS_TO_EMPTY);
                 self.log.finish();
                 exit_like(status)
             }
         };
-        self.drain(usize::MAX);
+        self.drain(READS_TO_EMPTY);
         self.log.finish();
         code
     }
@@ -288,7 +294,7 @@ impl Keeper {
     /// wait for what outlived it until the stop timeout, then kill it; say
     /// what there was, and end.
     fn end_stop(&mut self, status: Option<ExitStatus>, since: Instant) -> i32 {
-        self.drain(usize::MAX);
+        self.drain(READS_TO_EMPTY);
         let deadline = since + self.args.stop_timeout;
         let cgroup = self.args.cgroup.clone();
         let mut reaped = Vec::new();
