@@ -810,6 +810,9 @@ impl Tail {
                     while self.drain(out)? {}
                     out.end_file();
                 }
+                if let Some(old) = self.id {
+                    self.skipped_files(dir, old, out)?;
+                }
                 if let Some(file) = dir.open_file(&self.name)? {
                     let meta = file
                         .metadata()
@@ -823,6 +826,52 @@ impl Tail {
             }
         }
         Ok(got)
+    }
+
+    /// After the file followed (`old`) was rotated away: the files that
+    /// were made and rotated too before this look (the keeper rotated more
+    /// than once meanwhile), oldest first, in full. The followed one is
+    /// found among `NAME.log.N` by its inode; one rotated out of reach
+    /// (beyond `logs.keep`) is said in one line.
+    fn skipped_files<W: Write>(
+        &mut self,
+        dir: &LogDir,
+        old: (u64, u64),
+        out: &mut Out<W>,
+    ) -> Flow<()> {
+        let mut n = 1;
+        loop {
+            let rotated = rotated_name(&self.name, n);
+            match dir.stat(&rotated) {
+                Some((dev, ino, _)) if (dev, ino) == old => break,
+                Some(_) => n += 1,
+                None if n == 1 => return Ok(()),
+                None => {
+                    return out.line(
+                        "=== zdd: the log rotated faster than it was read here: lines are missing (see the rotated files)",
+                    )
+                }
+            }
+        }
+        self.buf.resize(CHUNK, 0);
+        for k in (1..n).rev() {
+            let Some(file) = dir.open_file(&rotated_name(&self.name, k))? else {
+                continue;
+            };
+            let mut pos = 0;
+            loop {
+                let got = file
+                    .read_at(&mut self.buf, pos)
+                    .map_err(Error::io("cannot read", &self.path))?;
+                if got == 0 {
+                    break;
+                }
+                out.bytes(&self.buf[..got])?;
+                pos += got as u64;
+            }
+            out.end_file();
+        }
+        Ok(())
     }
 
     /// Print what the file holds beyond `pos`, at most [`BURST`] bytes;
@@ -1316,6 +1365,40 @@ mod tests {
         // Cut short in place (copytruncate): from the start again.
         write(&dir, "a.log", "7\n");
         assert_eq!(polled(&mut tail, &dir), "7\n");
+    }
+
+    #[test]
+    fn following_prints_a_file_rotated_between_two_looks() {
+        let (_t, dir) = logs();
+        let rotate = || {
+            for n in (1..3).rev() {
+                let _ = fs::rename(
+                    dir.path.join(format!("a.log.{n}")),
+                    dir.path.join(format!("a.log.{}", n + 1)),
+                );
+            }
+            fs::rename(dir.path.join("a.log"), dir.path.join("a.log.1")).unwrap();
+        };
+        write(&dir, "a.log", "one\n");
+        let mut tail = Tail::waiting("a.log".into(), &dir.path);
+        assert_eq!(polled(&mut tail, &dir), "one\n");
+        // Two rotations before the next look: the middle file too.
+        append(&dir, "a.log", "two\n");
+        rotate();
+        write(&dir, "a.log", "three\n");
+        rotate();
+        write(&dir, "a.log", "four\n");
+        assert_eq!(polled(&mut tail, &dir), "two\nthree\nfour\n");
+        // Rotated out of reach (keep = 3): said, not guessed.
+        for text in ["5\n", "6\n", "7\n", "8\n"] {
+            rotate();
+            write(&dir, "a.log", text);
+        }
+        let got = polled(&mut tail, &dir);
+        assert!(
+            got.contains("lines are missing") && got.ends_with("8\n"),
+            "{got}"
+        );
     }
 
     #[test]
