@@ -4,7 +4,9 @@
 //! and `after_swap` hooks (written there directly), the app's output from
 //! its start until it was verified or stopped (copied from its slot's log),
 //! and one line that says how the attempt ended. It owns writing them,
-//! keeping the newest [`KEPT`], and `zdd logs --deploy [COMMIT]`.
+//! cutting one that outgrew [`FILE_CAP`] to its head and tail when the
+//! attempt ends, keeping the newest [`KEPT`], and `zdd logs --deploy
+//! [COMMIT]`.
 //!
 //! The folder is root's (`root::DEPLOY_LOGS`, mode 0700) and every file in
 //! it is opened without following a symlink. The app's user writes into
@@ -21,6 +23,11 @@ use crate::{git, root, text};
 
 /// How many attempts' files are kept: the newest, whatever their outcome.
 pub const KEPT: usize = 30;
+/// The most an attempt's file keeps once the attempt ended: its first
+/// [`HEAD_KEPT`] bytes and its last ones, the middle cut out (a build that
+/// wrote more).
+const FILE_CAP: u64 = 4 * 1024 * 1024;
+const HEAD_KEPT: u64 = 64 * 1024;
 /// The most of an app's start output copied into an attempt's file: its
 /// last bytes (the rest stays in the slot's log while that keeps it).
 const START_OUTPUT_CAP: u64 = 256 * 1024;
@@ -78,6 +85,40 @@ impl AttemptLog {
     pub fn end(&self, text: &str) {
         self.marker(text);
         self.ended.set(true);
+        if let Err(e) = self.trim() {
+            log::warn!("cannot trim {}: {e}", self.path.display());
+        }
+    }
+
+    /// Cut a file longer than [`FILE_CAP`] down to its head and tail, with
+    /// a line that says so between them: written aside, then renamed over.
+    fn trim(&self) -> std::io::Result<()> {
+        let len = self.file.metadata()?.len();
+        if len <= FILE_CAP {
+            return Ok(());
+        }
+        let mut src = crate::fsutil::open_nofollow(&self.path)?;
+        let mut head = Vec::new();
+        (&mut src).take(HEAD_KEPT).read_to_end(&mut head)?;
+        let tail_from = len - (FILE_CAP - HEAD_KEPT);
+        src.seek(SeekFrom::Start(tail_from))?;
+        let mut tail = Vec::new();
+        src.read_to_end(&mut tail)?;
+        let mut text = head;
+        if !text.ends_with(b"\n") {
+            text.push(b'\n');
+        }
+        text.extend_from_slice(
+            format!(
+                "=== zdd: {} bytes cut out here (an attempt's file keeps its first {} KiB and its last {} KiB)\n",
+                tail_from - HEAD_KEPT,
+                HEAD_KEPT / 1024,
+                (FILE_CAP - HEAD_KEPT) / 1024
+            )
+            .as_bytes(),
+        );
+        text.extend_from_slice(&tail);
+        crate::fsutil::write_atomic(&self.path, &text, 0o600)
     }
 
     /// Copy what `slot_log` holds from byte `from` on (its last
@@ -356,6 +397,34 @@ mod tests {
             text.contains(&format!("deploy of {SHA} to slot b")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_file_that_outgrew_its_cap_keeps_its_head_and_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log =
+            AttemptLog::create(&tmp.path().join("root"), Action::Deploy, SHA, Slot::A).unwrap();
+        let build: String = (0..300_000)
+            .map(|i| format!("build line {i:06}\n"))
+            .collect();
+        (&log.file).write_all(build.as_bytes()).unwrap();
+        log.end("the deploy failed: the build failed");
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(text.len() as u64 <= FILE_CAP + 200, "{}", text.len());
+        assert!(
+            text.lines().next().unwrap().contains("deploy of"),
+            "the head"
+        );
+        assert!(text.contains("build line 000000\n"));
+        assert!(text.contains("bytes cut out here"));
+        assert!(text.contains("build line 299999\n"));
+        assert!(text.ends_with("the deploy failed: the build failed\n"));
+        // A file under the cap is left as it is.
+        let small =
+            AttemptLog::create(&tmp.path().join("root"), Action::Deploy, SHA, Slot::A).unwrap();
+        small.end("done");
+        let text = std::fs::read_to_string(small.path()).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
     }
 
     #[test]
