@@ -60,17 +60,21 @@ impl Checker {
     }
 }
 
-/// How the start-up check of a new process ended.
-pub enum Verified {
-    Healthy,
-    Failed(String),
-    /// The start command could not run at all (the shell's exit 126 or
-    /// 127): the config's or the system's fault, not the commit's.
-    CannotStart(String),
-    /// Something other than the new process answered.
-    Foreign(String),
+/// Why a step of a deploy did not pass — its build, a hook, the start-up
+/// check of the new process: the one failure type of those steps.
+#[derive(Debug)]
+pub enum Failure {
+    /// The commit itself failed (build, hook, health, verify).
+    Commit(String),
+    /// Something around it failed, not the commit: the checkout, nginx, a
+    /// port, the system, something other than the new process answering,
+    /// a start command that cannot run at all; cron tries the commit again.
+    Environment(String),
     Interrupted(Signal),
 }
+
+/// How the start-up check of a new process ended.
+pub type Verified = Result<(), Failure>;
 
 /// Probe a freshly started process until it is healthy, it exits (noticed
 /// at once, with its exit status), `health.timeout` passes, or zdd is
@@ -82,24 +86,24 @@ pub fn wait_ready(health: &Health, checker: &Checker, started: &mut Started) -> 
     let mut pause = Duration::from_millis(2);
     loop {
         if let Some(sig) = crate::signals::pending() {
-            return Verified::Interrupted(sig);
+            return Err(Failure::Interrupted(sig));
         }
         if let Some(status) = started.exited() {
             return exited_during_start_up(status);
         }
         let last = match checker.check() {
-            Ok(()) => return Verified::Healthy,
+            Ok(()) => return Ok(()),
             Err(seen) => seen,
         };
         if let Some(status) = started.exited() {
             return exited_during_start_up(status);
         }
         if t.elapsed() >= health.timeout {
-            return Verified::Failed(format!(
+            return Err(Failure::Commit(format!(
                 "not healthy after {} (last check of {}: {last})",
                 humantime::format_duration(health.timeout),
                 checker.url()
-            ));
+            )));
         }
         pause = pause.min(health.interval);
         std::thread::sleep(pause.min(health.timeout.saturating_sub(t.elapsed())));
@@ -112,11 +116,13 @@ pub fn wait_ready(health: &Health, checker: &Checker, started: &mut Started) -> 
 /// 127: not found), which fixing `start` or the system cures.
 pub fn exited_during_start_up(status: std::process::ExitStatus) -> Verified {
     match status.code() {
-        Some(code @ (126 | 127)) => Verified::CannotStart(format!(
+        Some(code @ (126 | 127)) => Err(Failure::Environment(format!(
             "the start command cannot run (exit status {code}: {}; see the slot's log): fix `start`, or what it runs, and deploy again (cron tries the commit again)",
             if code == 126 { "found but not executable by the app's user" } else { "not found" }
-        )),
-        _ => Verified::Failed(format!("the app exited during start-up ({status})")),
+        ))),
+        _ => Err(Failure::Commit(format!(
+            "the app exited during start-up ({status})"
+        ))),
     }
 }
 
@@ -293,11 +299,13 @@ mod tests {
         let exited =
             |code: i32| exited_during_start_up(std::process::ExitStatus::from_raw(code << 8));
         assert!(
-            matches!(exited(126), Verified::CannotStart(m) if m.contains("found but not executable"))
+            matches!(exited(126), Err(Failure::Environment(m)) if m.contains("found but not executable"))
         );
-        assert!(matches!(exited(127), Verified::CannotStart(m) if m.contains("127: not found")));
         assert!(
-            matches!(exited(3), Verified::Failed(m) if m == "the app exited during start-up (exit status: 3)")
+            matches!(exited(127), Err(Failure::Environment(m)) if m.contains("127: not found"))
+        );
+        assert!(
+            matches!(exited(3), Err(Failure::Commit(m)) if m == "the app exited during start-up (exit status: 3)")
         );
     }
 }

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use crate::config::Health;
-use crate::health::{self, Checker, Verified};
+use crate::health::{self, Checker, Failure, Verified};
 use crate::keeper;
 use crate::process::{self, ProcessId, Started, StopWith};
 
@@ -93,24 +93,26 @@ pub fn verify(
     let verdict = match health::wait_ready(health, &checker, started) {
         // The answer must have come from the new app, not from something
         // else that holds the port.
-        Verified::Healthy => match answered_by(started, port) {
-            Err(reason) => Verified::Foreign(reason),
+        Ok(()) => match answered_by(started, port) {
+            Err(reason) => Err(Failure::Environment(reason)),
             Ok(()) => then(),
         },
-        Verified::Failed(reason) => Verified::Failed(match listens_elsewhere(started, port) {
-            Some(elsewhere) => format!("{elsewhere}; {reason}"),
-            None => reason,
-        }),
+        Err(Failure::Commit(reason)) => {
+            Err(Failure::Commit(match listens_elsewhere(started, port) {
+                Some(elsewhere) => format!("{elsewhere}; {reason}"),
+                None => reason,
+            }))
+        }
         other => other,
     };
     match verdict {
-        Verified::Healthy if arm => match keeper::arm(started.id.pid).map(|()| started.exited()) {
-            Ok(None) => Verified::Healthy,
+        Ok(()) if arm => match keeper::arm(started.id.pid).map(|()| started.exited()) {
+            Ok(None) => Ok(()),
             Ok(Some(status)) => crate::health::exited_during_start_up(status),
-            Err(e) => Verified::Foreign(format!(
+            Err(e) => Err(Failure::Environment(format!(
                 "cannot arm its keeper (pid {}): {e}",
                 started.id.pid
-            )),
+            ))),
         },
         other => other,
     }

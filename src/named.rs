@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Stop};
 use crate::error::{Error, Result};
-use crate::health::Verified;
+use crate::health::Failure;
 use crate::lock::{Lock, LockWait};
 use crate::process::{self, ProcessId, Spec, Stopped};
 use crate::state::{Slot, State};
@@ -278,12 +278,10 @@ fn verify(
     arm: bool,
 ) -> std::result::Result<(), String> {
     let health = config.map(|c| c.health.clone()).unwrap_or_default();
-    match crate::launch::verify(&health, port, started, arm, || Verified::Healthy) {
-        Verified::Healthy => Ok(()),
-        Verified::Failed(reason) | Verified::Foreign(reason) | Verified::CannotStart(reason) => {
-            Err(reason)
-        }
-        Verified::Interrupted(sig) => Err(format!("interrupted by {}", sig.as_str())),
+    match crate::launch::verify(&health, port, started, arm, || Ok(())) {
+        Ok(()) => Ok(()),
+        Err(Failure::Commit(reason) | Failure::Environment(reason)) => Err(reason),
+        Err(Failure::Interrupted(sig)) => Err(format!("interrupted by {}", sig.as_str())),
     }
 }
 

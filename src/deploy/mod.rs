@@ -21,7 +21,8 @@ use crate::{git, signals};
 
 pub use plan::rollback_target;
 
-use outcome::{ms, StepError};
+use crate::health::Failure;
+use outcome::ms;
 use plan::{Attempt, Decision, Resolved};
 use run::Run;
 
@@ -403,7 +404,7 @@ impl Run<'_> {
                 .live_commit()
                 .is_some_and(|c| self.state.release(c).is_some());
         if let Err(e) = self.check_signal("") {
-            return Err(self.abort_with(&attempt, StepError::from(e), None));
+            return Err(self.abort_with(&attempt, Failure::from(e), None));
         }
         let old = attempt.slot.other();
         let old_process = self

@@ -9,6 +9,7 @@ use nix::sys::signal::Signal;
 
 use crate::error::Error;
 use crate::error::Result;
+use crate::health::Failure;
 use crate::process::{self, Started, Stopped};
 use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, SlotStatus};
 use crate::text::{fmt_ms, now, out};
@@ -17,23 +18,15 @@ use crate::{git, keeper, signals};
 use super::plan::{self, Attempt};
 use super::run::Run;
 
-/// Why a build, hook or check ended a deploy.
-pub(super) enum StepError {
-    /// The commit itself failed (build, hook, health, verify).
-    Failed(String),
-    /// Something around it failed (checkout, nginx, a port, the system);
-    /// cron will try the commit again.
-    Environment(String),
-    Interrupted(Signal),
-}
-
-impl From<Error> for StepError {
-    fn from(e: Error) -> StepError {
+/// An error of zdd's own in a step (a signal, the state, a file): not the
+/// commit's fault, unless it is a signal.
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
         match e {
             Error::Interrupted { number, .. } => {
-                StepError::Interrupted(Signal::try_from(number).unwrap_or(Signal::SIGTERM))
+                Failure::Interrupted(Signal::try_from(number).unwrap_or(Signal::SIGTERM))
             }
-            other => StepError::Environment(other.to_string()),
+            other => Failure::Environment(other.to_string()),
         }
     }
 }
@@ -85,12 +78,12 @@ impl Run<'_> {
         if let Some(hook) = config.hooks.after_swap.as_deref().filter(|_| fresh) {
             match self.step(target, &sha, port, super::start::Step::AfterSwap, hook) {
                 Ok(()) => {}
-                Err(StepError::Failed(m) | StepError::Environment(m)) => {
+                Err(Failure::Commit(m) | Failure::Environment(m)) => {
                     let text = format!("{m}; the swap itself is done");
                     self.note(&text);
                     log::warn!("{text}")
                 }
-                Err(StepError::Interrupted(sig)) => {
+                Err(Failure::Interrupted(sig)) => {
                     let text = format!(
                         "the after_swap hook was stopped by {}; the swap itself is done",
                         sig.as_str()
@@ -228,7 +221,7 @@ impl Run<'_> {
         reason: String,
         new: Option<&mut Started>,
     ) -> Error {
-        self.abort(attempt, StepError::Environment(reason), new, false)
+        self.abort(attempt, Failure::Environment(reason), new, false)
     }
 
     /// A deploy or rollback failed before the swap because of what ran in
@@ -237,7 +230,7 @@ impl Run<'_> {
     pub(super) fn abort_with(
         &mut self,
         attempt: &Attempt,
-        why: StepError,
+        why: Failure,
         new: Option<&mut Started>,
     ) -> Error {
         self.abort(attempt, why, new, true)
@@ -246,7 +239,7 @@ impl Run<'_> {
     fn abort(
         &mut self,
         attempt: &Attempt,
-        why: StepError,
+        why: Failure,
         new: Option<&mut Started>,
         quote_log: bool,
     ) -> Error {
@@ -271,11 +264,11 @@ impl Run<'_> {
                 Action::Deploy | Action::Restart => SlotStatus::Failed,
             };
         }
-        self.discard_release(attempt, matches!(why, StepError::Failed(_)));
+        self.discard_release(attempt, matches!(why, Failure::Commit(_)));
         let (outcome, reason) = match &why {
-            StepError::Failed(r) => (Outcome::Failed, r.clone()),
-            StepError::Environment(r) => (Outcome::Error, r.clone()),
-            StepError::Interrupted(sig) => (
+            Failure::Commit(r) => (Outcome::Failed, r.clone()),
+            Failure::Environment(r) => (Outcome::Error, r.clone()),
+            Failure::Interrupted(sig) => (
                 Outcome::Interrupted,
                 format!("interrupted by {}", sig.as_str()),
             ),
@@ -298,7 +291,7 @@ impl Run<'_> {
         // The app it started, stopped now, wrote all it will.
         self.copy_start_output();
         let tail = match &self.attempt_log {
-            _ if !quote_log || matches!(why, StepError::Interrupted(_)) => String::new(),
+            _ if !quote_log || matches!(why, Failure::Interrupted(_)) => String::new(),
             Some(log) => process::tail_note(log.path()),
             // This attempt's own output: none when nothing ran in the slot.
             None => process::tail_note_since(&self.log_path(slot), self.log_sizes[slot.index()]),
@@ -350,7 +343,7 @@ fn summary_line(
 /// empty or ready to append).
 fn failure(
     attempt: &Attempt,
-    why: StepError,
+    why: Failure,
     stopped: &str,
     serving: &str,
     after: &str,
@@ -358,10 +351,10 @@ fn failure(
 ) -> Error {
     let (what, slot, short) = (attempt.what(), attempt.slot, git::short(&attempt.sha));
     match why {
-        StepError::Failed(reason) | StepError::Environment(reason) => Error::Failed(format!(
+        Failure::Commit(reason) | Failure::Environment(reason) => Error::Failed(format!(
             "{what} of {short} to slot {slot} failed: {reason}; {stopped}nothing else changed{serving}{after}{tail}"
         )),
-        StepError::Interrupted(sig) => Error::interrupted(
+        Failure::Interrupted(sig) => Error::interrupted(
             sig,
             format!("{stopped}the {what} of {short} was abandoned{serving}"),
         ),
@@ -407,7 +400,7 @@ mod tests {
         let texts = [
             failure(
                 &attempt(Action::Deploy),
-                StepError::Failed("not healthy after 30s (last check of http://127.0.0.1:3002/: HTTP 500 (expected 200-299), body \"v2\")".into()),
+                Failure::Commit("not healthy after 30s (last check of http://127.0.0.1:3002/: HTTP 500 (expected 200-299), body \"v2\")".into()),
                 "stopped slot b; ",
                 "; slot a still serves 52951a39bfdc",
                 "; cron runs will not retry 5145c65a3ef0, the tip of main, until main moves",
@@ -415,7 +408,7 @@ mod tests {
             ),
             failure(
                 &attempt(Action::Rollback),
-                StepError::Environment("nginx did not answer at http://127.0.0.1:80/.zdd/upstream within 5s (connection refused): nothing answers on nginx.listen = \"80\"; is nginx running, with the config from `zdd nginx`?".into()),
+                Failure::Environment("nginx did not answer at http://127.0.0.1:80/.zdd/upstream within 5s (connection refused): nothing answers on nginx.listen = \"80\"; is nginx running, with the config from `zdd nginx`?".into()),
                 "stopped slot b; ",
                 "; slot a still serves 52951a39bfdc",
                 "",
@@ -423,7 +416,7 @@ mod tests {
             ),
             failure(
                 &attempt(Action::Deploy),
-                StepError::Interrupted(Signal::SIGINT),
+                Failure::Interrupted(Signal::SIGINT),
                 "stopped slot b; ",
                 "; slot a still serves 52951a39bfdc",
                 "",

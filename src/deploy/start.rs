@@ -7,16 +7,16 @@ use std::time::{Duration, Instant};
 
 use crate::config::NginxMode;
 use crate::error::{Error, Result};
-use crate::health::Verified;
 use crate::process::{self, Spec, Started, StepEnd, StopWith};
 use crate::state::{Slot, SlotStatus};
 use crate::text::fmt;
 use crate::{git, signals};
 use crate::{keeper, launch};
 
-use super::outcome::{ms, StepError};
+use super::outcome::ms;
 use super::plan::Attempt;
 use super::run::Run;
+use crate::health::Failure;
 use crate::text::now;
 
 /// A build step or hook zdd runs in a release, by what it is.
@@ -115,12 +115,12 @@ impl Run<'_> {
     /// missing. A path the commit tracks is an error naming it. The links
     /// are made as the release's owner (root never writes in its tree),
     /// by argv, never a shell.
-    pub(super) fn link_shared(&self, sha: &str) -> std::result::Result<(), StepError> {
+    pub(super) fn link_shared(&self, sha: &str) -> std::result::Result<(), Failure> {
         let config = self.config;
         if config.shared.is_empty() {
             return Ok(());
         }
-        let env = |e: Error| StepError::Environment(e.to_string());
+        let env = |e: Error| Failure::Environment(e.to_string());
         crate::root::prepare(&config.root, &[crate::root::SHARED]).map_err(env)?;
         let release = config.root.join(crate::state::release_dir(sha));
         let owner = config.user.as_ref().map_or_else(
@@ -134,7 +134,7 @@ impl Run<'_> {
         );
         for item in &config.shared {
             if std::fs::symlink_metadata(release.join(&item.path)).is_ok() {
-                return Err(StepError::Failed(format!(
+                return Err(Failure::Commit(format!(
                     "the commit has {}, which `shared` in {} names: remove it from the repository (`git rm -r --cached {}` and ignore it), or from `shared`",
                     item.path,
                     config.path.display(),
@@ -156,7 +156,7 @@ impl Run<'_> {
                 ),
                 Ok(false) => {}
                 Err(e) => {
-                    return Err(StepError::Environment(format!(
+                    return Err(Failure::Environment(format!(
                         "cannot prepare {}: {e}",
                         target.display()
                     )))
@@ -224,19 +224,19 @@ impl Run<'_> {
                 });
             match copy {
                 Ok(()) => copied += 1,
-                Err(StepError::Environment(e) | StepError::Failed(e))
+                Err(Failure::Environment(e) | Failure::Commit(e))
                     if e.contains("No such file or directory") =>
                 {
                     log::debug!("no {} in {} to start the build from", item.path, from.dir)
                 }
-                Err(StepError::Environment(e) | StepError::Failed(e)) => {
+                Err(Failure::Environment(e) | Failure::Commit(e)) => {
                     log::warn!(
                         "cannot copy the cache {} from {}: {e}; building without it",
                         item.path,
                         from.dir
                     )
                 }
-                Err(StepError::Interrupted(_)) => {}
+                Err(Failure::Interrupted(_)) => {}
             }
         }
         if copied > 0 {
@@ -254,7 +254,7 @@ impl Run<'_> {
         dir: &Path,
         program: &str,
         args: &[&str],
-    ) -> std::result::Result<(), StepError> {
+    ) -> std::result::Result<(), Failure> {
         let mut cmd = std::process::Command::new(program);
         cmd.args(args)
             .current_dir(dir)
@@ -266,10 +266,10 @@ impl Run<'_> {
         process::new_session(&mut cmd);
         let out = cmd
             .output()
-            .map_err(|e| StepError::Environment(format!("cannot run {program}: {e}")))?;
+            .map_err(|e| Failure::Environment(format!("cannot run {program}: {e}")))?;
         match out.status.success() {
             true => Ok(()),
-            false => Err(StepError::Environment(format!(
+            false => Err(Failure::Environment(format!(
                 "`{program} {}` in {} failed: {}",
                 args.join(" "),
                 dir.display(),
@@ -286,7 +286,7 @@ impl Run<'_> {
         port: u16,
         what: Step,
         command: &str,
-    ) -> std::result::Result<(), StepError> {
+    ) -> std::result::Result<(), Failure> {
         let label = what.label();
         let log = self.step_log(slot);
         process::log_marker(
@@ -303,7 +303,7 @@ impl Run<'_> {
             run_as: self.config.user.as_ref(),
         };
         let mut step = process::spawn_step(&spec)
-            .map_err(|e| StepError::Failed(format!("cannot run the {label}: {e}")))?;
+            .map_err(|e| Failure::Commit(format!("cannot run the {label}: {e}")))?;
         // Before the app starts, the slot's recorded process is the build or
         // hook, so that a zdd killed meanwhile leaves nothing unrecorded.
         let records_step = self.state.slot(slot).status == SlotStatus::Starting
@@ -312,7 +312,7 @@ impl Run<'_> {
             self.state.slot_mut(slot).process = Some(step.id.clone());
             if let Err(e) = self.save() {
                 process::stop_group(&step.id, StopWith::KILL, Some(&mut step.child));
-                return Err(StepError::Failed(e.to_string()));
+                return Err(Failure::Commit(e.to_string()));
             }
         }
         // After the swap nothing may be cut short: the deploy is done.
@@ -322,11 +322,11 @@ impl Run<'_> {
             self.state.slot_mut(slot).process = None;
         }
         match end {
-            Err(e) => Err(StepError::Failed(format!("cannot run the {label}: {e}"))),
-            Ok(StepEnd::Interrupted(sig)) => Err(StepError::Interrupted(sig)),
+            Err(e) => Err(Failure::Commit(format!("cannot run the {label}: {e}"))),
+            Ok(StepEnd::Interrupted(sig)) => Err(Failure::Interrupted(sig)),
             Ok(StepEnd::Exited(status)) if status.success() => Ok(()),
             Ok(StepEnd::Exited(status)) => {
-                Err(StepError::Failed(format!("the {label} failed ({status})")))
+                Err(Failure::Commit(format!("the {label} failed ({status})")))
             }
         }
     }
@@ -474,28 +474,17 @@ impl Run<'_> {
 
         let hook = config.hooks.verify.as_deref().filter(|_| verify);
         let rehearsal = how == Launch::Rehearsal;
-        let verified = launch::verify(
-            &config.health,
-            port,
-            &mut started,
-            !rehearsal,
-            || match hook.map(|hook| self.step(target, sha, port, Step::Verify, hook)) {
-                None | Some(Ok(())) => Verified::Healthy,
-                Some(Err(StepError::Failed(m))) => Verified::Failed(m),
-                Some(Err(StepError::Environment(m))) => Verified::Foreign(m),
-                Some(Err(StepError::Interrupted(sig))) => Verified::Interrupted(sig),
-            },
-        );
+        let verified = launch::verify(&config.health, port, &mut started, !rehearsal, || {
+            hook.map_or(Ok(()), |hook| {
+                self.step(target, sha, port, Step::Verify, hook)
+            })
+        });
         let why = match verified {
-            Verified::Healthy => return Ok(started),
-            Verified::Failed(reason) if rehearsal => StepError::Failed(format!(
+            Ok(()) => return Ok(started),
+            Err(Failure::Commit(reason)) if rehearsal => Failure::Commit(format!(
                 "{reason} (in the rehearsal on private port {port})"
             )),
-            Verified::Failed(reason) => StepError::Failed(reason),
-            Verified::Foreign(reason) | Verified::CannotStart(reason) => {
-                StepError::Environment(reason)
-            }
-            Verified::Interrupted(sig) => StepError::Interrupted(sig),
+            Err(why) => why,
         };
         Err(self.abort_with(attempt, why, Some(&mut started)))
     }

@@ -12,9 +12,10 @@ use crate::steer::{self, Routed};
 use crate::text::fmt;
 use crate::{signals, switch};
 
-use super::outcome::{ms, StepError};
+use super::outcome::ms;
 use super::plan::Attempt;
 use super::run::Run;
+use crate::health::Failure;
 
 /// The settle while nginx runs a site of an earlier zdd, whose switch
 /// picks the slot per request head: the earlier default.
@@ -94,7 +95,7 @@ impl Run<'_> {
         signals::fault_point("recorded");
         if let Some(sig) = signals::pending() {
             self.unrecord_live(target, before)?;
-            return Err(self.abort_with(attempt, StepError::Interrupted(sig), Some(started)));
+            return Err(self.abort_with(attempt, Failure::Interrupted(sig), Some(started)));
         }
         let t = Instant::now();
         if let Err(e) = switch::flip(root, self.position(target)) {

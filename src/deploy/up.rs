@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::git;
-use crate::health::{Checker, Verified};
+use crate::health::{Checker, Failure};
 use crate::process;
 use crate::state::{Action, HistoryEntry, Outcome, Phases, Slot, SlotStatus};
 use crate::text::{fmt, out};
@@ -47,18 +47,16 @@ impl Run<'_> {
         self.state.slot_mut(live).status = SlotStatus::Live;
         self.save_or_stop(&mut started)?;
         // Its keeper supervises it from the start: nothing to arm.
-        let verdict = launch::verify(&self.config.health, port, &mut started, false, || {
-            Verified::Healthy
-        });
+        let verdict = launch::verify(&self.config.health, port, &mut started, false, || Ok(()));
         // Running under its keeper either way: nginx sends it requests once
         // it answers; until then its keeper keeps it trying.
         self.reconcile_switch()?;
         self.point_current(live);
         let (outcome, reason) = match &verdict {
-            Verified::Healthy => (Outcome::Ok, "started by zdd up".to_string()),
-            Verified::Failed(r) | Verified::Foreign(r) => (Outcome::Failed, r.clone()),
-            Verified::CannotStart(r) => (Outcome::Error, r.clone()),
-            Verified::Interrupted(sig) => (
+            Ok(()) => (Outcome::Ok, "started by zdd up".to_string()),
+            Err(Failure::Commit(r)) => (Outcome::Failed, r.clone()),
+            Err(Failure::Environment(r)) => (Outcome::Error, r.clone()),
+            Err(Failure::Interrupted(sig)) => (
                 Outcome::Interrupted,
                 format!("zdd up interrupted by {}", sig.as_str()),
             ),
@@ -81,7 +79,7 @@ impl Run<'_> {
         });
         self.save()?;
         match verdict {
-            Verified::Healthy => {
+            Ok(()) => {
                 out!(
                     "started {short} in slot {live} (port {port}), healthy after {}",
                     fmt(t.elapsed())
