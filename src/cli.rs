@@ -106,12 +106,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the last lines of the live slot's log, a slot's or a `zdd start` process's; -f follows it
+    /// Print the last lines of the live slot's log, a slot's or a `zdd start` process's; -f follows it; --deploy prints a deploy attempt's output
     Logs {
         /// A slot (`a`, `b`) or a name given to `zdd start` [default: the live slot, followed across swaps with -f]
         #[arg(value_name = "TARGET")]
         target: Option<String>,
-        /// How many of the last lines to print [default: 50; with --since: all of those]
+        /// How many of the last lines to print [default: 50; with --since: all of those; with --deploy: the whole attempt]
         #[arg(short = 'n', long = "lines", value_name = "N")]
         lines: Option<usize>,
         /// Then print what is appended, across rotations (and swaps, without TARGET), until interrupted
