@@ -834,7 +834,7 @@ impl Tail {
     /// found among `NAME.log.N` by its inode; one rotated out of reach
     /// (beyond `logs.keep`) is said in one line.
     fn skipped_files<W: Write>(
-        &mut self,
+        &self,
         dir: &LogDir,
         old: (u64, u64),
         out: &mut Out<W>,
@@ -853,22 +853,16 @@ impl Tail {
                 }
             }
         }
-        self.buf.resize(CHUNK, 0);
         for k in (1..n).rev() {
-            let Some(file) = dir.open_file(&rotated_name(&self.name, k))? else {
+            let name = rotated_name(&self.name, k);
+            let Some(file) = dir.open_file(&name)? else {
                 continue;
             };
-            let mut pos = 0;
-            loop {
-                let got = file
-                    .read_at(&mut self.buf, pos)
-                    .map_err(Error::io("cannot read", &self.path))?;
-                if got == 0 {
-                    break;
-                }
-                out.bytes(&self.buf[..got])?;
-                pos += got as u64;
-            }
+            let meta = file
+                .metadata()
+                .map_err(Error::io("cannot look at", &dir.path.join(&name)))?;
+            let mut skipped = Tail::at(&name, file, &meta, 0, &dir.path);
+            while skipped.drain(out)? {}
             out.end_file();
         }
         Ok(())
