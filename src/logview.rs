@@ -833,12 +833,7 @@ impl Tail {
     /// than once meanwhile), oldest first, in full. The followed one is
     /// found among `NAME.log.N` by its inode; one rotated out of reach
     /// (beyond `logs.keep`) is said in one line.
-    fn skipped_files<W: Write>(
-        &self,
-        dir: &LogDir,
-        old: (u64, u64),
-        out: &mut Out<W>,
-    ) -> Flow<()> {
+    fn skipped_files<W: Write>(&self, dir: &LogDir, old: (u64, u64), out: &mut Out<W>) -> Flow<()> {
         let mut n = 1;
         loop {
             let rotated = rotated_name(&self.name, n);
