@@ -1,16 +1,112 @@
 //! Starting an app so that it stays up, the one way that a deploy, a
-//! rollback, `zdd start` and `zdd up` all do it: what earlier runs left of
-//! it stopped first, then under its keeper (see `keeper::spawn`), recorded
-//! at once by the caller, then verified — healthy, answered by its own
-//! processes, the caller's own check (the verify hook) — and only then its
-//! keeper armed.
+//! rollback, `zdd restart`, `zdd start` and `zdd up` all do it ([`App`]):
+//! what earlier runs left of it stopped first, then under its keeper (see
+//! `keeper::spawn`), recorded at once by the caller, then verified —
+//! healthy, answered by its own processes, the caller's own check (the
+//! verify hook) — and only then its keeper armed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::config::Health;
+use crate::config::{Config, Health};
 use crate::health::{self, Checker, Failure, Verified};
 use crate::keeper;
-use crate::process::{self, ProcessId, Started, StopWith};
+use crate::process::{self, ProcessId, Spec, Started, StopWith};
+
+/// One app to start: a slot's release, or a named process (`zdd start`).
+pub struct App<'a> {
+    pub root: &'a Path,
+    /// The slot or the named process: `ZDD_SLOT`, its log, its keeper.
+    pub name: &'a str,
+    /// Where it runs.
+    pub dir: PathBuf,
+    pub port: u16,
+    /// The `start` command.
+    pub command: &'a str,
+    /// `ZDD_COMMIT`, for a slot's release.
+    pub commit: Option<&'a str>,
+    /// Its `[env]`, `env_file`, user, stop and log policy; without a
+    /// config (a named process) the defaults.
+    pub config: Option<&'a Config>,
+}
+
+impl App<'_> {
+    /// The app's environment (and its build's and hooks'), with the env
+    /// file's variables `from_file` as read: see [`app_env`]; `[env]` wins
+    /// over the env file.
+    pub fn env(&self, from_file: &[(String, String)]) -> Vec<(String, String)> {
+        let config_env = self
+            .config
+            .into_iter()
+            .flat_map(|c| &c.env)
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        let extra = self
+            .commit
+            .map(|sha| ("ZDD_COMMIT", sha))
+            .into_iter()
+            .chain(from_file.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .chain(config_env);
+        app_env(self.root, self.name, self.port, extra)
+    }
+
+    /// Start it under its keeper (`armed`: supervised from the start; a
+    /// crash loop after arming rolls back as `rollback` says), with
+    /// `marker` as the line before its output in its log. The keeper reads
+    /// the env file itself at every start of the app, its own restarts
+    /// included; `[env]` still wins over it.
+    pub fn keep(
+        &self,
+        marker: &str,
+        armed: bool,
+        rollback: Option<(u32, Duration, &Path)>,
+    ) -> std::io::Result<Started> {
+        let log = self.log();
+        process::log_marker(&log, marker);
+        let env = self.env(&[]);
+        let keep = keeper::Keep {
+            name: self.name,
+            root: self.root,
+            stop: self
+                .config
+                .map(|c| c.stop.clone())
+                .unwrap_or_default()
+                .with(),
+            armed,
+            rollback,
+            log_policy: self.config.map_or(keeper::LogPolicy::DEFAULT, |c| c.logs),
+            env_file: self.config.and_then(|c| c.env_file.as_deref()),
+            env_fixed: self
+                .config
+                .map(|c| c.env.keys().map(String::as_str).collect())
+                .unwrap_or_default(),
+        };
+        keeper::spawn(&self.spec(&env, &log), &keep)
+    }
+
+    /// Start it alone, in a process group of its own and with no keeper
+    /// (a rehearsal, stopped after), its env file's variables `from_file`.
+    pub fn alone(&self, marker: &str, from_file: &[(String, String)]) -> std::io::Result<Started> {
+        let log = self.log();
+        process::log_marker(&log, marker);
+        let env = self.env(from_file);
+        process::spawn_app(&self.spec(&env, &log))
+    }
+
+    /// Its log, which its keeper writes.
+    pub fn log(&self) -> PathBuf {
+        process::log_path(self.root, self.name)
+    }
+
+    fn spec<'s>(&'s self, env: &'s [(String, String)], log: &'s Path) -> Spec<'s> {
+        Spec {
+            command: self.command,
+            dir: &self.dir,
+            env,
+            log,
+            run_as: self.config.and_then(|c| c.user.as_ref()),
+        }
+    }
+}
 
 /// The environment of an app (and of a slot's build and hooks): `PORT`,
 /// `ZDD_ROOT`, `ZDD_SLOT` (the slot or the name of a `zdd start` process;

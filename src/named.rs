@@ -11,7 +11,7 @@ use crate::config::{Config, Stop};
 use crate::error::{Error, Result};
 use crate::health::Failure;
 use crate::lock::{Lock, LockWait};
-use crate::process::{self, ProcessId, Spec, Stopped};
+use crate::process::{self, ProcessId, Stopped};
 use crate::state::{Slot, State};
 use crate::text::{fmt_ms, out};
 use crate::{fsutil, keeper, root};
@@ -207,45 +207,26 @@ fn start_kept(
     command: &str,
     armed: bool,
 ) -> Result<process::Started> {
-    let log = process::log_path(root, name);
-    process::log_marker(
-        &log,
-        &format!(
-            "start {name} in {} on port {port}: {command}",
-            dir.display()
-        ),
-    );
-    let from_file = match config.and_then(|c| c.env_file.as_deref()) {
-        Some(path) => crate::launch::read_env_file(path)?,
-        None => Vec::new(),
-    };
-    let config_env = config.into_iter().flat_map(|c| &c.env);
-    let env = crate::launch::app_env(
+    // A bad line is exit 2 naming file:line, not a failed start: checked
+    // here, read by the keeper at every start.
+    if let Some(path) = config.and_then(|c| c.env_file.as_deref()) {
+        crate::launch::read_env_file(path)?;
+    }
+    let app = crate::launch::App {
         root,
         name,
+        dir: dir.to_path_buf(),
         port,
-        from_file
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .chain(config_env.map(|(k, v)| (k.as_str(), v.as_str()))),
-    );
-    let spec = Spec {
         command,
-        dir,
-        env: &env,
-        log: &log,
-        run_as: config.and_then(|c| c.user.as_ref()),
+        commit: None,
+        config,
     };
-    let stop = stop_of(config);
-    let keep = keeper::Keep {
-        name,
-        root,
-        stop: stop.with(),
-        armed,
-        rollback: None,
-        log_policy: config.map_or(crate::keeper::LogPolicy::DEFAULT, |c| c.logs),
-    };
-    let mut started = keeper::spawn(&spec, &keep)
+    let marker = format!(
+        "start {name} in {} on port {port}: {command}",
+        dir.display()
+    );
+    let mut started = app
+        .keep(&marker, armed, None)
         .map_err(|e| Error::Failed(format!("cannot start `{command}`: {e}")))?;
     let record = Record {
         name: name.to_string(),

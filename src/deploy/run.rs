@@ -514,19 +514,23 @@ impl<'a> Run<'a> {
         Some(Checker::new(&self.config.health, self.config.port(live)).check())
     }
 
-    /// The environment of the app, its build and hooks.
+    /// The app `slot` runs with `sha` on `port`: its release, its config.
+    pub(super) fn app<'s>(&'s self, slot: Slot, sha: &'s str, port: u16) -> crate::launch::App<'s> {
+        crate::launch::App {
+            root: &self.config.root,
+            name: slot.name(),
+            dir: self.tree(slot),
+            port,
+            command: &self.config.start,
+            commit: Some(sha),
+            config: Some(self.config),
+        }
+    }
+
+    /// The environment of the app's build and hooks: the app's, the env
+    /// file as this run read it.
     pub(super) fn env(&self, slot: Slot, sha: &str, port: u16) -> Vec<(String, String)> {
-        let config_env = self
-            .config
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()));
-        let from_file = self.env_file.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        // `[env]` last: it wins over the env file.
-        let extra = std::iter::once(("ZDD_COMMIT", sha))
-            .chain(from_file)
-            .chain(config_env);
-        crate::launch::app_env(&self.config.root, slot.name(), port, extra)
+        self.app(slot, sha, port).env(&self.env_file)
     }
 
     /// ", slot a still serves" or "".

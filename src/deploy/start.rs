@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use crate::config::NginxMode;
 use crate::error::{Error, Result};
+use crate::launch;
 use crate::process::{self, Spec, Started, StepEnd, StopWith};
 use crate::state::{Slot, SlotStatus};
 use crate::text::fmt;
 use crate::{git, signals};
-use crate::{keeper, launch};
 
 use super::outcome::ms;
 use super::plan::Attempt;
@@ -389,51 +389,24 @@ impl Run<'_> {
         sha: &str,
         port: u16,
         how: Launch,
-        armed: bool,
         rollback: Option<(u32, Duration, &Path)>,
     ) -> std::io::Result<Started> {
-        let label = how.label();
-        let config = self.config;
-        let log = self.log_path(target);
         // What an earlier start of this attempt wrote (a rehearsal's).
         self.copy_start_output();
-        self.note(&format!(
-            "{label} of {} in slot {target} on port {port}: {} (its output: {})",
+        let app = self.app(target, sha, port);
+        let marker = format!(
+            "{} of {} in slot {target} on port {port}: {}",
+            how.label(),
             git::short(sha),
-            config.start,
-            log.display()
-        ));
-        let from = process::log_size(&log);
-        process::log_marker(
-            &log,
-            &format!(
-                "{label} of {} in slot {target} on port {port}: {}",
-                git::short(sha),
-                config.start
-            ),
+            app.command
         );
-        let env = self.env(target, sha, port);
-        let dir = self.tree(target);
-        let spec = Spec {
-            command: &config.start,
-            dir: &dir,
-            env: &env,
-            log: &log,
-            run_as: config.user.as_ref(),
-        };
+        self.note(&format!("{marker} (its output: {})", app.log().display()));
+        let from = process::log_size(&app.log());
         // What stays up runs under its keeper; a rehearsal does not stay.
-        let started = if how == Launch::Rehearsal {
-            process::spawn_app(&spec)?
-        } else {
-            let keep = keeper::Keep {
-                name: target.name(),
-                root: &config.root,
-                stop: config.stop.with(),
-                armed,
-                rollback,
-                log_policy: config.logs,
-            };
-            keeper::spawn(&spec, &keep)?
+        let started = match how {
+            Launch::Rehearsal => app.alone(&marker, &self.env_file)?,
+            Launch::Start => app.keep(&marker, false, rollback)?,
+            Launch::Up => app.keep(&marker, true, None)?,
         };
         self.start_output = Some((target, from));
         let s = self.state.slot_mut(target);
@@ -462,7 +435,7 @@ impl Run<'_> {
             config.keeper.rollback_within,
             config.path.as_path(),
         ));
-        let mut started = match self.launch(target, sha, port, how, false, rollback) {
+        let mut started = match self.launch(target, sha, port, how, rollback) {
             Ok(s) => s,
             Err(e) => {
                 let reason = format!("cannot start `{}`: {e}", config.start);

@@ -42,7 +42,7 @@ impl Run<'_> {
         let port = self.config.port(live);
         let t = Instant::now();
         let mut started = self
-            .launch(live, &sha, port, super::start::Launch::Up, true, None)
+            .launch(live, &sha, port, super::start::Launch::Up, None)
             .map_err(|e| Error::Failed(format!("cannot start `{}`: {e}", self.config.start)))?;
         self.state.slot_mut(live).status = SlotStatus::Live;
         self.save_or_stop(&mut started)?;

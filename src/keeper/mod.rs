@@ -9,6 +9,8 @@
 //! doubles from 100 ms to 30 s, reset after 10 s up (Docker's rule). The
 //! group's stop signal (a deploy, a rollback, `zdd stop`) reaches the app as
 //! before and ends the keeper too; nothing is restarted then.
+//! The keeper reads the `env_file` at every start of the app, so that a
+//! restart gets the file as it is then.
 //!
 //! Until zdd arms it (a real-time signal to the keeper alone, once the app
 //! is verified), an app that exits ends the keeper with the app's status,
@@ -75,6 +77,10 @@ pub struct KeepArgs {
     /// Roll back after this many exits within `.1` of arming, running
     /// `zdd rollback` with the config file `.2`.
     pub rollback: Option<(u32, Duration, PathBuf)>,
+    /// The env file the keeper reads at every start of the app, and the
+    /// names in it that it leaves alone (the config's `[env]` sets them).
+    pub env_file: Option<PathBuf>,
+    pub env_fixed: Vec<String>,
     /// The app's `sh -c` script.
     pub script: String,
 }
@@ -120,6 +126,12 @@ impl KeepArgs {
                 config.clone().into(),
             ]);
         }
+        if let Some(path) = &self.env_file {
+            a.extend(["--env-file".into(), path.into()]);
+        }
+        for name in &self.env_fixed {
+            a.extend(["--env-fixed".into(), name.into()]);
+        }
         a.extend(["--".into(), self.script.clone().into()]);
         a
     }
@@ -131,7 +143,7 @@ impl KeepArgs {
         let mut stop_timeout = None;
         let (mut armed, mut run_as, mut after, mut within, mut config) =
             (false, None, None, None, None);
-        let mut cgroup = None;
+        let (mut cgroup, mut env_file, mut env_fixed) = (None, None, Vec::new());
         let mut script = None;
         // A keeper started by an earlier zdd has no log flags: the defaults.
         let mut log_policy = LogPolicy::DEFAULT;
@@ -179,6 +191,8 @@ impl KeepArgs {
                     ))
                 }
                 "--rollback-config" => config = Some(PathBuf::from(value)),
+                "--env-file" => env_file = Some(PathBuf::from(value)),
+                "--env-fixed" => env_fixed.push(text()?),
                 other => return Err(format!("unknown argument {other}")),
             }
         }
@@ -212,6 +226,8 @@ impl KeepArgs {
                 (Some(a), Some(w), Some(c)) => Some((a, w, c)),
                 _ => None,
             },
+            env_file,
+            env_fixed,
             script: script.ok_or_else(|| missing("the script after --"))?,
         })
     }
@@ -232,6 +248,10 @@ pub struct Keep<'a> {
     pub rollback: Option<(u32, Duration, &'a Path)>,
     /// How the keeper caps and stamps the app's log.
     pub log_policy: LogPolicy,
+    /// The env file, read by the keeper at every start of the app, and the
+    /// names it may not set (`[env]` wins over it).
+    pub env_file: Option<&'a Path>,
+    pub env_fixed: Vec<&'a str>,
 }
 
 /// Start the app under its keeper (`zdd keep`, zdd itself): the keeper
@@ -255,6 +275,8 @@ pub fn spawn(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
         rollback: keep
             .rollback
             .map(|(after, within, config)| (after, within, config.to_path_buf())),
+        env_file: keep.env_file.map(Path::to_path_buf),
+        env_fixed: keep.env_fixed.iter().map(|n| n.to_string()).collect(),
         script: crate::process::app_script(spec),
     };
     let mut keep = Command::new(exe);
@@ -287,6 +309,8 @@ mod tests {
             run_as: Some("www-data".into()),
             cgroup: Some("/sys/fs/cgroup/zdd/shop-1a2b3c4d/a".into()),
             rollback: Some((3, Duration::from_secs(300), "/etc/zdd/zdd.toml".into())),
+            env_file: Some("/etc/shop/shop.env".into()),
+            env_fixed: vec!["APP_MODE".into(), "GREETING".into()],
             script: "exec node server.js --port \"$PORT\"".into(),
         };
         assert_eq!(KeepArgs::from_args(&args.to_args()).unwrap(), args);
@@ -296,6 +320,8 @@ mod tests {
             run_as: None,
             cgroup: None,
             rollback: None,
+            env_file: None,
+            env_fixed: Vec::new(),
             ..args
         };
         assert_eq!(KeepArgs::from_args(&plain.to_args()).unwrap(), plain);

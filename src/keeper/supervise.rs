@@ -108,6 +108,7 @@ pub fn run(args: &[OsString]) -> i32 {
         log,
         pipe_read,
         pipe_write,
+        env_file_vars: None,
         args,
     };
     if keeper.args.armed {
@@ -147,6 +148,8 @@ struct Keeper {
     /// Kept open, so that the app's writes never fail while the keeper
     /// lives (and never block: the keeper reads all the time).
     pipe_write: OwnedFd,
+    /// The env file's variables as read at the app's last start.
+    env_file_vars: Option<Vec<(String, String)>>,
 }
 
 impl Keeper {
@@ -433,20 +436,17 @@ impl Keeper {
     /// Start the app in the keeper's group (and the app's cgroup), as its
     /// user, with its stop signal as the parent-death signal. Returns its
     /// pid; it is reaped with the keeper's other children.
-    fn start(&self) -> std::io::Result<i32> {
+    fn start(&mut self) -> std::io::Result<i32> {
+        let env = self.app_env()?;
         if let Some(cgroup) = &self.args.cgroup {
             // Created inside its cgroup where the kernel can (5.7).
             // (`_open` stays open until the child has its own copies.)
-            let (exec, _open) = self.exec()?;
+            let (exec, _open) = self.exec(&env)?;
             if let Some(pid) = fence::spawn_in_cgroup(cgroup, &exec)? {
                 return Ok(pid);
             }
         }
         let dir = std::env::current_dir()?;
-        // zdd gave the keeper exactly the app's environment: pass it on.
-        let env: Vec<(String, String)> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect();
         let spec = Spec {
             command: &self.args.script,
             dir: &dir,
@@ -505,11 +505,47 @@ impl Keeper {
         Ok(child.id() as i32)
     }
 
+    /// The app's environment for this start: the keeper's own, which zdd
+    /// made the app's but for the env file, and the env file's variables
+    /// read now, but for the names `[env]` sets, which win. A changed file
+    /// reaches a restarted app; one that cannot be read at a restart
+    /// leaves the values of the last start, said in the log; at the first
+    /// start it fails the start.
+    fn app_env(&mut self) -> std::io::Result<Vec<(String, String)>> {
+        let mut env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let Some(path) = self.args.env_file.clone() else {
+            return Ok(env);
+        };
+        let vars = match crate::launch::read_env_file(&path) {
+            Ok(vars) => {
+                self.env_file_vars = Some(vars.clone());
+                vars
+            }
+            Err(e) => match self.env_file_vars.clone() {
+                Some(last) => {
+                    self.say(&format!(
+                        "{e}; the app starts with the env file as it was at its last start"
+                    ));
+                    last
+                }
+                None => return Err(std::io::Error::other(e.to_string())),
+            },
+        };
+        for (name, value) in vars {
+            if !self.args.env_fixed.contains(&name) {
+                env.retain(|(n, _)| *n != name);
+                env.push((name, value));
+            }
+        }
+        Ok(env)
+    }
+
     /// The app as [`fence::spawn_in_cgroup`] starts it: `sh -c SCRIPT` in
-    /// the keeper's folder with the keeper's environment (zdd gave it the
-    /// app's), stdin from /dev/null, output to the keeper's pipe, as its
-    /// user; with the file it names by descriptor.
-    fn exec(&self) -> std::io::Result<(fence::Exec, std::fs::File)> {
+    /// the keeper's folder with `env`, stdin from /dev/null, output to the
+    /// keeper's pipe, as its user; with the file it names by descriptor.
+    fn exec(&self, env: &[(String, String)]) -> std::io::Result<(fence::Exec, std::fs::File)> {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
         let c = |b: &[u8]| CString::new(b).map_err(|_| std::io::Error::other("a NUL byte"));
@@ -518,13 +554,9 @@ impl Keeper {
         let exec = fence::Exec {
             program: c(b"/bin/sh")?,
             argv: vec![c(b"/bin/sh")?, c(b"-c")?, c(self.args.script.as_bytes())?],
-            envp: std::env::vars_os()
-                .filter_map(|(k, v)| {
-                    let mut kv = k.as_bytes().to_vec();
-                    kv.push(b'=');
-                    kv.extend_from_slice(v.as_bytes());
-                    CString::new(kv).ok()
-                })
+            envp: env
+                .iter()
+                .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
                 .collect(),
             dir: c(std::env::current_dir()?.as_os_str().as_bytes())?,
             stdio: [null.as_raw_fd(), out, out],

@@ -5,6 +5,7 @@
 //! slot trees are adopted.
 
 use crate::support::*;
+use std::time::Duration;
 
 fn releases_json(p: &Project) -> Vec<serde_json::Value> {
     let r = p.zdd(&["releases", "--json"]);
@@ -436,6 +437,35 @@ fn an_env_file_reaches_the_app_at_each_start_and_a_bad_line_is_named() {
     let r = p.zdd(&["restart"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(p.served(), "changed");
+    // A keeper's restart of a crashed app reads the file again; one it
+    // cannot read then leaves the values of the last start.
+    let live = p.state()["active"].as_str().unwrap().to_string();
+    let crash = |p: &Project| {
+        let pid = p.keeper_status(&live).unwrap()["app_pid"]
+            .as_integer()
+            .unwrap();
+        kill(pid as i32, nix::sys::signal::Signal::SIGKILL);
+        assert!(
+            wait_until(Duration::from_secs(20), || p
+                .keeper_status(&live)
+                .and_then(|k| k.get("app_pid")?.as_integer())
+                .is_some_and(|now| now != pid)),
+            "restarted by its keeper"
+        );
+    };
+    std::fs::write(&env_file, "APP_VERSION=after-a-crash\n").unwrap();
+    crash(&p);
+    assert!(wait_until(Duration::from_secs(10), || p.served() == "after-a-crash"));
+    std::fs::write(&env_file, "not a line\n").unwrap();
+    crash(&p);
+    assert!(wait_until(Duration::from_secs(10), || p.served() == "after-a-crash"));
+    let log = std::fs::read_to_string(p.root().join(format!("logs/{live}.log"))).unwrap();
+    assert!(
+        log.contains("not a NAME=value line")
+            && log.contains("the app starts with the env file as it was at its last start"),
+        "{log}"
+    );
+    std::fs::write(&env_file, "APP_VERSION=changed\n").unwrap();
     // [env] wins over it.
     p.edit_config(|c| c.replace("[env]\n", "[env]\nAPP_VERSION = \"from-env\"\n"));
     assert_eq!(p.zdd(&["restart"]).code, 0);
