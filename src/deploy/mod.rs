@@ -1,29 +1,35 @@
-//! Deploy and rollback, step by step as in the README ("How a deploy
-//! works"): this file is the step list, one line a step; `plan` decides
-//! from plain data, `run` holds the lock and the state, `start` and `swap`
-//! do the steps, `outcome` records and says how it ended, `up` is `zdd up`.
+//! Deploy, rollback and restart, step by step as in the README ("How a
+//! deploy works"): this file is the step list, one line a step, each step a
+//! function of its own module taking the `Run` — `run` holds the lock and
+//! the state, `plan` decides from plain data. Steps 1, 2: `run` (lock,
+//! load), `reconcile` (with `legacy`); 3 `fetch`; 4 `clear`; 5 `build`;
+//! 6, 7 `start`; 8 `swap`; 9 `outcome`, which also says how a failed
+//! attempt ended. `step` runs a build or a hook; `up` is `zdd up`.
 
+mod build;
+mod clear;
+mod fetch;
+mod legacy;
 mod outcome;
 mod plan;
+mod reconcile;
 mod run;
 mod start;
+mod step;
 mod swap;
 mod up;
 
-use std::time::Instant;
-
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::git;
 use crate::lock::LockWait;
-use crate::state::{Action, SlotStatus};
+use crate::state::Action;
 use crate::text::{fmt, out};
-use crate::{git, signals};
 
 pub use plan::rollback_target;
 
 use crate::health::Failure;
-use outcome::ms;
-use plan::{Attempt, Decision, Resolved};
+use plan::{Attempt, Decision};
 use run::Run;
 
 /// `zdd deploy [COMMIT]`.
@@ -40,12 +46,12 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<(
             config.path.display()
         ))
     })?;
-    let mut run = Run::begin(config, wait, "zdd deploy")?; // 1, 2: lock, reconcile
+    let mut run = begin(config, wait, "zdd deploy")?; // 1, 2: lock, reconcile
     let target = run.state.next_deploy;
     let git_repo = run.repo()?;
     let wanted = named.as_ref().unwrap_or(&branch);
-    let resolved = run.fetch_and_resolve(&git_repo, &repo, wanted, named.is_some())?; // 3
-                                                                                      // The live commit, if its release is there to start again.
+    let resolved = fetch::fetch_and_resolve(&mut run, &git_repo, &repo, wanted, named.is_some())?; // 3
+                                                                                                   // The live commit, if its release is there to start again.
     let live_head = run
         .state
         .active
@@ -99,10 +105,10 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<(
                     "slot {slot} holds {live}, the live commit, but does not run; starting it again"
                 ),
             }
-            run.clear_port(slot)?;
+            clear::clear_port(&mut run, slot)?;
             let attempt = Attempt::new(Action::Deploy, slot, &live_sha, Some(live_sha.clone()));
             run.log_attempt(&attempt);
-            return run.bring_up(attempt, false);
+            return bring_up(run, attempt, false);
         }
         Decision::Deploy { .. } => {}
     }
@@ -112,7 +118,7 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<(
         fmt(resolved.fetch_time),
         resolved.subject
     );
-    run.clear_port(target)?; // 4
+    clear::clear_port(&mut run, target)?; // 4
     let mut attempt = Attempt::new(
         Action::Deploy,
         target,
@@ -145,11 +151,11 @@ pub fn deploy(config: &Config, commit: Option<&str>, wait: LockWait) -> Result<(
             !release.good()
         }
         None => {
-            run.check_out_and_build(&checkout, &attempt, &resolved)?; // 5
+            build::check_out_and_build(&mut run, &checkout, &attempt, &resolved)?; // 5
             true
         }
     };
-    run.bring_up(attempt, fresh) // 6 to 9
+    bring_up(run, attempt, fresh) // 6 to 9
 }
 
 /// `zdd rollback`; `because` says why in the history (a keeper's automatic
@@ -166,7 +172,7 @@ pub fn rollback(
         .map(git::Rev::parse)
         .transpose()
         .map_err(Error::Usage)?;
-    let mut run = Run::begin(config, wait, "zdd rollback")?; // 1, 2
+    let mut run = begin(config, wait, "zdd rollback")?; // 1, 2
     if let Some(keeper) = if_live {
         let still = run.state.active == Some(keeper.slot)
             && run
@@ -200,7 +206,7 @@ pub fn rollback(
             dir.display()
         )));
     }
-    run.clear_port(target)?; // 4
+    clear::clear_port(&mut run, target)?; // 4
     let previous = run.state.live_commit().map(str::to_string);
     let mut attempt = Attempt::new(Action::Rollback, target, &commit, previous.clone());
     attempt.because = because.map(|why| match &previous {
@@ -208,7 +214,7 @@ pub fn rollback(
         None => why.to_string(),
     });
     run.log_attempt(&attempt);
-    run.bring_up(attempt, false) // 6 to 9
+    bring_up(run, attempt, false) // 6 to 9
 }
 
 /// `zdd restart`: the live release started again on the idle slot with the
@@ -216,7 +222,7 @@ pub fn rollback(
 /// old process drained and stopped — a rollback to the live release. The
 /// rollback target stays what it was.
 pub fn restart(config: &Config, wait: LockWait) -> Result<()> {
-    let mut run = Run::begin(config, wait, "zdd restart")?; // 1, 2
+    let mut run = begin(config, wait, "zdd restart")?; // 1, 2
     let (Some(live), Some(sha)) = (
         run.state.active,
         run.state.live_commit().map(str::to_string),
@@ -233,10 +239,10 @@ pub fn restart(config: &Config, wait: LockWait) -> Result<()> {
         )));
     }
     let target = live.other();
-    run.clear_port(target)?; // 4
+    clear::clear_port(&mut run, target)?; // 4
     let attempt = Attempt::new(Action::Restart, target, &sha, Some(sha.clone()));
     run.log_attempt(&attempt);
-    run.bring_up(attempt, false) // 6 to 9
+    bring_up(run, attempt, false) // 6 to 9
 }
 
 /// `zdd up`: at boot, from what is on disk and without fetching, start the
@@ -249,8 +255,8 @@ pub fn up(config: Option<&Config>, wait: LockWait) -> Result<()> {
     if let Some(config) = config {
         // Whatever stops the live slot, the named processes still get their
         // turn; the exit code is the worst of all.
-        match Run::begin(config, wait, "zdd up") {
-            Ok(mut run) => errors.extend(run.up_live().err()),
+        match begin(config, wait, "zdd up") {
+            Ok(mut run) => errors.extend(up::up_live(&mut run).err()),
             Err(e) => errors.push(e),
         }
     }
@@ -258,184 +264,53 @@ pub fn up(config: Option<&Config>, wait: LockWait) -> Result<()> {
     Error::worst_of(errors)
 }
 
-impl Run<'_> {
-    /// Step 3: fetch into the idle slot's repository and resolve `wanted`.
-    fn fetch_and_resolve(
-        &mut self,
-        git_repo: &git::Repo,
-        repo: &str,
-        wanted: &git::Rev,
-        named: bool,
-    ) -> Result<Resolved> {
-        let target = self.state.next_deploy;
-        self.lock
-            .at_step(&format!("fetching {repo} into slot {target}"));
-        let t = Instant::now();
-        let local = git::local_repo(repo);
-        if let Some(path) = local.filter(|p| !p.exists()) {
-            return Err(Error::Usage(format!(
-                "repo {} (in {}) does not exist: set `repo` to the app's git repository, a path or a URL",
-                path.display(),
-                self.config.path.display()
-            )));
-        }
-        git_repo.ensure().map_err(Error::Failed)?;
-        let fetched = git_repo.fetch(repo);
-        self.check_signal("nothing was deployed")?;
-        fetched.map_err(|e| {
-            let message = format!("cannot fetch {repo}: {e}");
-            // A local folder that is no repository is the config's fault;
-            // a remote that does not answer may answer next time.
-            match local.is_some() && e.contains("does not appear to be a git repository") {
-                true => Error::Usage(format!(
-                    "{message}; set `repo` in {} to the app's git repository (or let the user running zdd read it)",
-                    self.config.path.display()
-                )),
-                false => Error::Failed(message),
-            }
-        })?;
-        let git::Commit { sha, subject } = git_repo.resolve(wanted).ok_or_else(|| {
-            Error::Usage(match named {
-                true => format!(
-                    "unknown commit {:?}: not a sha, tag or branch in {repo}{}",
-                    wanted.as_str(),
-                    duration_hint(wanted.as_str())
-                ),
-                false => format!(
-                    "branch {:?} not found in {repo}; set `branch` in the config",
-                    wanted.as_str()
-                ),
-            })
-        })?;
-        Ok(Resolved {
-            sha,
-            subject,
-            fetch_time: t.elapsed(),
-        })
-    }
-
-    /// Step 5: check the commit out in the idle slot and build it (hooks
-    /// around the build). From here on the slot no longer holds what it
-    /// held before, so the state says so first.
-    fn check_out_and_build(
-        &mut self,
-        checkout: &git::Checkout,
-        attempt: &Attempt,
-        resolved: &Resolved,
-    ) -> Result<()> {
-        let (config, target, sha) = (self.config, attempt.slot, attempt.sha.as_str());
-        let short = git::short(sha);
-        {
-            let s = self.state.slot_mut(target);
-            s.status = SlotStatus::Starting;
-            s.commit = Some(sha.to_string());
-            s.subject = Some(resolved.subject.clone());
-        }
-        self.save()?;
-        self.lock
-            .at_step(&format!("checking out {short} for slot {target}"));
-        let t = Instant::now();
-        // As the work tree's owner: the user who builds and runs the app.
-        if let Err(e) = checkout.check_out(sha, config.user.as_ref()) {
-            return Err(self.abort_env(attempt, format!("cannot check out {short}: {e}"), None));
-        }
-        signals::fault_point("checked-out");
-        if let Err(e) = self.link_shared(sha) {
-            return Err(self.abort_with(attempt, e, None));
-        }
-        signals::fault_point("linked");
-        self.warm_caches(sha);
-        self.phases.fetch_ms = ms(resolved.fetch_time + t.elapsed());
-        let text = format!(
-            "slot {target}: checked out {short} into {} in {}",
-            crate::state::release_dir(sha),
-            fmt(t.elapsed())
-        );
-        log::info!("{text}");
-        self.note(&text);
-
-        let t = Instant::now();
-        self.lock
-            .at_step(&format!("building {short} in slot {target}"));
-        use start::Step;
-        for (what, command) in [
-            (Step::AfterCheckout, config.hooks.after_checkout.as_deref()),
-            (Step::Build, config.build.as_deref()),
-            (Step::BeforeStart, config.hooks.before_start.as_deref()),
-        ] {
-            let Some(command) = command else { continue };
-            let step = Instant::now();
-            if let Err(e) = self.step(target, sha, config.port(target), what, command) {
-                return Err(self.abort_with(attempt, e, None));
-            }
-            log::info!(
-                "slot {target}: {} done in {}",
-                what.label(),
-                fmt(step.elapsed())
-            );
-        }
-        self.phases.build_ms = ms(t.elapsed());
-        // Built: a release, kept for deploys and rollbacks without a build.
-        self.state.releases.retain(|r| r.commit != sha);
-        self.state.releases.push(crate::state::Release {
-            commit: sha.to_string(),
-            subject: Some(resolved.subject.clone()),
-            dir: crate::state::release_dir(sha),
-            built_at: crate::text::now(),
-            deployed_at: None,
-        });
-        self.save()?;
-        signals::fault_point("built");
-        Ok(())
-    }
-
-    /// Steps 6 to 9 for `attempt.slot`, which holds `attempt.sha` checked
-    /// out and built. `fresh`: the commit never served from this slot, so it
-    /// gets the verify hook (and, in round-robin mode, the rehearsal) and
-    /// its keeper may roll it back; a rollback or a restart in place of the
-    /// live commit gets none of these.
-    fn bring_up(mut self, mut attempt: Attempt, fresh: bool) -> Result<()> {
-        self.hold_release(&attempt)?;
-        attempt.crash_rollback = fresh
-            && attempt.action == Action::Deploy
-            && self.config.keeper.rollback_after > 0
-            && self
-                .state
-                .live_commit()
-                .is_some_and(|c| self.state.release(c).is_some());
-        if let Err(e) = self.check_signal("") {
-            return Err(self.abort_with(&attempt, Failure::from(e), None));
-        }
-        let old = attempt.slot.other();
-        let old_process = self
-            .state
-            .slot(old)
-            .process
-            .clone()
-            .filter(|id| id.group_is_ours());
-        if old_process.is_some() {
-            self.check_routing(&attempt, old)?; // before 6: nginx follows the switch
-        }
-        let mut started = self.start_new(&attempt, fresh)?; // 6, 7: start, verify
-        self.steer(&attempt, &mut started, old_process.is_some())?; // 8: flip, confirm
-
-        // New requests reach the new slot: so do static files served from
-        // `current` (the old slot's stay on disk for requests in flight).
-        self.point_current(attempt.slot);
-        if let Some(old_id) = &old_process {
-            self.stop_old(old, old_id); // 8: settle, drain, stop
-        }
-        self.record_swap(&attempt, fresh) // 9: record, summary
-    }
+/// Steps 1 and 2: lock and load the state, then make it match reality.
+fn begin<'a>(config: &'a Config, wait: LockWait, command: &str) -> Result<Run<'a>> {
+    let mut run = Run::open(config, wait, command)?; // 1
+    reconcile::with_reality(&mut run)?; // 2
+    Ok(run)
 }
 
-/// An unknown COMMIT that reads as a duration was meant for `--wait`,
-/// which takes its value after `=` only (a bare `--wait` waits forever).
-fn duration_hint(commit: &str) -> String {
-    match crate::config::parse_duration(commit) {
-        Ok(_) => {
-            format!("; to wait at most {commit} for the lock, write --wait={commit} (with the =)")
-        }
-        Err(_) => String::new(),
+/// Steps 6 to 9 for `attempt.slot`, which holds `attempt.sha` checked
+/// out and built. `fresh`: the commit never served from this slot, so it
+/// gets the verify hook (and, in round-robin mode, the rehearsal) and
+/// its keeper may roll it back; a rollback or a restart in place of the
+/// live commit gets none of these.
+fn bring_up(mut run: Run, mut attempt: Attempt, fresh: bool) -> Result<()> {
+    start::hold_release(&mut run, &attempt)?;
+    attempt.crash_rollback = fresh
+        && attempt.action == Action::Deploy
+        && run.config.keeper.rollback_after > 0
+        && run
+            .state
+            .live_commit()
+            .is_some_and(|c| run.state.release(c).is_some());
+    if let Err(e) = run.check_signal("") {
+        return Err(outcome::abort_with(
+            &mut run,
+            &attempt,
+            Failure::from(e),
+            None,
+        ));
     }
+    let old = attempt.slot.other();
+    let old_process = run
+        .state
+        .slot(old)
+        .process
+        .clone()
+        .filter(|id| id.group_is_ours());
+    if old_process.is_some() {
+        swap::check_routing(&mut run, &attempt, old)?; // before 6: nginx follows the switch
+    }
+    let mut started = start::start_new(&mut run, &attempt, fresh)?; // 6, 7: start, verify
+    swap::steer(&mut run, &attempt, &mut started, old_process.is_some())?; // 8: flip, confirm
+
+    // New requests reach the new slot: so do static files served from
+    // `current` (the old slot's stay on disk for requests in flight).
+    run.point_current(attempt.slot);
+    if let Some(old_id) = &old_process {
+        swap::stop_old(&mut run, old, old_id); // 8: settle, drain, stop
+    }
+    outcome::record_swap(run, &attempt, fresh) // 9: record, summary
 }

@@ -1,6 +1,8 @@
-//! One deploy, rollback or `zdd up` in progress: the lock and the state it
-//! holds (steps 1 and 2: lock, load, reconcile with reality — the processes,
-//! the switch, what an interrupted run left), and what every step asks of it.
+//! One deploy, rollback, restart or `zdd up` in progress: `Run` holds the
+//! lock and the state (step 1: lock, load) and answers what every step
+//! asks of them — where a slot's release is, saving, the attempt's output
+//! file, the app's environment. The steps themselves are functions of
+//! their own modules that take the `Run`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,13 +12,13 @@ use crate::config::{Config, NginxMode};
 use crate::error::{Error, Result};
 use crate::health::Checker;
 use crate::lock::{Lock, LockWait};
-use crate::process::{self, ProcessId, Started};
-use crate::state::{Phases, Slot, SlotStatus, State};
-use crate::{fsutil, git, keeper, nginx, observe, root, signals, steer, switch};
+use crate::process::{self, Started};
+use crate::state::{Phases, Slot, State};
+use crate::{fsutil, git, nginx, root, signals, switch};
 
-use super::plan::{self, Attempt};
+use super::plan::Attempt;
 
-/// One deploy or rollback in progress: holds the lock and the state.
+/// One deploy, rollback or restart in progress: holds the lock and the state.
 pub(super) struct Run<'a> {
     pub(super) config: &'a Config,
     pub(super) state: State,
@@ -47,8 +49,9 @@ pub(super) struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    /// Steps 1 and 2: lock, load, reconcile with reality.
-    pub(super) fn begin(config: &'a Config, wait: LockWait, command: &str) -> Result<Run<'a>> {
+    /// Step 1: lock and load the state (then `reconcile` makes it match
+    /// reality).
+    pub(super) fn open(config: &'a Config, wait: LockWait, command: &str) -> Result<Run<'a>> {
         let started = Instant::now();
         root::prepare(
             &config.root,
@@ -75,7 +78,7 @@ impl<'a> Run<'a> {
         let state = State::load(&state_path, config.ports)?;
         let log_sizes =
             Slot::BOTH.map(|slot| process::log_size(&process::log_path(&config.root, slot.name())));
-        let mut run = Run {
+        Ok(Run {
             config,
             state,
             state_path,
@@ -89,98 +92,7 @@ impl<'a> Run<'a> {
             env_file,
             attempt_log: None,
             start_output: None,
-        };
-        let restarted = keeper::fold_restarts(&mut run.state, &config.root);
-        let reconciled = run.reconcile();
-        if run.adopt_legacy_trees()? || reconciled || restarted {
-            run.save()?;
-        }
-        run.point_apps();
-        run.reconcile_switch()?;
-        run.stop_leftover()?;
-        if let Some(live) = run.state.active {
-            run.point_current(live);
-        }
-        Ok(run)
-    }
-
-    /// Make the state match the processes that really run (see
-    /// `observe` and `plan::reconcile`). Returns whether anything changed.
-    pub(super) fn reconcile(&mut self) -> bool {
-        let alive = observe::alive(&self.state);
-        let said = plan::reconcile(&mut self.state, alive);
-        for line in &said {
-            log::warn!("{line}");
-        }
-        !said.is_empty()
-    }
-
-    /// The switch is part of reality: it must point at the live slot when
-    /// that runs (a zdd killed between recording and flipping leaves it
-    /// behind; the state, written first, says where it belongs). The flip
-    /// is proven through nginx before anything is stopped: if nginx does not
-    /// follow it while the other slot runs, the other slot is what serves,
-    /// and it is recorded as live instead.
-    pub(super) fn reconcile_switch(&mut self) -> Result<()> {
-        let config = self.config;
-        let root = &config.root;
-        let Some(live) = self.state.active else {
-            return Ok(());
-        };
-        let runs = |slot: Slot| self.state.slot(slot).process.is_some();
-        if self.mode != NginxMode::Switch || !runs(live) {
-            return Ok(());
-        }
-        let want = self.position(live);
-        let was = match switch::read(root) {
-            Ok(Some(p)) if p == want => return Ok(()),
-            Ok(Some(p)) if p.slot == live => {
-                // Only maintenance differs (a `zdd maintenance` interrupted).
-                return self.flip_or_attention(want);
-            }
-            Ok(Some(p)) => {
-                log::warn!("nginx's switch points at slot {}, away from the live slot {live} (an earlier zdd was interrupted); pointing it at slot {live}", p.slot);
-                p.slot
-            }
-            Ok(None) => {
-                log::info!(
-                    "pointing the new switch {} at the live slot {live}",
-                    switch::link(root).display()
-                );
-                live.other()
-            }
-            Err(e) => {
-                return Err(Error::NeedsAttention(format!(
-                    "cannot read the switch {}: {e}",
-                    switch::link(root).display()
-                )))
-            }
-        };
-        self.flip_or_attention(want)?;
-        let other_runs = runs(was);
-        match steer::confirm(config, NginxMode::Switch, live, other_runs) {
-            Ok(routed) => {
-                self.note_routing(routed);
-                Ok(())
-            }
-            Err(not) if other_runs && not.picked == Some(was) => {
-                // nginx does not follow the switch: it serves from `was`.
-                self.flip_or_attention(self.position(was))?;
-                log::warn!(
-                    "{}; slot {was}, which nginx still uses, is live again",
-                    not.reason
-                );
-                self.state.slot_mut(was).status = SlotStatus::Live;
-                self.state.slot_mut(live).status = SlotStatus::Starting;
-                self.state.active = Some(was);
-                self.state.next_deploy = live;
-                self.save()
-            }
-            Err(not) => {
-                log::warn!("{}", not.reason);
-                Ok(())
-            }
-        }
+        })
     }
 
     /// Where the switch belongs while `slot` is live.
@@ -189,57 +101,6 @@ impl<'a> Run<'a> {
             slot,
             closed: self.state.maintenance.is_some(),
         }
-    }
-
-    /// Point the switch at `to`, or stop: a switch zdd cannot set needs
-    /// the operator.
-    fn flip_or_attention(&self, to: switch::Position) -> Result<()> {
-        let root = &self.config.root;
-        switch::flip(root, to).map_err(|e| {
-            Error::NeedsAttention(format!(
-                "cannot point the switch {} at slot {}: {e}",
-                switch::link(root).display(),
-                to.slot
-            ))
-        })
-    }
-
-    /// With the live slot running, whatever runs in the other slot is a
-    /// leftover of an interrupted run (a build, a new slot never swapped in,
-    /// an old slot never stopped): nginx no longer picks it, so drain and
-    /// stop it, and one slot serves.
-    pub(super) fn stop_leftover(&mut self) -> Result<()> {
-        let Some(live) = self.state.active else {
-            return Ok(());
-        };
-        let idle = live.other();
-        if self.state.slot(live).process.is_none() {
-            return Ok(());
-        }
-        let Some(id) = self.state.slot(idle).process.clone() else {
-            return Ok(());
-        };
-        self.stop_earlier_run(idle, &id)
-    }
-
-    /// Stop the group an earlier run recorded in `slot` (drained first
-    /// when nginx no longer picks the slot) and forget it in the state.
-    pub(super) fn stop_earlier_run(&mut self, slot: Slot, id: &ProcessId) -> Result<()> {
-        log::warn!(
-            "slot {slot}: pid {} from an earlier run still runs; stopping it",
-            id.pid
-        );
-        let pointed = switch::read(&self.config.root)
-            .ok()
-            .flatten()
-            .map(|p| p.slot);
-        if self.mode == NginxMode::Switch && pointed != Some(slot) {
-            self.settle_and_drain(slot);
-        }
-        keeper::fold_restarts(&mut self.state, &self.config.root);
-        process::stop_group(id, self.config.stop.with(), None);
-        self.state.slot_mut(slot).forget_process();
-        self.save()
     }
 
     pub(super) fn save(&self) -> Result<()> {
@@ -365,88 +226,6 @@ impl<'a> Run<'a> {
                 }
             }
         }
-    }
-
-    /// Releases an earlier zdd built in the slots' own work trees
-    /// (`slots/X`, with `git/X`): recorded as releases where they are, and
-    /// moved to `releases/SHA` once nothing runs from them (an app that
-    /// runs there keeps its paths). Returns whether the state changed.
-    pub(super) fn adopt_legacy_trees(&mut self) -> Result<bool> {
-        let root = self.config.root.clone();
-        let mut changed = false;
-        // Oldest first: the standby slot's release served before the live one.
-        let mut order: Vec<Slot> = Slot::BOTH.to_vec();
-        order.sort_by_key(|&s| self.state.active == Some(s));
-        for slot in order {
-            let s = self.state.slot(slot).clone();
-            let Some(sha) = s.commit.clone() else {
-                continue;
-            };
-            let legacy = root.join("slots").join(slot.name());
-            let served = matches!(s.status, SlotStatus::Live | SlotStatus::Standby);
-            if !served
-                || self.state.release(&sha).is_some()
-                || git::legacy_head(&root, slot.name()).as_deref() != Some(sha.as_str())
-                || !legacy.is_dir()
-            {
-                continue;
-            }
-            root::check_no_symlink(&legacy)?;
-            let deployed_at = self
-                .state
-                .history
-                .iter()
-                .rev()
-                .find(|h| h.commit == sha && h.outcome == crate::state::Outcome::Ok)
-                .map(|h| h.at.clone())
-                .unwrap_or_else(crate::text::now);
-            self.state.releases.push(crate::state::Release {
-                commit: sha,
-                subject: s.subject.clone(),
-                dir: format!("slots/{}", slot.name()),
-                built_at: deployed_at.clone(),
-                deployed_at: Some(deployed_at),
-            });
-            changed = true;
-        }
-        // Recorded before anything moves: a zdd killed mid-way finds them.
-        if changed {
-            self.save()?;
-        }
-        for slot in Slot::BOTH {
-            let legacy_dir = format!("slots/{}", slot.name());
-            let runs = self.state.slot(slot).process.is_some();
-            let Some(at) = self.state.releases.iter().position(|r| r.dir == legacy_dir) else {
-                continue;
-            };
-            let to = crate::state::release_dir(&self.state.releases[at].commit);
-            let moved = !root.join(&legacy_dir).exists() && root.join(&to).is_dir();
-            if !moved {
-                if runs || root.join(&to).exists() {
-                    continue;
-                }
-                std::fs::rename(root.join(&legacy_dir), root.join(&to)).map_err(|e| {
-                    Error::NeedsAttention(format!("cannot move {legacy_dir} to {to}: {e}"))
-                })?;
-                log::info!(
-                    "moved the release {} from {legacy_dir} to {to}",
-                    git::short(&self.state.releases[at].commit)
-                );
-            }
-            // Moved now, or by a zdd killed before it recorded the move.
-            self.state.releases[at].dir = to;
-            self.save()?;
-            changed = true;
-        }
-        // A slot that went live without its release being marked so (zdd
-        // killed after the flip, the next run recording it live): good.
-        if let Some(sha) = self.state.live_commit().map(str::to_string) {
-            if let Some(r) = self.state.release_mut(&sha).filter(|r| !r.good()) {
-                r.deployed_at = Some(crate::text::now());
-                changed = true;
-            }
-        }
-        Ok(changed)
     }
 
     pub(super) fn log_path(&self, slot: Slot) -> PathBuf {
