@@ -111,7 +111,8 @@ impl App<'_> {
 /// The environment of an app (and of a slot's build and hooks): `PORT`,
 /// `ZDD_ROOT`, `ZDD_SLOT` (the slot or the name of a `zdd start` process;
 /// for the app only, never proof of anything), then `extra` (`ZDD_COMMIT`
-/// for a slot, the config's `[env]`).
+/// for a slot, the env file's variables, the config's `[env]`: a later
+/// name wins).
 pub fn app_env<'a>(
     root: &Path,
     name: &str,
@@ -175,13 +176,16 @@ pub fn read_env_file(path: &Path) -> crate::error::Result<Vec<(String, String)>>
 
 /// Verify an app just started on `port`: its health check passes, the
 /// answer came from its own group, then `then` (the caller's own check).
-/// With `arm`, its keeper is armed once all passed: from then on it starts
-/// the app again if it exits on its own; an app that exited just before is
-/// still a failed start (its keeper, not armed yet, ended with it).
+/// `kept`: the root and name of the keeper it runs under (none for a
+/// rehearsal). With `arm`, its keeper is armed once all passed: from then
+/// on it starts the app again if it exits on its own; an app that exited
+/// just before is still a failed start (its keeper, not armed yet, ended
+/// with it).
 pub fn verify(
     health: &Health,
     port: u16,
     started: &mut Started,
+    kept: Option<(&Path, &str)>,
     arm: bool,
     then: impl FnOnce() -> Verified,
 ) -> Verified {
@@ -193,12 +197,13 @@ pub fn verify(
             Err(reason) => Err(Failure::Environment(reason)),
             Ok(()) => then(),
         },
-        Err(Failure::Commit(reason)) => {
-            Err(Failure::Commit(match listens_elsewhere(started, port) {
+        Err(Failure::Commit(reason)) => match kept.and_then(|k| could_not_start(k, started)) {
+            Some(why) => Err(Failure::Environment(why)),
+            None => Err(Failure::Commit(match listens_elsewhere(started, port) {
                 Some(elsewhere) => format!("{elsewhere}; {reason}"),
                 None => reason,
-            }))
-        }
+            })),
+        },
         other => other,
     };
     match verdict {
@@ -212,6 +217,15 @@ pub fn verify(
         },
         other => other,
     }
+}
+
+/// A keeper that ended during start-up because it could not start the app
+/// at all — the env file broken since zdd read it, its cgroup, exec —
+/// says why in its status: not the commit's failure.
+fn could_not_start((root, name): (&Path, &str), started: &mut Started) -> Option<String> {
+    started.exited()?;
+    let why = keeper::read_status(root, name, started.id.pid)?.start_failed?;
+    Some(format!("its keeper could not start the app: {why}"))
 }
 
 /// Where the app listens, said when it is not where the health check

@@ -173,7 +173,7 @@ pub fn start(
     let t = Instant::now();
     // Verified, its keeper is armed: from now on it starts the app again if
     // it exits on its own (an app that exited just before still failed).
-    match verify(config, port, &mut started, true) {
+    match verify(config, (&root, name), port, &mut started, true) {
         Ok(()) => {
             log::info!(
                 "{name}: pid {} healthy on port {port} after {}",
@@ -254,12 +254,13 @@ fn start_kept(
 /// (`launch::verify`, with the config's health check or the default one.)
 fn verify(
     config: Option<&Config>,
+    (root, name): (&Path, &str),
     port: u16,
     started: &mut process::Started,
     arm: bool,
 ) -> std::result::Result<(), String> {
     let health = config.map(|c| c.health.clone()).unwrap_or_default();
-    match crate::launch::verify(&health, port, started, arm, || Ok(())) {
+    match crate::launch::verify(&health, port, started, Some((root, name)), arm, || Ok(())) {
         Ok(()) => Ok(()),
         Err(Failure::Commit(reason) | Failure::Environment(reason)) => Err(reason),
         Err(Failure::Interrupted(sig)) => Err(format!("interrupted by {}", sig.as_str())),
@@ -345,7 +346,7 @@ fn up_one(config: Option<&Config>, root: &Path, name: &str) -> Result<()> {
         &record.command,
         true,
     )?;
-    match verify(config, record.port, &mut started, false) {
+    match verify(config, (root, name), record.port, &mut started, false) {
         Ok(()) => {
             out!(
                 "started {name} (pid {}) on port {}",

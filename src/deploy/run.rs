@@ -36,7 +36,9 @@ pub(super) struct Run<'a> {
     /// nginx did not answer zdd's probe at all in this run: the live slot
     /// runs, but nothing reaches it.
     pub(super) nginx_silent: bool,
-    /// `env_file`'s variables, read once when this run began.
+    /// `env_file`'s variables, read (and so checked) once when this run
+    /// began: the build's, the hooks' and a rehearsal's. An app that stays
+    /// up gets the file as its keeper reads it when it starts the app.
     pub(super) env_file: Vec<(String, String)>,
     /// This attempt's own output file (`attempts`), once there is an
     /// attempt; without one (it could not be created) steps write to the

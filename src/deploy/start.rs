@@ -178,7 +178,8 @@ fn start_verified(
 
     let hook = config.hooks.verify.as_deref().filter(|_| verify);
     let rehearsal = how == Launch::Rehearsal;
-    let verified = launch::verify(&config.health, port, &mut started, !rehearsal, || {
+    let kept = (!rehearsal).then_some((config.root.as_path(), target.name()));
+    let verified = launch::verify(&config.health, port, &mut started, kept, !rehearsal, || {
         hook.map_or(Ok(()), |hook| {
             step::run_step(run, target, sha, port, Step::Verify, hook)
         })

@@ -47,7 +47,14 @@ pub(super) fn up_live(run: &mut Run) -> Result<()> {
     run.state.slot_mut(live).status = SlotStatus::Live;
     run.save_or_stop(&mut started)?;
     // Its keeper supervises it from the start: nothing to arm.
-    let verdict = launch::verify(&run.config.health, port, &mut started, false, || Ok(()));
+    let verdict = launch::verify(
+        &run.config.health,
+        port,
+        &mut started,
+        Some((run.config.root.as_path(), live.name())),
+        false,
+        || Ok(()),
+    );
     // Running under its keeper either way: nginx sends it requests once
     // it answers; until then its keeper keeps it trying.
     reconcile::reconcile_switch(run)?;

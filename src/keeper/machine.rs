@@ -235,11 +235,15 @@ impl Machine {
                 self.status.app_pid = Some(pid);
                 self.status.app_started_at = Some(wall.to_string());
                 self.status.backoff_ms = None;
+                self.status.start_failed = None;
                 vec![Save]
             }
             (Phase::Starting { .. }, Event::StartFailed { error }) if !self.armed() => {
+                // Saved first: zdd, which watches, reads why in the status.
+                self.status.start_failed = Some(error.clone());
                 vec![
                     Say(format!("cannot start the app: {error}")),
+                    Save,
                     Exit(End::Code(1)),
                 ]
             }
@@ -253,6 +257,7 @@ impl Machine {
                 };
                 self.status.last_exit = Some(format!("cannot start: {error}"));
                 self.status.last_exit_at = Some(wall.to_string());
+                self.status.start_failed = Some(error.clone());
                 self.status.backoff_ms = Some(wait.as_millis() as u64);
                 vec![
                     Say(format!(
@@ -459,6 +464,8 @@ mod tests {
             error: "no sh".into(),
         });
         assert_eq!(a.last(), Some(&Action::Exit(End::Code(1))));
+        assert!(a.contains(&Action::Save), "zdd reads why: {a:?}");
+        assert_eq!(r.m.status.start_failed.as_deref(), Some("no sh"));
 
         let mut r = Run::new(None);
         r.ev(Event::Arm);
@@ -467,6 +474,7 @@ mod tests {
             error: "no sh".into(),
         });
         assert!(Run::says(&a, "trying again in 100ms"), "{a:?}");
+        assert_eq!(r.m.status.start_failed.as_deref(), Some("no sh"));
         // Never a spin: the next try waits.
         assert_eq!(
             r.m.deadline(r.now),
@@ -477,6 +485,8 @@ mod tests {
             r.at(0.1).ev(Event::Due),
             vec![Action::Start { restart: true }]
         );
+        r.ev(Event::Started { pid: 9 });
+        assert_eq!(r.m.status.start_failed, None, "started: nothing failed");
     }
 
     #[test]

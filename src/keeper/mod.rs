@@ -257,8 +257,9 @@ pub struct Keep<'a> {
 /// Start the app under its keeper (`zdd keep`, zdd itself): the keeper
 /// leads a new session and process group and starts the app in it (and in
 /// the app's cgroup, where the system offers one), with the same folder,
-/// environment and log. The id is the keeper's, the group's, with the
-/// cgroup.
+/// environment (plus the env file's variables, which the keeper reads at
+/// each start of the app) and log. The id is the keeper's, the group's,
+/// with the cgroup.
 pub fn spawn(spec: &Spec, keep: &Keep) -> std::io::Result<Started> {
     let exe = std::env::current_exe()?;
     let cgroup = crate::process::fence::app_cgroup(keep.root, keep.name);

@@ -34,6 +34,10 @@ pub struct KeeperStatus {
     /// The last exit on its own: "exit status: 1", "signal: 9 (SIGKILL)".
     pub last_exit: Option<String>,
     pub last_exit_at: Option<String>,
+    /// Why the keeper could not start the app at all, its last try (the
+    /// env file, its cgroup, exec): its own failure, not the app's exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_failed: Option<String>,
     /// While waiting to start the app again: how long the wait is.
     pub backoff_ms: Option<u64>,
     /// Why it asked for a rollback, if it did, and how that `zdd rollback`

@@ -509,8 +509,9 @@ impl Keeper {
     /// made the app's but for the env file, and the env file's variables
     /// read now, but for the names `[env]` sets, which win. A changed file
     /// reaches a restarted app; one that cannot be read at a restart
-    /// leaves the values of the last start, said in the log; at the first
-    /// start it fails the start.
+    /// leaves the values of the last start, said in the log. At the first
+    /// start there are none: the start fails (said in the keeper's status,
+    /// where zdd reads it; an armed keeper tries again, backing off).
     fn app_env(&mut self) -> std::io::Result<Vec<(String, String)>> {
         let mut env: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))

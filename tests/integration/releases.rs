@@ -484,6 +484,28 @@ fn an_env_file_reaches_the_app_at_each_start_and_a_bad_line_is_named() {
     );
     assert_eq!(p.state_bytes(), before);
     assert_eq!(p.served(), "from-env");
+    // Broken after zdd checked it and before the app's first start (here
+    // by the before_start hook): that start fails as an error of the
+    // environment, named, not the commit's (cron tries it again).
+    std::fs::write(&env_file, "APP_VERSION=changed\n").unwrap();
+    let hook = format!(
+        "\n[hooks]\nbefore_start = \"echo not a line >> {}\"\n",
+        env_file.display()
+    );
+    p.edit_config(|c| c + &hook);
+    let sha = p.commit("v2", "");
+    let r = p.zdd(&["deploy", &sha]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "its keeper could not start the app: {}:2: not a NAME=value line",
+            env_file.display()
+        )),
+        "{r:?}"
+    );
+    assert_eq!(p.served(), "from-env");
+    let last = p.history().last().cloned().unwrap();
+    assert_eq!(last["outcome"], "error", "{last}");
     p.kill_everything();
 }
 
