@@ -13,11 +13,11 @@
 //!   symlink nginx resolves), `launch` (start and verify an app that stays up),
 //!   `keeper` (the process that keeps an app up),
 //!   `process` (spawn, prove, stop a group), `health`, `git`, `ports`;
-//! - what zdd keeps: `state` (the state file), `lock`, `root` (ownership and
-//!   symlink rules), `fsutil` (atomic writes), `tree` (removing a tree
-//!   another user can change);
-//! - plain data and leaves: `config`, `slot`, `user`, `signals`, `error`,
-//!   `text`.
+//! - what zdd keeps: `state` (the state file), `lock`;
+//! - plain data: `config` (its file and the env file read through `root`);
+//! - the leaves: `root` (ownership and symlink rules, trusted reads),
+//!   `fsutil` (atomic writes), `tree` (removing a tree another user can
+//!   change), `slot`, `user`, `signals`, `error`, `text`.
 
 pub mod attempts;
 pub mod cli;

@@ -210,7 +210,7 @@ fn start_kept(
     // A bad line is exit 2 naming file:line, not a failed start: checked
     // here, read by the keeper at every start.
     if let Some(path) = config.and_then(|c| c.env_file.as_deref()) {
-        crate::launch::read_env_file(path)?;
+        crate::config::read_env_file(path)?;
     }
     let app = crate::launch::App {
         root,

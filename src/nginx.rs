@@ -491,7 +491,7 @@ fn signal_master(config: &Config) -> Result<()> {
         return Err(not_running(format!(
             "its pid file {} names pid {pid}, which is {} (the file is stale)",
             path.display(),
-            match crate::ports::command_of(pid) {
+            match crate::process::command_of(pid) {
                 Some(c) => format!("`{}`, not nginx's master", crate::text::escape(&c)),
                 None => "gone".to_string(),
             }

@@ -254,21 +254,6 @@ fn all_pids() -> impl Iterator<Item = i32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
 }
 
-/// The command line of `pid`, its arguments joined by spaces (unescaped:
-/// the process wrote it).
-pub fn command_of(pid: i32) -> Option<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .ok()
-        .map(|c| {
-            c.split(|&b| b == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .filter(|c| !c.is_empty())
-}
-
 /// Who listens on `port`; `likely` pids are looked at before all others.
 /// Empty when nothing listens.
 pub fn listeners(port: u16, likely: &[i32]) -> Vec<Listener> {
@@ -293,7 +278,7 @@ pub fn listeners(port: u16, likely: &[i32]) -> Vec<Listener> {
         holder_among(likely.iter().copied(), &wanted).or_else(|| holder_among(all_pids(), &wanted));
     vec![Listener {
         pid,
-        command: pid.and_then(command_of),
+        command: pid.and_then(crate::process::command_of),
     }]
 }
 

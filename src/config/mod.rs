@@ -2,6 +2,7 @@
 //! data. `raw` is the file as written (serde), `parse` turns it into a
 //! `Config` with file:line:col errors, `sections` checks the tables.
 
+mod env_file;
 mod parse;
 mod raw;
 mod sections;
@@ -17,6 +18,7 @@ use nix::sys::signal::Signal;
 use crate::error::{Error, Result};
 use crate::slot::Slot;
 pub use crate::user::RunAs;
+pub use env_file::read_env_file;
 pub use parse::{assignments_end, toml_error};
 pub use raw::{duration_bounds, parse_duration};
 
@@ -172,16 +174,6 @@ pub struct Stop {
     /// (and its accept queue is empty) before it gets the stop signal. nginx
     /// picks the slot when it connects, so nothing needs it: 0 by default.
     pub settle: Duration,
-}
-
-impl Stop {
-    /// How an app's group is stopped (see `process::StopWith`).
-    pub fn with(&self) -> crate::process::StopWith {
-        crate::process::StopWith {
-            signal: self.signal,
-            timeout: self.timeout,
-        }
-    }
 }
 
 impl Default for Stop {

@@ -72,7 +72,7 @@ impl<'a> Run<'a> {
         }
         let mode = nginx::mode(config)?;
         let env_file = match &config.env_file {
-            Some(path) => crate::launch::read_env_file(path)?,
+            Some(path) => crate::config::read_env_file(path)?,
             None => Vec::new(),
         };
         let lock = Lock::acquire(&config.root, wait, command)?;

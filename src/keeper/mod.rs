@@ -21,16 +21,16 @@
 //! a deploy) starts it again. What `status` shows is written, atomically,
 //! to `ROOT/run/NAME.keeper`.
 //!
-//! `mod.rs` holds what zdd calls (the command line it writes, [`spawn`]);
-//! `protocol` the two signals zdd sends a keeper ([`arm`],
-//! [`notify_stop`]); `machine` the keeper as a pure state machine,
+//! `mod.rs` holds what zdd calls (the command line it writes, [`spawn`],
+//! [`arm`]); the two signals zdd sends a keeper are `process::protocol`'s,
+//! since stopping a group tells its keeper first; `machine` the keeper as
+//! a pure state machine,
 //! `supervise` the process that runs it, `sigwait` its signal plumbing,
 //! `logfile` the log it writes, `status` the file it writes and what zdd
 //! makes of it.
 
 mod logfile;
 mod machine;
-mod protocol;
 mod reap;
 mod sigwait;
 mod status;
@@ -45,8 +45,8 @@ use nix::sys::signal::Signal;
 
 use crate::process::{Spec, Started, StopWith};
 
+pub use crate::process::protocol::arm;
 pub use logfile::{rotated_path, times_path, LogPolicy};
-pub use protocol::{arm, notify_stop};
 pub use status::{fold_restarts, read_status, unrecorded, KeeperStatus};
 pub use supervise::run;
 

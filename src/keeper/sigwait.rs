@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::libc;
 use nix::sys::signal::Signal;
 
-use super::protocol::{arm_signal, stop_notice_signal};
+use crate::process::protocol::{arm_signal, stop_notice_signal};
 
 /// Every signal the keeper handles itself, synchronously: all but those
 /// that cannot be caught or come from its own faults, and the arm signal.

@@ -17,12 +17,12 @@ use nix::libc;
 
 use super::logfile::LogFile;
 use super::machine::{Action, End, Event, Machine, RollbackPolicy};
-use super::protocol::{arm_signal, stop_notice_signal};
 use super::reap;
 use super::sigwait::{block, unblock_all, watched_signals, Signals, Woke};
 use super::status::{status_path, KeeperStatus};
 use super::KeepArgs;
 use crate::fsutil;
+use crate::process::protocol::{arm_signal, stop_notice_signal};
 use crate::process::{fence, Spec};
 use crate::text::now;
 use crate::user::RunAs;
@@ -519,7 +519,7 @@ impl Keeper {
         let Some(path) = self.args.env_file.clone() else {
             return Ok(env);
         };
-        let vars = match crate::launch::read_env_file(&path) {
+        let vars = match crate::config::read_env_file(&path) {
             Ok(vars) => {
                 self.env_file_vars = Some(vars.clone());
                 vars

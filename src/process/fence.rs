@@ -332,7 +332,7 @@ pub fn signal_exact(pid: i32, start_time: u64, sig: libc::c_int) -> bool {
 /// `pid (command)` for each process, escaped, for messages.
 pub fn describe(pids: &[(i32, u64)]) -> Vec<String> {
     pids.iter()
-        .map(|&(pid, _)| match crate::ports::command_of(pid) {
+        .map(|&(pid, _)| match command_of(pid) {
             Some(c) => format!("pid {pid} ({})", crate::text::escape(&c)),
             None => format!("pid {pid}"),
         })
@@ -348,6 +348,21 @@ pub fn become_subreaper() -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// The command line of `pid`, its arguments joined by spaces (unescaped:
+/// the process wrote it).
+pub fn command_of(pid: i32) -> Option<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .map(|c| {
+            c.split(|&b| b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|c| !c.is_empty())
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
 //! App processes: spawn in their own process group with output to a log,
 //! run builds and hooks to completion. `identity` proves which groups are
-//! zdd's, `stop` stops one, `logs` owns the log files.
+//! zdd's, `fence` keeps an app's processes where zdd can find them (cgroup,
+//! subreaper, pidfd), `stop` stops one, `protocol` is the two signals zdd
+//! sends a keeper, `logs` owns the log files.
 
 pub mod fence;
 mod identity;
 mod logs;
+pub mod protocol;
 mod stop;
 
 use std::os::unix::process::CommandExt;
@@ -16,6 +19,7 @@ use nix::sys::signal::Signal;
 
 use crate::user::RunAs;
 
+pub use fence::command_of;
 pub use identity::{boot_id, claims, is_keeper, read_stat, user_of, ProcessId, Stat, Table};
 pub use logs::{log_marker, log_path, log_size, open_log, tail_note, tail_note_since};
 pub use stop::{stop_group, stop_group_watched, StopReport, StopWith, Stopped};

@@ -11,8 +11,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use super::identity::{is_keeper, Table};
+use super::protocol::notify_stop;
 use super::{fence, poll_interval, ProcessId};
-use crate::keeper::notify_stop;
 
 /// How a group is stopped: `signal` to the whole group, then SIGKILL to
 /// it when `timeout` passes. Apps get the configured `stop.signal` and
@@ -37,6 +37,17 @@ impl StopWith {
         signal: Signal::SIGTERM,
         timeout: Duration::from_secs(5),
     };
+}
+
+impl crate::config::Stop {
+    /// How an app's group is stopped, as `[stop]` says. (Here, not in
+    /// `config`: the config is plain data that knows nothing of processes.)
+    pub fn with(&self) -> StopWith {
+        StopWith {
+            signal: self.signal,
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// How stopping a group went.

@@ -2,7 +2,8 @@
 //! alone (never its group), and what each means. SIGRTMIN arms it (from
 //! now on it restarts its app, and may roll back a crash loop);
 //! SIGRTMIN+1 comes just before zdd stops its group, so the app's exit that
-//! follows is no crash, whatever the app's stop signal is.
+//! follows is no crash, whatever the app's stop signal is. It lives with
+//! the processes because `stop` sends the second; the keeper receives both.
 
 use nix::libc;
 
