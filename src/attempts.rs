@@ -1,16 +1,16 @@
 //! The output of every deploy, rollback and restart attempt, failed ones
 //! included, one file each in `ROOT/logs/deploys/`: zdd's marker lines for
 //! each step, the output of the checkout's hooks, the build and the verify
-//! and `after_swap` hooks (written there directly), the app's output from
+//! and `after_swap` hooks (through a pipe zdd reads), the app's output from
 //! its start until it was verified or stopped (copied from its slot's log),
 //! and one line that says how the attempt ended. It owns writing them,
-//! cutting one that outgrew [`FILE_CAP`] to its head and tail when the
-//! attempt ends, keeping the newest [`KEPT`], and `zdd logs --deploy
-//! [COMMIT]`.
+//! capping a step's output as it comes ([`StepOutput`]), cutting one that
+//! outgrew [`FILE_CAP`] to its head and tail when the attempt ends, keeping
+//! the newest [`KEPT`], and `zdd logs --deploy [COMMIT]`.
 //!
 //! The folder is root's (`root::DEPLOY_LOGS`, mode 0700) and every file in
-//! it is opened without following a symlink. The app's user writes into
-//! an attempt's file only through the descriptor its build inherits.
+//! it is opened without following a symlink. The app's user never writes
+//! into an attempt's file: its build's output comes through a pipe.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -28,6 +28,9 @@ pub const KEPT: usize = 30;
 /// wrote more).
 const FILE_CAP: u64 = 4 * 1024 * 1024;
 const HEAD_KEPT: u64 = 64 * 1024;
+/// The most of one build's or hook's output that an attempt's file takes
+/// once it holds [`FILE_CAP`]: the step's last bytes.
+const STEP_TAIL_KEPT: usize = 1024 * 1024;
 /// The most of an app's start output copied into an attempt's file: its
 /// last bytes (the rest stays in the slot's log while that keeps it).
 const START_OUTPUT_CAP: u64 = 256 * 1024;
@@ -153,6 +156,95 @@ impl AttemptLog {
         if !buf.ends_with(b"\n") {
             let _ = out.write_all(b"\n");
         }
+    }
+}
+
+/// A build's or hook's output on its way into the attempt's file (or the
+/// slot's log, without one), capped while the step runs: written as it
+/// comes until the file holds [`FILE_CAP`], then only the step's last
+/// [`STEP_TAIL_KEPT`] bytes kept, written when it ends after a line that
+/// says how much was cut. So a build that writes without end fills no
+/// disk; the end of its output, where its error is, stays.
+pub struct StepOutput {
+    file: File,
+    /// What the file may still take before the cap.
+    room: u64,
+    /// The last byte written to the file ended a line.
+    at_line_start: bool,
+    /// The step's output beyond the cap: its last bytes.
+    tail: std::collections::VecDeque<u8>,
+    /// Bytes dropped from the front of `tail`.
+    cut: u64,
+    label: &'static str,
+}
+
+impl StepOutput {
+    /// Append to `path` (opened without following a symlink) the output of
+    /// the step `label` names.
+    pub fn open(path: &Path, label: &'static str) -> std::io::Result<StepOutput> {
+        let file = crate::process::open_log(path)?;
+        let len = file.metadata()?.len();
+        Ok(StepOutput {
+            file,
+            room: FILE_CAP.saturating_sub(len),
+            at_line_start: true,
+            tail: std::collections::VecDeque::new(),
+            cut: 0,
+            label,
+        })
+    }
+
+    /// Take the next `bytes` of the step's output. A write that fails (a
+    /// full disk) is let go: the step does not fail for its log.
+    pub fn write(&mut self, mut bytes: &[u8]) {
+        if self.tail.is_empty() && self.room > 0 {
+            let n = bytes
+                .len()
+                .min(usize::try_from(self.room).unwrap_or(usize::MAX));
+            if n > 0 {
+                let _ = (&self.file).write_all(&bytes[..n]);
+                self.room -= n as u64;
+                self.at_line_start = bytes[n - 1] == b'\n';
+                bytes = &bytes[n..];
+            }
+        }
+        if bytes.is_empty() {
+            return;
+        }
+        self.tail.extend(bytes);
+        let over = self.tail.len().saturating_sub(STEP_TAIL_KEPT);
+        if over > 0 {
+            self.tail.drain(..over);
+            self.cut += over as u64;
+        }
+    }
+
+    /// The step ended: write the tail kept beyond the cap, if any, after a
+    /// line that says how much was cut before it.
+    pub fn finish(self) {
+        if self.tail.is_empty() {
+            return;
+        }
+        let mut text = Vec::with_capacity(self.tail.len() + 200);
+        if self.cut > 0 {
+            if !self.at_line_start {
+                text.push(b'\n');
+            }
+            text.extend_from_slice(
+                format!(
+                    "=== zdd: {} bytes of the {}'s output cut out here (an attempt's file takes {} MiB as it runs, then each step's last {} KiB)\n",
+                    self.cut,
+                    self.label,
+                    FILE_CAP / (1024 * 1024),
+                    STEP_TAIL_KEPT / 1024
+                )
+                .as_bytes(),
+            );
+        }
+        let (a, b) = self.tail.as_slices();
+        text.extend_from_slice(a);
+        text.extend_from_slice(b);
+        let _ = (&self.file).write_all(&text);
     }
 }
 
@@ -425,6 +517,53 @@ mod tests {
         small.end("done");
         let text = std::fs::read_to_string(small.path()).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
+    }
+
+    #[test]
+    fn a_steps_output_is_capped_as_it_comes_keeping_its_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("attempt.log");
+        std::fs::write(&path, "=== zdd: build of 5145c65a3ef0 in slot a: make\n").unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        // 7 MiB in 64 KiB chunks (as the pipe gives them), cut mid-line.
+        let build: Vec<u8> = (0..400_000)
+            .flat_map(|i| format!("build line {i:06}\n").into_bytes())
+            .collect();
+        let mut out = StepOutput::open(&path, "build").unwrap();
+        for chunk in build.chunks(65_536) {
+            out.write(chunk);
+            let len = std::fs::metadata(&path).unwrap().len();
+            assert!(len <= FILE_CAP, "never past the cap while it runs: {len}");
+        }
+        out.finish();
+        let text = std::fs::read(&path).unwrap();
+        let head = (FILE_CAP - before) as usize;
+        let cut = build.len() - head - STEP_TAIL_KEPT;
+        let marker = format!(
+            "=== zdd: {cut} bytes of the build's output cut out here (an attempt's file takes 4 MiB as it runs, then each step's last 1024 KiB)\n"
+        );
+        let mut want = std::fs::read(&path).unwrap()[..before as usize].to_vec();
+        want.extend_from_slice(&build[..head]);
+        want.push(b'\n'); // the head ended mid-line
+        want.extend_from_slice(marker.as_bytes());
+        want.extend_from_slice(&build[build.len() - STEP_TAIL_KEPT..]);
+        assert!(text == want, "head, one line on the cut, the last 1 MiB");
+        assert!(
+            text.ends_with(b"build line 399999\n"),
+            "its end, where the error is"
+        );
+
+        // Past the cap by less than the tail kept: nothing cut, nothing lost.
+        let path = tmp.path().join("small.log");
+        std::fs::write(&path, vec![b'x'; FILE_CAP as usize - 10]).unwrap();
+        let mut out = StepOutput::open(&path, "build").unwrap();
+        out.write(b"0123456789abcdef\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), FILE_CAP);
+        out.write(b"more\n");
+        out.finish();
+        let text = std::fs::read(&path).unwrap();
+        assert!(text.ends_with(b"xx0123456789abcdef\nmore\n"));
+        assert_eq!(text.len() as u64, FILE_CAP + 12);
     }
 
     #[test]

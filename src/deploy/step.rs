@@ -6,6 +6,8 @@ use crate::health::Failure;
 use crate::process::{self, Spec, StepEnd, StopWith};
 use crate::state::{Slot, SlotStatus};
 
+use crate::attempts::StepOutput;
+
 use super::run::Run;
 
 /// A build step or hook zdd runs in a release, by what it is.
@@ -60,6 +62,12 @@ pub(super) fn run_step(
         log: &log,
         run_as: run.config.user.as_ref(),
     };
+    let mut output = StepOutput::open(&log, label).map_err(|e| {
+        Failure::Environment(format!(
+            "cannot open {} for the {label}'s output: {e}",
+            log.display()
+        ))
+    })?;
     let mut step = process::spawn_step(&spec)
         .map_err(|e| Failure::Commit(format!("cannot run the {label}: {e}")))?;
     // Before the app starts, the slot's recorded process is the build or
@@ -67,15 +75,17 @@ pub(super) fn run_step(
     let records_step = run.state.slot(slot).status == SlotStatus::Starting
         && run.state.slot(slot).process.is_none();
     if records_step {
-        run.state.slot_mut(slot).process = Some(step.id.clone());
+        run.state.slot_mut(slot).process = Some(step.started.id.clone());
         if let Err(e) = run.save() {
-            process::stop_group(&step.id, StopWith::KILL, Some(&mut step.child));
+            let started = &mut step.started;
+            process::stop_group(&started.id, StopWith::KILL, Some(&mut started.child));
             return Err(Failure::Commit(e.to_string()));
         }
     }
     // After the swap nothing may be cut short: the deploy is done.
     let interruptible = what.interruptible();
-    let end = process::wait_step(&mut step, interruptible);
+    let end = process::wait_step(&mut step, interruptible, &mut |chunk| output.write(chunk));
+    output.finish();
     if records_step {
         run.state.slot_mut(slot).process = None;
     }

@@ -1,5 +1,5 @@
-//! App processes: spawn in their own process group with output to a log,
-//! run builds and hooks to completion. `identity` proves which groups are
+//! App processes: spawn in their own process group with output to a log;
+//! `step` runs builds and hooks to completion. `identity` proves which groups are
 //! zdd's, `fence` keeps an app's processes where zdd can find them (cgroup,
 //! subreaper, pidfd), `stop` stops one, `protocol` is the two signals zdd
 //! sends a keeper, `logs` owns the log files.
@@ -8,20 +8,20 @@ pub mod fence;
 mod identity;
 mod logs;
 pub mod protocol;
+mod step;
 mod stop;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
-
-use nix::sys::signal::Signal;
+use std::time::Duration;
 
 use crate::user::RunAs;
 
 pub use fence::command_of;
 pub use identity::{boot_id, claims, is_keeper, read_stat, user_of, ProcessId, Stat, Table};
 pub use logs::{log_marker, log_path, log_size, open_log, tail_note, tail_note_since};
+pub use step::{spawn_step, wait_step, RunningStep, StepEnd};
 pub use stop::{stop_group, stop_group_watched, StopReport, StopWith, Stopped};
 
 /// What to run and where: shared by the app, the build and hooks.
@@ -57,12 +57,16 @@ impl Spec<'_> {
     /// `own_group` (the user switch is [`Spec::command_in_group`]'s). With
     /// `user` set, the environment is the user's, not zdd's: see
     /// [`user_env`].
-    pub fn around(&self, mut cmd: Command, own_group: bool) -> std::io::Result<Command> {
+    pub fn around(&self, cmd: Command, own_group: bool) -> std::io::Result<Command> {
         let log = open_log(self.log)?;
-        cmd.current_dir(self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        let mut cmd = self.placed(cmd, own_group);
+        cmd.stdout(log.try_clone()?).stderr(log);
+        Ok(cmd)
+    }
+
+    /// [`Spec::around`] but for the output, which is the caller's to set.
+    fn placed(&self, mut cmd: Command, own_group: bool) -> Command {
+        cmd.current_dir(self.dir).stdin(Stdio::null());
         if own_group {
             new_session(&mut cmd);
         }
@@ -72,7 +76,7 @@ impl Spec<'_> {
         for (k, v) in self.env {
             cmd.env(k, v);
         }
-        Ok(cmd)
+        cmd
     }
 }
 
@@ -236,35 +240,6 @@ pub(crate) fn identify(
     });
     id.cgroup = cgroup;
     Ok(Started { id, child })
-}
-
-/// How a step that runs to completion (build, hook) ended.
-pub enum StepEnd {
-    Exited(ExitStatus),
-    /// zdd got a signal; the step's group was stopped.
-    Interrupted(Signal),
-}
-
-/// Start a build or hook (`sh -c`, not `exec`) in its own process group.
-pub fn spawn_step(spec: &Spec) -> std::io::Result<Started> {
-    spawn(spec, spec.command)
-}
-
-/// Wait for a build or hook to finish. If zdd is signalled meanwhile and
-/// the step is `interruptible`, its group is stopped and that is reported.
-pub fn wait_step(step: &mut Started, interruptible: bool) -> std::io::Result<StepEnd> {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = step.child.try_wait()? {
-            return Ok(StepEnd::Exited(status));
-        }
-        if let Some(sig) = crate::signals::pending().filter(|_| interruptible) {
-            stop_group(&step.id, StopWith::STEP, Some(&mut step.child));
-            let _ = step.child.wait();
-            return Ok(StepEnd::Interrupted(sig));
-        }
-        std::thread::sleep(poll_interval(started.elapsed()));
-    }
 }
 
 /// Poll fast at first (most steps are quick), then back off.

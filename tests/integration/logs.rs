@@ -326,3 +326,47 @@ fn logs_deploy_shows_each_attempts_output_a_failed_builds_error_included() {
         "names the kept ones, newest first: {r:?}"
     );
 }
+
+/// A build that writes without end fills no disk: its attempt's file never
+/// passes the cap while it runs (the build itself looks), and keeps the
+/// build's head and its end, where the error would be.
+#[test]
+fn a_builds_output_is_capped_while_it_runs_and_its_end_is_kept() {
+    let p = Project::live_v1("");
+    let seen = p.path().join("seen-size");
+    let build = format!(
+        "echo the first line of the build\n\
+         yes 'a build that writes without end, line after line' | head -c 8000000\n\
+         echo the last line of the build\n\
+         sleep 0.2\n\
+         stat -c %s \"$ZDD_ROOT\"/logs/deploys/*-deploy-$ZDD_COMMIT.log > {}\n",
+        seen.display()
+    );
+    let v2 = p.commit_with("v2", "", &build);
+    let r = p.zdd(&["deploy", &v2]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let size: u64 = std::fs::read_to_string(&seen)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        size <= 4 * 1024 * 1024,
+        "the attempt's file while the build ran: {size} bytes"
+    );
+    let d = p.zdd(&["logs", "--deploy"]);
+    assert_eq!(d.code, 0, "{d:?}");
+    for want in [
+        "the first line of the build",
+        "bytes of the build's output cut out here",
+        "the last line of the build",
+    ] {
+        assert!(d.stdout.contains(want), "{want:?} in the attempt's file");
+    }
+    assert!(
+        d.stdout.len() <= 4 * 1024 * 1024 + 4096,
+        "{}",
+        d.stdout.len()
+    );
+    p.kill_everything();
+}
