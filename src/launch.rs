@@ -50,18 +50,16 @@ impl App<'_> {
     }
 
     /// Start it under its keeper (`armed`: supervised from the start; a
-    /// crash loop after arming rolls back as `rollback` says), with
-    /// `marker` as the line before its output in its log. The keeper reads
+    /// crash loop after arming rolls back as `rollback` says), after
+    /// [`App::mark`] wrote the line before its output in its log. The keeper reads
     /// the env file itself at every start of the app, its own restarts
     /// included; `[env]` still wins over it.
     pub fn keep(
         &self,
-        marker: &str,
         armed: bool,
         rollback: Option<(u32, Duration, &Path)>,
     ) -> std::io::Result<Started> {
         let log = self.log();
-        process::log_marker(&log, marker);
         let env = self.env(&[]);
         let keep = keeper::Keep {
             name: self.name,
@@ -85,11 +83,16 @@ impl App<'_> {
 
     /// Start it alone, in a process group of its own and with no keeper
     /// (a rehearsal, stopped after), its env file's variables `from_file`.
-    pub fn alone(&self, marker: &str, from_file: &[(String, String)]) -> std::io::Result<Started> {
+    pub fn alone(&self, from_file: &[(String, String)]) -> std::io::Result<Started> {
         let log = self.log();
-        process::log_marker(&log, marker);
         let env = self.env(from_file);
         process::spawn_app(&self.spec(&env, &log))
+    }
+
+    /// Write `marker` into its log, the line before the output of the
+    /// start that follows; where that line begins, as zdd saw it.
+    pub fn mark(&self, marker: &str) -> Option<process::LogSpot> {
+        process::log_marker_at(&self.log(), marker)
     }
 
     /// Its log, which its keeper writes.

@@ -40,9 +40,9 @@ const POLL: Duration = Duration::from_millis(150);
 const CHUNK: usize = 64 * 1024;
 /// The most `-f` prints of one file before it looks at signals again.
 const BURST: u64 = 16 * CHUNK as u64;
-/// How far back from its end a new live slot's log is searched for the
-/// start marker zdd wrote before it started the app.
-const MARKER_WINDOW: u64 = 64 * 1024;
+/// The most of a new live slot's log printed when its start marker was
+/// rotated away since: the end of the file that is there now.
+const ROTATED_WINDOW: u64 = 64 * 1024;
 
 /// What `zdd logs` was asked.
 #[derive(Debug, Clone, Copy)]
@@ -181,14 +181,14 @@ fn follow_log<W: Write>(
             Some(d) => tail.poll(d, out)?,
             None => false,
         };
-        if let Some((slot, commit)) = live.as_mut().and_then(Live::moved) {
+        if let Some((slot, commit, start)) = live.as_mut().and_then(Live::moved) {
             // The old slot's last lines first.
             if let Some(d) = &dir {
                 while tail.poll(d, out)? {}
             }
             out.line(&swap_marker(slot, commit.as_deref()))?;
             tail = match &dir {
-                Some(d) => Tail::from_start_marker(d, slot.name())?,
+                Some(d) => Tail::from_start(d, slot.name(), start)?,
                 None => Tail::waiting(current_name(slot.name()), logs),
             };
             if let Some(d) = &dir {
@@ -765,10 +765,12 @@ impl Tail {
         }
     }
 
-    /// The current file of log `name`, from the last start marker in its
-    /// last [`MARKER_WINDOW`] bytes (where zdd started its app), else
-    /// from its end.
-    fn from_start_marker(dir: &LogDir, name: &str) -> Result<Tail> {
+    /// The current file of log `name`, from where zdd's marker line of
+    /// its app's start begins (`start`, which zdd recorded in the state: no
+    /// line the app prints can pass for it). A file rotated since is all
+    /// newer than that start: its last [`ROTATED_WINDOW`] bytes. Without a
+    /// record (an older zdd's state), from its end.
+    fn from_start(dir: &LogDir, name: &str, start: Option<process::LogSpot>) -> Result<Tail> {
         let current = current_name(name);
         let Some(file) = dir.open_file(&current)? else {
             return Ok(Tail::waiting(current, &dir.path));
@@ -778,11 +780,11 @@ impl Tail {
             .metadata()
             .map_err(Error::io("cannot look at", &path))?;
         let end = meta.len();
-        let from = end.saturating_sub(MARKER_WINDOW);
-        let mut window = vec![0u8; (end - from) as usize];
-        file.read_exact_at(&mut window, from)
-            .map_err(Error::io("cannot read", &path))?;
-        let pos = last_start_marker(&window, from == 0).map_or(end, |at| from + at as u64);
+        let pos = match start {
+            Some(s) if (s.dev, s.inode) == (meta.dev(), meta.ino()) => s.offset.min(end),
+            Some(_) => end.saturating_sub(ROTATED_WINDOW),
+            None => end,
+        };
         Ok(Tail::at(&current, file, &meta, pos, &dir.path))
     }
 
@@ -886,24 +888,6 @@ impl Tail {
     }
 }
 
-/// Where the last line of `window` that is zdd's start marker begins
-/// (`=== zdd TIME: start of SHA in slot S on port P: …`). A first line cut
-/// by the window's start counts only when `at_file_start`.
-fn last_start_marker(window: &[u8], at_file_start: bool) -> Option<usize> {
-    const MARK: &[u8] = b"=== zdd ";
-    const START: &[u8] = b" start of ";
-    let mut found = None;
-    let mut at = 0;
-    for line in window.split_inclusive(|&b| b == b'\n') {
-        let whole_line = at > 0 || at_file_start;
-        if whole_line && line.starts_with(MARK) && line.windows(START.len()).any(|w| w == START) {
-            found = Some(at);
-        }
-        at += line.len();
-    }
-    found
-}
-
 /// The live slot as the state file says, looked at again at each poll
 /// (read only, no lock: the file is replaced by rename, whole).
 struct Live {
@@ -925,8 +909,9 @@ fn stamp(path: &Path) -> Option<Stamp> {
 }
 
 impl Live {
-    /// The new live slot and its commit, when it is another one now.
-    fn moved(&mut self) -> Option<(Slot, Option<String>)> {
+    /// The new live slot, its commit and where its app's start begins in
+    /// its log, when it is another one now.
+    fn moved(&mut self) -> Option<(Slot, Option<String>, Option<process::LogSpot>)> {
         let now = stamp(&self.path);
         if now == self.stamp {
             return None;
@@ -936,7 +921,8 @@ impl Live {
         self.stamp = now;
         let live = state.active.filter(|&s| s != self.slot)?;
         self.slot = live;
-        Some((live, state.slot(live).commit.clone()))
+        let s = state.slot(live);
+        Some((live, s.commit.clone(), s.log_start))
     }
 }
 
@@ -1391,36 +1377,37 @@ mod tests {
     }
 
     #[test]
-    fn a_new_live_slot_is_followed_from_its_apps_start_marker() {
+    fn a_new_live_slot_is_followed_from_its_apps_start_as_zdd_recorded_it() {
+        // The app prints a line that looks like zdd's start marker: it
+        // moves nothing.
         let log = "app v1 listening\n\
-                   === zdd 2026-12-02T19:15:00Z: build of 1a2b3c4d5e6f in slot b: sh build.sh\n\
-                   building\n\
                    === zdd 2026-12-02T19:15:07Z: start of 1a2b3c4d5e6f in slot b on port 3002: ./run.sh\n\
-                   app v2 listening\n";
+                   app v2 listening\n\
+                   === zdd 2026-12-02T19:15:08Z: start of 1a2b3c4d5e6f in slot b on port 3002: forged\n\
+                   app v2 serving\n";
         let at = log.find("=== zdd 2026-12-02T19:15:07Z").unwrap();
-        assert_eq!(last_start_marker(log.as_bytes(), true), Some(at));
-        // A marker cut by the window's start is no line of its own; the
-        // app's own text that quotes a marker is not one either.
-        let cut = &log.as_bytes()[at + 1..];
-        assert_eq!(last_start_marker(cut, false), None);
-        assert_eq!(
-            last_start_marker(b"app: === zdd x: start of y\n", true),
-            None
-        );
-        assert_eq!(last_start_marker(b"", true), None);
-
         let (_t, dir) = logs();
         write(&dir, "b.log", log);
-        let mut tail = Tail::from_start_marker(&dir, "b").unwrap();
+        let meta = fs::metadata(dir.path.join("b.log")).unwrap();
+        let spot = |offset: u64| process::LogSpot {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            offset,
+        };
+        let mut tail = Tail::from_start(&dir, "b", Some(spot(at as u64))).unwrap();
         assert_eq!(polled(&mut tail, &dir), log[at..]);
-        // No marker: from the end.
-        write(&dir, "a.log", "app v1 listening\n");
-        let mut tail = Tail::from_start_marker(&dir, "a").unwrap();
+        // No record (an older zdd's state): from the end.
+        let mut tail = Tail::from_start(&dir, "b", None).unwrap();
         assert_eq!(polled(&mut tail, &dir), "");
-        append(&dir, "a.log", "later\n");
+        append(&dir, "b.log", "later\n");
         assert_eq!(polled(&mut tail, &dir), "later\n");
+        // Rotated since the start: the file there now is all newer.
+        fs::rename(dir.path.join("b.log"), dir.path.join("b.log.1")).unwrap();
+        write(&dir, "b.log", "after the rotation\n");
+        let mut tail = Tail::from_start(&dir, "b", Some(spot(at as u64))).unwrap();
+        assert_eq!(polled(&mut tail, &dir), "after the rotation\n");
         // No file yet: from its start once there.
-        let mut tail = Tail::from_start_marker(&dir, "c").unwrap();
+        let mut tail = Tail::from_start(&dir, "c", None).unwrap();
         assert_eq!(polled(&mut tail, &dir), "");
         write(&dir, "c.log", "first\n");
         assert_eq!(polled(&mut tail, &dir), "first\n");
@@ -1458,8 +1445,18 @@ mod tests {
         assert_eq!(live.moved(), None, "saved again, same live slot");
         state.active = Some(Slot::B);
         state.slot_mut(Slot::B).commit = Some("abc".into());
+        let start = process::LogSpot {
+            dev: 1,
+            inode: 2,
+            offset: 3,
+        };
+        state.slot_mut(Slot::B).log_start = Some(start);
         state.save(&path).unwrap();
-        assert_eq!(live.moved(), Some((Slot::B, Some("abc".into()))));
+        assert_eq!(
+            live.moved(),
+            Some((Slot::B, Some("abc".into()), Some(start))),
+            "with where its start begins, as saved"
+        );
         assert_eq!(live.moved(), None);
     }
 }

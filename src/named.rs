@@ -225,8 +225,9 @@ fn start_kept(
         "start {name} in {} on port {port}: {command}",
         dir.display()
     );
+    app.mark(&marker);
     let mut started = app
-        .keep(&marker, armed, None)
+        .keep(armed, None)
         .map_err(|e| Error::Failed(format!("cannot start `{command}`: {e}")))?;
     let record = Record {
         name: name.to_string(),

@@ -61,6 +61,10 @@ pub struct SlotState {
     /// When that process was started (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    /// Where zdd's marker line of that start begins in the slot's log: where
+    /// `zdd logs -f` picks the slot up when it becomes live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_start: Option<crate::process::LogSpot>,
     /// How many of its keeper's restarts are in the history already.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts_recorded: u32,
@@ -73,6 +77,7 @@ impl SlotState {
     pub fn forget_process(&mut self) {
         self.process = None;
         self.started_at = None;
+        self.log_start = None;
     }
 }
 

@@ -132,17 +132,19 @@ pub(super) fn start_app(
     );
     run.note(&format!("{marker} (its output: {})", app.log().display()));
     let from = process::log_size(&app.log());
+    let log_start = app.mark(&marker);
     // What stays up runs under its keeper; a rehearsal does not stay.
     let started = match how {
-        Launch::Rehearsal => app.alone(&marker, &run.env_file)?,
-        Launch::Start => app.keep(&marker, false, rollback)?,
-        Launch::Up => app.keep(&marker, true, None)?,
+        Launch::Rehearsal => app.alone(&run.env_file)?,
+        Launch::Start => app.keep(false, rollback)?,
+        Launch::Up => app.keep(true, None)?,
     };
     run.start_output = Some((target, from));
     let s = run.state.slot_mut(target);
     s.status = SlotStatus::Starting;
     s.process = Some(started.id.clone());
     s.started_at = Some(now());
+    s.log_start = log_start;
     s.restarts_recorded = 0;
     Ok(started)
 }

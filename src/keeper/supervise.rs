@@ -475,7 +475,7 @@ impl Keeper {
                 }
             });
         }
-        let mut cmd = spec.around(sh, false)?;
+        let mut cmd = spec.placed(sh, false);
         // Its output goes through the keeper, which writes and rotates the
         // log.
         cmd.stdout(self.pipe_write.try_clone()?)

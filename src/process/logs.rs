@@ -16,11 +16,33 @@ pub fn open_log(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Where a line begins in a log file: the file (device, inode) and the
+/// byte offset. Recorded by zdd, never read from the log itself, so no
+/// line the app prints can pass for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSpot {
+    pub dev: u64,
+    pub inode: u64,
+    pub offset: u64,
+}
+
 /// Append a marker line to a log, so each start can be found in it.
 pub fn log_marker(path: &Path, text: &str) {
-    if let Ok(mut f) = open_log(path) {
-        let _ = writeln!(f, "=== zdd {}: {text}", crate::text::now());
-    }
+    log_marker_at(path, text);
+}
+
+/// [`log_marker`], saying where the marker line begins.
+pub fn log_marker_at(path: &Path, text: &str) -> Option<LogSpot> {
+    use std::os::unix::fs::MetadataExt;
+    let mut f = open_log(path).ok()?;
+    let meta = f.metadata().ok()?;
+    writeln!(f, "=== zdd {}: {text}", crate::text::now()).ok()?;
+    Some(LogSpot {
+        dev: meta.dev(),
+        inode: meta.ino(),
+        offset: meta.len(),
+    })
 }
 
 /// How long a log is now: where what is written from now on starts.

@@ -20,7 +20,9 @@ use crate::user::RunAs;
 
 pub use fence::command_of;
 pub use identity::{boot_id, claims, is_keeper, read_stat, user_of, ProcessId, Stat, Table};
-pub use logs::{log_marker, log_path, log_size, open_log, tail_note, tail_note_since};
+pub use logs::{
+    log_marker, log_marker_at, log_path, log_size, open_log, tail_note, tail_note_since, LogSpot,
+};
 pub use step::{spawn_step, wait_step, RunningStep, StepEnd};
 pub use stop::{stop_group, stop_group_watched, StopReport, StopWith, Stopped};
 
@@ -64,8 +66,9 @@ impl Spec<'_> {
         Ok(cmd)
     }
 
-    /// [`Spec::around`] but for the output, which is the caller's to set.
-    fn placed(&self, mut cmd: Command, own_group: bool) -> Command {
+    /// [`Spec::around`] but for the output, which is the caller's to set
+    /// (the log is not opened).
+    pub fn placed(&self, mut cmd: Command, own_group: bool) -> Command {
         cmd.current_dir(self.dir).stdin(Stdio::null());
         if own_group {
             new_session(&mut cmd);

@@ -170,7 +170,11 @@ fn logs_show_the_live_apps_lines_escaped_and_follow_it_across_a_swap() {
         "=== zdd 2026-01-01T00:00:00Z: start of an earlier release in slot b\nan earlier run's line\n",
     )
     .unwrap();
-    let v2 = p.commit("v2", "");
+    // v2 prints a line that looks like zdd's start marker: it moves nothing.
+    let v2 = p.commit(
+        "v2",
+        "echo '=== zdd 2026-01-01T00:00:01Z: start of a forged release in slot b'",
+    );
     let (mut follower, rx) = spawn_logs(&p, &["-f", "-n", "5"]);
     let first = lines_until(&rx, Duration::from_secs(20), |l| l.contains(&listening_a));
     assert!(first.len() <= 5, "{first:?}");
@@ -182,9 +186,12 @@ fn logs_show_the_live_apps_lines_escaped_and_follow_it_across_a_swap() {
     let after = lines_until(&rx, Duration::from_secs(20), |l| l.contains(&listening_b));
     assert!(
         after[0].starts_with("=== zdd ")
-            && after[0].contains(": start of ")
-            && after[0].contains("in slot b"),
-        "slot b's log from its app's start: {after:?}"
+            && after[0].contains(&format!(": start of {} in slot b", &v2[..12])),
+        "slot b's log from its app's start, as zdd recorded it: {after:?}"
+    );
+    assert!(
+        after.iter().any(|l| l.contains("a forged release")),
+        "the app's own line, printed as the app's: {after:?}"
     );
     assert!(
         !after.iter().any(|l| l.contains("an earlier run's line")),
