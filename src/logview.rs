@@ -509,6 +509,7 @@ fn last_lines(
     let current = current_name(name);
     let mut last = Last::default();
     let mut pieces = Vec::new();
+    let mut opened = std::collections::HashSet::new();
     for file_name in files_of(dir, name) {
         let Some(file) = dir.open_file(&file_name)? else {
             continue; // rotated away meanwhile
@@ -518,6 +519,11 @@ fn last_lines(
         let meta = file
             .metadata()
             .map_err(Error::io("cannot look at", &path))?;
+        // A rotation between the listing and this open renamed a file
+        // already read to this name: never the same lines twice.
+        if !opened.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
         let end = meta.len();
         if file_name == current {
             let dup = file.try_clone().map_err(Error::io("cannot read", &path))?;
@@ -1069,6 +1075,16 @@ mod tests {
 
     fn numbered(range: std::ops::Range<usize>) -> String {
         range.map(|i| format!("line {i}\n")).collect()
+    }
+
+    #[test]
+    fn a_file_renamed_under_the_reader_is_not_read_twice() {
+        // As a rotation between the listing and the opens leaves it: the
+        // name listed as a.log.1 is the file already read as a.log.
+        let (_t, dir) = logs();
+        write(&dir, "a.log", &numbered(0..5));
+        fs::hard_link(dir.path.join("a.log"), dir.path.join("a.log.1")).unwrap();
+        assert_eq!(shown(&dir, "a", Some(100), None), numbered(0..5));
     }
 
     #[test]

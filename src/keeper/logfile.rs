@@ -4,8 +4,8 @@
 //! `logs.keep` rotated files, as with logrotate), each line optionally
 //! stamped with an RFC 3339 time. Beside each file a times index
 //! (`NAME.log.times`, lines `SECS OFFSET`: where the first byte written in
-//! that second or later starts) lets `zdd logs --since` start in the right
-//! place. Nothing here ever blocks the app: a write that fails (a full disk)
+//! that second or later starts, or the line it continues) lets `zdd logs
+//! --since` start in the right place, at a line's start. Nothing here ever blocks the app: a write that fails (a full disk)
 //! drops its lines, counts them, and one line says how many once a write
 //! works again.
 
@@ -43,6 +43,10 @@ pub struct LogFile {
     at_line_start: bool,
     /// The last byte written to the file ended a line.
     file_ends_line: bool,
+    /// How much of the line being written is in the file already (an app
+    /// that writes a line in pieces): where an index entry made mid-line
+    /// points back to.
+    partial: u64,
     /// The second of the last index entry.
     indexed_second: Option<u64>,
     /// Lines dropped since the last write that worked, and why.
@@ -63,6 +67,7 @@ impl LogFile {
             size: 0,
             at_line_start: true,
             file_ends_line: true,
+            partial: 0,
             indexed_second: None,
             lost: 0,
             lost_why: String::new(),
@@ -76,6 +81,7 @@ impl LogFile {
         match crate::process::open_log(&self.path) {
             Ok(f) => {
                 self.size = f.metadata().map_or(0, |m| m.len());
+                self.partial = 0;
                 self.file = Some(f);
                 self.times = crate::process::open_log(&times_path(&self.path)).ok();
                 self.indexed_second = None;
@@ -99,11 +105,15 @@ impl LogFile {
     }
 
     /// What the app wrote (any bytes; lines may come in pieces).
-    pub fn write(&mut self, mut data: &[u8]) {
+    pub fn write(&mut self, data: &[u8]) {
+        self.write_at(data, SystemTime::now());
+    }
+
+    /// [`LogFile::write`] at the time `now`.
+    fn write_at(&mut self, mut data: &[u8], now: SystemTime) {
         if data.is_empty() {
             return;
         }
-        let now = SystemTime::now();
         match &self.file {
             None => self.reopen(),
             // zdd's own marker lines are appended beside the keeper's: the
@@ -189,14 +199,22 @@ impl LogFile {
         self.at_line_start = true;
     }
 
-    /// The index entry for the second `now`, once per second.
+    /// The index entry for the second `now`, once per second: where the
+    /// line being written starts (the next one, at a line's start).
     fn index(&mut self, now: SystemTime) {
         let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if self.indexed_second == Some(second) {
             return;
         }
+        let offset = match (
+            self.at_line_start,
+            self.buf.iter().rposition(|&b| b == b'\n'),
+        ) {
+            (true, _) => self.size + self.buf.len() as u64,
+            (false, Some(nl)) => self.size + nl as u64 + 1,
+            (false, None) => self.size.saturating_sub(self.partial),
+        };
         if let Some(times) = &mut self.times {
-            let offset = self.size + self.buf.len() as u64;
             if times
                 .write_all(format!("{second} {offset}\n").as_bytes())
                 .is_ok()
@@ -230,6 +248,10 @@ impl LogFile {
         self.size += written as u64;
         if written > 0 {
             self.file_ends_line = buf[written - 1] == b'\n';
+            self.partial = match buf[..written].iter().rposition(|&b| b == b'\n') {
+                Some(nl) => (written - nl - 1) as u64,
+                None => self.partial + written as u64,
+            };
         }
         match &result {
             Ok(()) => self.lost = 0,
@@ -430,6 +452,25 @@ mod tests {
             .unwrap()
             .as_secs();
         assert!(now - secs.parse::<u64>().unwrap() < 60);
+    }
+
+    #[test]
+    fn an_index_entry_made_mid_line_points_at_the_lines_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut log = LogFile::new(&path, LogPolicy::DEFAULT);
+        let at = |s: u64| UNIX_EPOCH + std::time::Duration::from_secs(s);
+        log.write_at(b"one\ntw", at(100));
+        log.write_at(b"o\nthr", at(101)); // "two" began in second 100
+        log.write_at(b"ee\n", at(102)); // "three" began in second 101
+        log.write_at(b"four\n", at(103));
+        log.finish();
+        let index = std::fs::read_to_string(times_path(&path)).unwrap();
+        assert_eq!(index, "100 0\n101 4\n102 8\n103 14\n");
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (offset, line) in [(4, "two"), (8, "three"), (14, "four")] {
+            assert!(text[offset..].starts_with(line), "{offset}: {text:?}");
+        }
     }
 
     #[test]
