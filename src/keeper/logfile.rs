@@ -12,9 +12,16 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use crate::config::LogPolicy;
+
+/// How long the end of a line the app has not finished yet is held back
+/// (a line written in pieces lands whole in one file, across a rotation);
+/// a prompt or a progress bar without a newline reaches the file after it.
+pub const HOLD: Duration = Duration::from_millis(100);
+/// The most of an unfinished line held back.
+const HOLD_MAX: usize = 64 * 1024;
 
 /// The times index beside a log file.
 pub fn times_path(log: &Path) -> PathBuf {
@@ -49,6 +56,8 @@ pub struct LogFile {
     partial: u64,
     /// The second of the last index entry.
     indexed_second: Option<u64>,
+    /// Since when the end of `buf`, a line not finished yet, is held back.
+    held_since: Option<Instant>,
     /// Lines dropped since the last write that worked, and why.
     lost: u64,
     lost_why: String,
@@ -68,6 +77,7 @@ impl LogFile {
             at_line_start: true,
             file_ends_line: true,
             partial: 0,
+            held_since: None,
             indexed_second: None,
             lost: 0,
             lost_why: String::new(),
@@ -82,6 +92,9 @@ impl LogFile {
             Ok(f) => {
                 self.size = f.metadata().map_or(0, |m| m.len());
                 self.partial = 0;
+                if self.size == 0 {
+                    self.file_ends_line = true;
+                }
                 self.file = Some(f);
                 self.times = crate::process::open_log(&times_path(&self.path)).ok();
                 self.indexed_second = None;
@@ -159,7 +172,22 @@ impl LogFile {
             // Room for the piece, and for a newline if it ends mid-line.
             let needs = (prefix + end + usize::from(!ends_line)) as u64;
             if pending + needs > max && pending > 0 && !self.at_line_start {
-                // A line that would cross the cap: end it here.
+                // A line that would cross the cap. Held back whole (none
+                // of it in the file yet), it goes on in the next file if
+                // it fits in one; else it ends here.
+                let start = self.buf.iter().rposition(|&b| b == b'\n');
+                let whole = start.is_some() || self.file_ends_line;
+                let start = start.map_or(0, |nl| nl + 1);
+                if whole && (self.buf.len() - start) as u64 + needs <= max {
+                    let line = self.buf.split_off(start);
+                    if self.rotate().is_err() {
+                        self.drop_lines(data);
+                        return;
+                    }
+                    self.buf.extend_from_slice(&line);
+                    self.index(now);
+                    continue;
+                }
                 self.buf.push(b'\n');
                 self.at_line_start = true;
             }
@@ -186,7 +214,40 @@ impl LogFile {
             self.at_line_start = data[take - 1] == b'\n';
             data = &data[take..];
         }
-        let _ = self.flush();
+        let _ = self.flush_lines();
+    }
+
+    /// When the line held back is due in the file, if one is.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.held_since.map(|since| since + HOLD)
+    }
+
+    /// Write the line held back once [`HOLD`] has passed.
+    pub fn flush_due(&mut self, now: Instant) {
+        if self.deadline().is_some_and(|due| due <= now) {
+            let _ = self.flush();
+        }
+    }
+
+    /// Write what is buffered up to its last line's end; hold back a line
+    /// not finished yet (at most [`HOLD_MAX`] of it).
+    fn flush_lines(&mut self) -> std::io::Result<()> {
+        let end = self
+            .buf
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |nl| nl + 1);
+        let held = self.buf.len() - end;
+        if held == 0 || held > HOLD_MAX {
+            return self.flush();
+        }
+        let since = self.held_since.take().unwrap_or_else(Instant::now);
+        let line = self.buf.split_off(end);
+        let result = self.flush();
+        self.buf.extend_from_slice(&line);
+        self.at_line_start = false;
+        self.held_since = Some(since);
+        result
     }
 
     /// A line of the keeper's own, whatever the cap (it is short).
@@ -224,8 +285,10 @@ impl LogFile {
         }
     }
 
-    /// Write what is buffered; what cannot be written is counted as lost.
+    /// Write all that is buffered; what cannot be written is counted as
+    /// lost.
     fn flush(&mut self) -> std::io::Result<()> {
+        self.held_since = None;
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -381,6 +444,52 @@ mod tests {
             joined.len()
         );
         assert!(!path.with_extension("log.4").exists());
+    }
+
+    #[test]
+    fn a_line_written_in_pieces_lands_whole_in_the_next_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut log = LogFile::new(&path, policy(100, 2));
+        let first = format!("{}\n", "x".repeat(80));
+        log.write(first.as_bytes());
+        log.write(b"abc");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            first,
+            "the unfinished line is held back"
+        );
+        assert!(log.deadline().is_some());
+        log.write(b"defghijklmnopqrstuvwxyz\n");
+        log.finish();
+        assert_eq!(
+            files(&path, 2),
+            [first, "abcdefghijklmnopqrstuvwxyz\n".into()]
+        );
+    }
+
+    #[test]
+    fn an_unfinished_line_reaches_the_file_once_held_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut log = LogFile::new(&path, LogPolicy::DEFAULT);
+        log.write(b"done\nprompt> ");
+        let due = log.deadline().expect("held back");
+        log.flush_due(due - Duration::from_millis(1));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "done\n");
+        log.flush_due(due);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "done\nprompt> ");
+        assert_eq!(log.deadline(), None);
+        // Its end comes later: the same line.
+        log.write(b"yes\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "done\nprompt> yes\n"
+        );
+        // More than HOLD_MAX without a newline is not held back.
+        log.write(&vec![b'z'; HOLD_MAX + 1]);
+        assert_eq!(log.deadline(), None);
+        assert!(std::fs::metadata(&path).unwrap().len() as usize > HOLD_MAX);
     }
 
     #[test]

@@ -156,9 +156,12 @@ impl Keeper {
     fn supervise(&mut self, signals: &Signals) -> i32 {
         loop {
             let now = Instant::now();
-            let timeout = self
-                .machine
-                .deadline(now)
+            // The machine's next step, or the end of a line the app has
+            // not finished, held back in the log (`logfile::HOLD`).
+            let timeout = [self.machine.deadline(now), self.log.deadline()]
+                .into_iter()
+                .flatten()
+                .min()
                 .map(|at| at.saturating_duration_since(now));
             let woke = match timeout {
                 Some(t) if t.is_zero() => Woke {
@@ -194,6 +197,7 @@ impl Keeper {
                     READS_PER_WAKE
                 });
             }
+            self.log.flush_due(Instant::now());
             if child_event {
                 for child in reap::reap_all() {
                     if Some(child.pid) == self.rollback_pid {

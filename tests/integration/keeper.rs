@@ -335,3 +335,21 @@ fn an_app_that_cannot_start_backs_off_under_its_keeper_and_status_says_why() {
     let log = std::fs::read_to_string(p.root().join("logs/a.log")).unwrap();
     assert!(log.contains("no database"), "{log}");
 }
+
+/// A line the app has not finished (a prompt, a progress bar) is held back
+/// by its keeper, so that a rotation never splits it, and reaches the log
+/// once held for `logfile::HOLD` (100 ms), with nothing after it.
+#[test]
+fn an_unfinished_line_of_the_app_reaches_its_log() {
+    let mut p = Project::new("");
+    p.commit("v1", "(sleep 1; printf 'later> ') &");
+    p.go_live();
+    let log = p.root().join("logs/a.log");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.ends_with("later> "))),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    p.kill_everything();
+}
