@@ -141,7 +141,7 @@ pub enum Command {
         #[command(subcommand)]
         action: MaintenanceAction,
     },
-    /// Write a commented starter zdd.toml in the current folder
+    /// Write a commented starter zdd.toml in the current folder, or at -c PATH
     Init,
     /// Print a shell completion script (e.g. `zdd completions bash > /etc/bash_completion.d/zdd`)
     Completions {

@@ -11,9 +11,9 @@
 //!   runs, against the state file);
 //! - a swap's parts: `steer` (confirm through nginx, drain), `switch` (the
 //!   symlink nginx resolves), `launch` (start and verify an app that stays up),
-//!   `keeper` (the process that keeps an app up),
-//!   `process` (spawn, prove, stop a group), `health`, `git`, `ports`;
+//!   `keeper` (the process that keeps an app up), `health`, `git`, `ports`;
 //! - what zdd keeps: `state` (the state file), `lock`;
+//! - the processes: `process` (spawn, run a step, prove, stop a group);
 //! - plain data: `config` (its file and the env file read through `root`);
 //! - the leaves: `root` (ownership and symlink rules, trusted reads),
 //!   `fsutil` (atomic writes), `tree` (removing a tree another user can

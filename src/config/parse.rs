@@ -148,7 +148,9 @@ impl Source<'_> {
     fn env(&self, raw: BTreeMap<Spanned<String>, String>) -> Result<BTreeMap<String, String>> {
         let mut env = BTreeMap::new();
         for (key, value) in raw {
-            if ["PORT", "ZDD_SLOT", "ZDD_COMMIT", "ZDD_ROOT"].contains(&key.get_ref().as_str()) {
+            let name = key.get_ref().as_str();
+            // zdd's names, now and to come, as for the env file.
+            if name == "PORT" || name.starts_with("ZDD_") {
                 return Err(self.at(
                     Some(key.span()),
                     format!(

@@ -198,6 +198,12 @@ fn env_cannot_override_what_zdd_sets() {
         e.starts_with("/etc/zdd/zdd.toml:5:1: PORT is set by zdd itself"),
         "{e}"
     );
+    // Every ZDD_ name is zdd's, those to come too.
+    let e = err("name = \"s\"\nstart = \"x\"\n[env]\nZDD_FUTURE = \"1\"\n");
+    assert!(
+        e.starts_with("/etc/zdd/zdd.toml:4:1: ZDD_FUTURE is set by zdd itself"),
+        "{e}"
+    );
     let c = parse("name = \"s\"\nstart = \"x\"\n[env]\nA = \"1\"\n").unwrap();
     assert_eq!(c.env.get("A").map(String::as_str), Some("1"));
 }
@@ -351,6 +357,10 @@ fn probe_url_follows_listen() {
 #[test]
 fn the_example_config_parses_with_every_key() {
     let c = parse(include_str!("../../examples/zdd.toml")).unwrap();
+    assert_eq!(c.shared.len(), 1);
+    assert_eq!(c.cache.len(), 1);
+    assert_eq!(c.logs.max_size, 10 * 1024 * 1024);
+    assert_eq!(c.releases.keep, 5);
     assert_eq!(c.nginx.keepalive, 16);
     assert_eq!(c.stop.settle, Duration::ZERO);
     assert_eq!(c.maintenance.retry_after, Duration::from_secs(120));
