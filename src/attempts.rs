@@ -124,32 +124,70 @@ impl AttemptLog {
         crate::fsutil::write_atomic(&self.path, &text, 0o600)
     }
 
-    /// Copy what `slot_log` holds from byte `from` on (its last
-    /// [`START_OUTPUT_CAP`] bytes), under a marker line naming it. A log
-    /// shorter than `from` was rotated meanwhile: all of it is new.
-    pub fn copy_output(&self, slot_log: &Path, from: u64) {
-        let Ok(mut src) = crate::fsutil::open_nofollow(slot_log) else {
+    /// Copy the app's output since `start` — where zdd's start marker
+    /// begins in `slot_log` (its last [`START_OUTPUT_CAP`] bytes) — under a
+    /// marker line naming where it comes from. A log rotated since holds the
+    /// rest: the start is in `SLOT.log.1` (that file, by its inode), else
+    /// further back, and the current file is all newer.
+    pub fn copy_output(&self, slot_log: &Path, start: Option<crate::process::LogSpot>) {
+        use std::os::unix::fs::MetadataExt;
+        let open = |path: &Path| {
+            let file = crate::fsutil::open_nofollow(path).ok()?;
+            let meta = file.metadata().ok()?;
+            Some((
+                file,
+                (meta.dev(), meta.ino()),
+                meta.len(),
+                path.to_path_buf(),
+            ))
+        };
+        let Some((file, id, len, path)) = open(slot_log) else {
             return;
         };
-        let len = src.metadata().map_or(0, |m| m.len());
-        let from = if from > len { 0 } else { from };
-        if len == from {
+        // (file, from, to, path), oldest first.
+        let mut parts = Vec::new();
+        let mut earlier = "";
+        match start {
+            Some(s) if (s.dev, s.inode) == id => parts.push((file, s.offset.min(len), len, path)),
+            Some(s) => {
+                let rotated = crate::keeper::rotated_path(slot_log, 1);
+                match open(&rotated) {
+                    Some((f, rid, rlen, rpath)) if (s.dev, s.inode) == rid => {
+                        parts.push((f, s.offset.min(rlen), rlen, rpath))
+                    }
+                    _ => earlier = "; its earlier part is in the log's older rotated files",
+                }
+                parts.push((file, 0, len, path));
+            }
+            None => parts.push((file, 0, len, path)),
+        }
+        let total: u64 = parts.iter().map(|(_, from, to, _)| to - from).sum();
+        if total == 0 {
             return;
         }
-        let start = from.max(len.saturating_sub(START_OUTPUT_CAP));
-        let left_out = match start - from {
+        let mut skip = total.saturating_sub(START_OUTPUT_CAP);
+        let left_out = match skip {
             0 => String::new(),
             n => format!("; its first {n} bytes are left out here"),
         };
+        let names: Vec<String> = parts
+            .iter()
+            .map(|(_, _, _, p)| p.display().to_string())
+            .collect();
         self.marker(&format!(
-            "the app's output, from {}{left_out}:",
-            slot_log.display()
+            "the app's output, from {}{left_out}{earlier}:",
+            names.join(" and ")
         ));
         let mut buf = Vec::new();
-        if src.seek(SeekFrom::Start(start)).is_err()
-            || src.take(len - start).read_to_end(&mut buf).is_err()
-        {
-            return;
+        for (mut f, from, to, _) in parts {
+            let skipped = skip.min(to - from);
+            skip -= skipped;
+            let from = from + skipped;
+            if f.seek(SeekFrom::Start(from)).is_err()
+                || f.take(to - from).read_to_end(&mut buf).is_err()
+            {
+                return;
+            }
         }
         let mut out = &self.file;
         let _ = out.write_all(&buf);
@@ -573,14 +611,54 @@ mod tests {
         let log = AttemptLog::create(&root, Action::Deploy, SHA, Slot::A).unwrap();
         let slot_log = tmp.path().join("a.log");
         std::fs::write(&slot_log, "before\nlistening\nfailed").unwrap();
-        log.copy_output(&slot_log, 7);
+        let spot = |path: &Path, offset: u64| {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(path).unwrap();
+            Some(crate::process::LogSpot {
+                dev: m.dev(),
+                inode: m.ino(),
+                offset,
+            })
+        };
+        let start = spot(&slot_log, 7);
+        log.copy_output(&slot_log, start);
         let text = std::fs::read_to_string(log.path()).unwrap();
         assert!(!text.contains("before"), "{text}");
         assert!(text.ends_with("listening\nfailed\n"), "{text}");
-        // Rotated since (shorter than where it began): all of it.
-        std::fs::write(&slot_log, "new\n").unwrap();
-        log.copy_output(&slot_log, 100);
+        // Rotated since: the start is in a.log.1, the rest in a.log.
+        let rotated = crate::keeper::rotated_path(&slot_log, 1);
+        std::fs::rename(&slot_log, &rotated).unwrap();
+        std::fs::write(&slot_log, "after the rotation\n").unwrap();
+        log.copy_output(&slot_log, start);
         let text = std::fs::read_to_string(log.path()).unwrap();
-        assert!(text.ends_with(":\nnew\n"), "{text}");
+        assert!(
+            text.ends_with(&format!(
+                "the app's output, from {} and {}:\nlistening\nfailedafter the rotation\n",
+                rotated.display(),
+                slot_log.display()
+            )),
+            "{text}"
+        );
+        // More than the cap across both: the last bytes of the two.
+        let (old, new) = ("o".repeat(200 * 1024), "n".repeat(100 * 1024 - 1) + "\n");
+        std::fs::write(&rotated, format!("x\n{old}")).unwrap();
+        let start2 = spot(&rotated, 2);
+        std::fs::write(&slot_log, &new).unwrap();
+        log.copy_output(&slot_log, start2);
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let skipped = old.len() + new.len() - START_OUTPUT_CAP as usize;
+        let copied = format!("{}{new}", &old[skipped..]);
+        assert!(text.ends_with(&format!(
+            "its first {skipped} bytes are left out here:\n{copied}"
+        )));
+        // Further back than a.log.1: the current file, said so.
+        std::fs::remove_file(&rotated).unwrap();
+        std::fs::write(&slot_log, "after the rotation\n").unwrap();
+        log.copy_output(&slot_log, start);
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(
+            text.ends_with("older rotated files:\nafter the rotation\n"),
+            "{text}"
+        );
     }
 }

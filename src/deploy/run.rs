@@ -45,9 +45,9 @@ pub(super) struct Run<'a> {
     /// slot's log.
     pub(super) attempt_log: Option<AttemptLog>,
     /// An app started in this attempt whose output is still to be copied
-    /// from its slot's log into the attempt's: the slot, and the log's size
-    /// before the start.
-    pub(super) start_output: Option<(Slot, u64)>,
+    /// from its slot's log into the attempt's: the slot, and where the
+    /// start's marker line begins in its log.
+    pub(super) start_output: Option<(Slot, Option<crate::process::LogSpot>)>,
 }
 
 impl<'a> Run<'a> {
@@ -275,8 +275,8 @@ impl<'a> Run<'a> {
     /// slot's log into the attempt's file (once it was verified, or
     /// stopped).
     pub(super) fn copy_start_output(&mut self) {
-        if let (Some((slot, from)), Some(log)) = (self.start_output.take(), &self.attempt_log) {
-            log.copy_output(&self.log_path(slot), from);
+        if let (Some((slot, start)), Some(log)) = (self.start_output.take(), &self.attempt_log) {
+            log.copy_output(&self.log_path(slot), start);
         }
     }
 

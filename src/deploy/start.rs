@@ -131,7 +131,6 @@ pub(super) fn start_app(
         app.command
     );
     run.note(&format!("{marker} (its output: {})", app.log().display()));
-    let from = process::log_size(&app.log());
     let log_start = app.mark(&marker);
     // What stays up runs under its keeper; a rehearsal does not stay.
     let started = match how {
@@ -139,7 +138,7 @@ pub(super) fn start_app(
         Launch::Start => app.keep(false, rollback)?,
         Launch::Up => app.keep(true, None)?,
     };
-    run.start_output = Some((target, from));
+    run.start_output = Some((target, log_start));
     let s = run.state.slot_mut(target);
     s.status = SlotStatus::Starting;
     s.process = Some(started.id.clone());
