@@ -130,29 +130,23 @@ impl AttemptLog {
     /// rest: the start is in `SLOT.log.1` (that file, by its inode), else
     /// further back, and the current file is all newer.
     pub fn copy_output(&self, slot_log: &Path, start: Option<crate::process::LogSpot>) {
-        use std::os::unix::fs::MetadataExt;
         let open = |path: &Path| {
             let file = crate::fsutil::open_nofollow(path).ok()?;
             let meta = file.metadata().ok()?;
-            Some((
-                file,
-                (meta.dev(), meta.ino()),
-                meta.len(),
-                path.to_path_buf(),
-            ))
+            Some((file, meta.len(), path.to_path_buf()))
         };
-        let Some((file, id, len, path)) = open(slot_log) else {
+        let Some((file, len, path)) = open(slot_log) else {
             return;
         };
         // (file, from, to, path), oldest first.
         let mut parts = Vec::new();
         let mut earlier = "";
         match start {
-            Some(s) if (s.dev, s.inode) == id => parts.push((file, s.offset.min(len), len, path)),
+            Some(s) if s.is_in(&file) => parts.push((file, s.offset.min(len), len, path)),
             Some(s) => {
                 let rotated = crate::keeper::rotated_path(slot_log, 1);
                 match open(&rotated) {
-                    Some((f, rid, rlen, rpath)) if (s.dev, s.inode) == rid => {
+                    Some((f, rlen, rpath)) if s.is_in(&f) => {
                         parts.push((f, s.offset.min(rlen), rlen, rpath))
                     }
                     _ => earlier = "; its earlier part is in the log's older rotated files",
@@ -610,7 +604,7 @@ mod tests {
         let root = tmp.path().join("root");
         let log = AttemptLog::create(&root, Action::Deploy, SHA, Slot::A).unwrap();
         let slot_log = tmp.path().join("a.log");
-        std::fs::write(&slot_log, "before\nlistening\nfailed").unwrap();
+        std::fs::write(&slot_log, "before\n=== zdd T: start\nlistening\nfailed").unwrap();
         let spot = |path: &Path, offset: u64| {
             use std::os::unix::fs::MetadataExt;
             let m = std::fs::metadata(path).unwrap();
@@ -624,7 +618,19 @@ mod tests {
         log.copy_output(&slot_log, start);
         let text = std::fs::read_to_string(log.path()).unwrap();
         assert!(!text.contains("before"), "{text}");
-        assert!(text.ends_with("listening\nfailed\n"), "{text}");
+        assert!(
+            text.ends_with(":\n=== zdd T: start\nlistening\nfailed\n"),
+            "{text}"
+        );
+        // An inode reused by another file is no start of this one.
+        std::fs::write(&slot_log, "before\nanother file, the same inode\n").unwrap();
+        log.copy_output(&slot_log, start);
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(
+            text.ends_with(":\nbefore\nanother file, the same inode\n"),
+            "{text}"
+        );
+        std::fs::write(&slot_log, "before\n=== zdd T: start\nlistening\nfailed").unwrap();
         // Rotated since: the start is in a.log.1, the rest in a.log.
         let rotated = crate::keeper::rotated_path(&slot_log, 1);
         std::fs::rename(&slot_log, &rotated).unwrap();
@@ -633,7 +639,7 @@ mod tests {
         let text = std::fs::read_to_string(log.path()).unwrap();
         assert!(
             text.ends_with(&format!(
-                "the app's output, from {} and {}:\nlistening\nfailedafter the rotation\n",
+                "the app's output, from {} and {}:\n=== zdd T: start\nlistening\nfailedafter the rotation\n",
                 rotated.display(),
                 slot_log.display()
             )),
@@ -641,6 +647,7 @@ mod tests {
         );
         // More than the cap across both: the last bytes of the two.
         let (old, new) = ("o".repeat(200 * 1024), "n".repeat(100 * 1024 - 1) + "\n");
+        let old = format!("=== zdd T: start\n{old}");
         std::fs::write(&rotated, format!("x\n{old}")).unwrap();
         let start2 = spot(&rotated, 2);
         std::fs::write(&slot_log, &new).unwrap();

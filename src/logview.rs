@@ -787,8 +787,19 @@ impl Tail {
             .map_err(Error::io("cannot look at", &path))?;
         let end = meta.len();
         let pos = match start {
-            Some(s) if (s.dev, s.inode) == (meta.dev(), meta.ino()) => s.offset.min(end),
-            Some(_) => end.saturating_sub(ROTATED_WINDOW),
+            Some(s) if s.is_in(&file) => s.offset.min(end),
+            // From the first line that starts in the window.
+            Some(_) if end > ROTATED_WINDOW => {
+                let from = end - ROTATED_WINDOW;
+                let mut window = vec![0u8; ROTATED_WINDOW as usize];
+                file.read_exact_at(&mut window, from)
+                    .map_err(Error::io("cannot read", &path))?;
+                window
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(from, |nl| from + nl as u64 + 1)
+            }
+            Some(_) => 0,
             None => end,
         };
         Ok(Tail::at(&current, file, &meta, pos, &dir.path))
@@ -1412,6 +1423,13 @@ mod tests {
         };
         let mut tail = Tail::from_start(&dir, "b", Some(spot(at as u64))).unwrap();
         assert_eq!(polled(&mut tail, &dir), log[at..]);
+        // The same inode, but no marker of zdd's there (a file that reused
+        // the number): as if rotated, from the first line of its last 64 KiB.
+        let other = format!("{}\nwhole line\n", "z".repeat(70 * 1024));
+        write(&dir, "b.log", &other);
+        let mut tail = Tail::from_start(&dir, "b", Some(spot(at as u64))).unwrap();
+        assert_eq!(polled(&mut tail, &dir), "whole line\n");
+        write(&dir, "b.log", log);
         // No record (an older zdd's state): from the end.
         let mut tail = Tail::from_start(&dir, "b", None).unwrap();
         assert_eq!(polled(&mut tail, &dir), "");

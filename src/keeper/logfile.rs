@@ -92,9 +92,7 @@ impl LogFile {
             Ok(f) => {
                 self.size = f.metadata().map_or(0, |m| m.len());
                 self.partial = 0;
-                if self.size == 0 {
-                    self.file_ends_line = true;
-                }
+                self.file_ends_line = self.size == 0 || ends_line(&self.path, self.size);
                 self.file = Some(f);
                 self.times = crate::process::open_log(&times_path(&self.path)).ok();
                 self.indexed_second = None;
@@ -384,6 +382,16 @@ impl LogFile {
     fn set_file(&mut self, file: File) {
         self.file = Some(file);
     }
+}
+
+/// Whether the file at `path`, `size` bytes long, ends a line (an earlier
+/// keeper's, or zdd's marker, may have left it mid-line).
+fn ends_line(path: &Path, size: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8; 1];
+    crate::fsutil::open_nofollow(path)
+        .and_then(|f| f.read_exact_at(&mut last, size - 1))
+        .map_or(true, |()| last[0] == b'\n')
 }
 
 fn rename_if_there(from: &Path, to: &Path) -> std::io::Result<()> {

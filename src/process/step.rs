@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::libc;
 use nix::sys::signal::Signal;
 
-use super::{become_user, identify, poll_interval, stop_group, Spec, Started, StopWith};
+use super::{become_user, identify, poll_interval, stop_group_watched, Spec, Started, StopWith};
 
 /// The most read from a step's pipe between two looks at the step and at
 /// zdd's signals: a step that writes without a pause cannot hold zdd.
@@ -37,6 +37,11 @@ pub struct RunningStep {
 /// opened: [`wait_step`] passes the output on).
 pub fn spawn_step(spec: &Spec) -> std::io::Result<RunningStep> {
     let (output, input) = std::io::pipe()?;
+    // Only zdd's end, before anything runs (it is close-on-exec).
+    nix::fcntl::fcntl(
+        output.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
     let mut sh = Command::new("/bin/sh");
     sh.arg("-c").arg(spec.command);
     let mut cmd = spec.placed(sh, true);
@@ -48,10 +53,6 @@ pub fn spawn_step(spec: &Spec) -> std::io::Result<RunningStep> {
     // zdd's own copies of the write end go with `cmd`: once the step and
     // what it started close theirs, the pipe says so.
     drop(cmd);
-    nix::fcntl::fcntl(
-        output.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )?;
     Ok(RunningStep {
         started,
         output,
@@ -61,8 +62,12 @@ pub fn spawn_step(spec: &Spec) -> std::io::Result<RunningStep> {
 
 /// Wait for a build or hook to finish, passing its output to `out` as it
 /// comes. If zdd is signalled meanwhile and the step is `interruptible`,
-/// its group is stopped and that is reported. What a process the step
-/// left behind writes after the step ended is not waited for.
+/// its group is stopped (its output still read meanwhile: a step that
+/// cleans up, printing, never blocks on a full pipe) and that is
+/// reported. What a process the step left behind writes after the step
+/// ended is not waited for: once zdd's end of the pipe is closed, it gets
+/// SIGPIPE (a hook starts what must keep running with its output
+/// redirected, or under `zdd start`).
 pub fn wait_step(
     step: &mut RunningStep,
     interruptible: bool,
@@ -77,9 +82,19 @@ pub fn wait_step(
             return Ok(StepEnd::Exited(status));
         }
         if let Some(sig) = crate::signals::pending().filter(|_| interruptible) {
-            let child = &mut step.started.child;
-            stop_group(&step.started.id, StopWith::STEP, Some(child));
-            let _ = step.started.child.wait();
+            let RunningStep {
+                started,
+                output,
+                closed,
+            } = step;
+            let mut watch = || pass_on(output, closed, &mut buf, out);
+            stop_group_watched(
+                &started.id,
+                StopWith::STEP,
+                Some(&mut started.child),
+                &mut watch,
+            );
+            let _ = started.child.wait();
             step.pass_on(&mut buf, out);
             return Ok(StepEnd::Interrupted(sig));
         }
@@ -90,19 +105,7 @@ pub fn wait_step(
 impl RunningStep {
     /// Read what the pipe holds now (at most [`READ_BURST`]) into `out`.
     fn pass_on(&mut self, buf: &mut [u8], out: &mut dyn FnMut(&[u8])) {
-        let mut read = 0;
-        while !self.closed && read < READ_BURST {
-            match (&self.output).read(buf) {
-                Ok(0) => self.closed = true,
-                Ok(n) => {
-                    out(&buf[..n]);
-                    read += n;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => self.closed = true,
-            }
-        }
+        pass_on(&self.output, &mut self.closed, buf, out);
     }
 
     /// Until output comes, or `most` passes.
@@ -119,5 +122,29 @@ impl RunningStep {
         let ms = most.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: one valid pollfd, for the duration of the call.
         unsafe { libc::poll(&mut fd, 1, ms) };
+    }
+}
+
+/// Read what `output` holds now (at most [`READ_BURST`]) into `out`;
+/// `closed` once every writer closed it.
+fn pass_on(
+    output: &std::io::PipeReader,
+    closed: &mut bool,
+    buf: &mut [u8],
+    out: &mut dyn FnMut(&[u8]),
+) {
+    let mut reader = output; // `Read` is for `&PipeReader`
+    let mut read = 0;
+    while !*closed && read < READ_BURST {
+        match reader.read(buf) {
+            Ok(0) => *closed = true,
+            Ok(n) => {
+                out(&buf[..n]);
+                read += n;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(_) => *closed = true,
+        }
     }
 }
