@@ -497,12 +497,43 @@ fn signal_master(config: &Config) -> Result<()> {
             }
         )));
     }
+    let before = accepting_workers(pid);
     kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
         Error::Failed(format!(
             "cannot signal nginx (pid {pid} from {}): {e}",
             path.display()
         ))
-    })
+    })?;
+    // The reload is done when no worker of the old config takes a new
+    // connection: a deploy right after must meet the new one.
+    let limit = config.nginx.route_timeout;
+    let t = std::time::Instant::now();
+    while accepting_workers(pid).iter().any(|w| before.contains(w)) {
+        if t.elapsed() >= limit {
+            return Err(Error::Failed(format!(
+                "nginx (pid {pid}) got the reload signal, but after {} its workers are still those of its old config, which keeps serving: nginx could not apply the new one (its error log says why: a port it cannot bind, say)",
+                humantime::format_duration(limit)
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// nginx's workers that take new connections (pid, start time): not those
+/// of an old config that finish their requests after a reload ("worker
+/// process is shutting down", its listening sockets closed).
+fn accepting_workers(master: i32) -> Vec<(i32, u64)> {
+    crate::process::Table::now()
+        .children_of(master)
+        .into_iter()
+        .filter(|&(pid, _)| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|title| {
+                title.starts_with(b"nginx: worker process")
+                    && !title.windows(13).any(|w| w == b"shutting down")
+            })
+        })
+        .collect()
 }
 
 /// How to start the nginx that `test_command` tests: the same command

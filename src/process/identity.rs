@@ -110,6 +110,18 @@ impl Table {
         self.0.get(&pid)
     }
 
+    /// The living children of `parent`, with their start times.
+    pub fn children_of(&self, parent: i32) -> Vec<(i32, u64)> {
+        let mut children: Vec<(i32, u64)> = self
+            .0
+            .iter()
+            .filter(|(_, st)| st.ppid == parent && !st.is_zombie())
+            .map(|(&pid, st)| (pid, st.start_time))
+            .collect();
+        children.sort_unstable();
+        children
+    }
+
     /// The living descendants of `root` by parent links (not `root`
     /// itself), leaving out the subtrees of `skip` (zdd itself, when a
     /// keeper's rollback is what stops that keeper) and of every other

@@ -207,7 +207,11 @@ fn own_server_block_with_the_upstreams_and_snippet_parts() {
         .served()
         .contains("502")));
 
-    assert_eq!(p.zdd(&["deploy"]).code, 0);
+    let r = p.zdd(&["deploy"]);
+    assert_eq!(
+        r.code, 0,
+        "right after the reload, nginx runs the new config: {r:?}"
+    );
     let v2 = p.commit("v2", "");
     let load = Load::start(&p, &["v1", "v2"]);
     for args in [vec!["deploy", v2.as_str()], vec!["rollback"]] {
