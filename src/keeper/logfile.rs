@@ -136,6 +136,20 @@ impl LogFile {
             }
         }
         if self.lost > 0 && self.file.is_some() {
+            // A line held back goes after the note, whole.
+            let held_since = self.held_since;
+            let start = self
+                .buf
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |nl| nl + 1);
+            let held = match held_since {
+                Some(_) => self.buf.split_off(start),
+                None => Vec::new(),
+            };
+            if !held.is_empty() {
+                self.at_line_start = start > 0 || self.file_ends_line;
+            }
             self.own_line(&format!(
                 "=== zdd {}: keeper {}: {} line(s) lost: could not write the log ({})",
                 crate::text::now(),
@@ -146,7 +160,13 @@ impl LogFile {
             // Still failing: they stay counted (the note is no app line),
             // and so do the new ones.
             let lost = self.lost;
-            if self.flush().is_err() {
+            let flushed = self.flush();
+            if !held.is_empty() {
+                self.buf.extend_from_slice(&held);
+                self.at_line_start = false;
+                self.held_since = held_since;
+            }
+            if flushed.is_err() {
                 self.lost = lost;
                 self.drop_lines(data);
                 return;
@@ -619,5 +639,24 @@ mod tests {
         );
         assert_eq!(lines[2], "after");
         assert_eq!(lines.len(), 3);
+
+        // A line held back while the disk was full stays whole, after the
+        // note.
+        log.write(b"half a li");
+        log.set_file(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        );
+        log.write(b"ne\nthe next li");
+        log.set_file(crate::process::open_log(&path).unwrap());
+        log.write(b"ne\n");
+        log.finish();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[3].contains("1 line(s) lost"), "{text}");
+        assert_eq!(lines[4], "the next line", "{text}");
+        assert_eq!(lines.len(), 5, "{text}");
     }
 }
