@@ -73,7 +73,7 @@ pub fn wait_step(
     interruptible: bool,
     out: &mut dyn FnMut(&[u8]),
 ) -> std::io::Result<StepEnd> {
-    let started = Instant::now();
+    let since = Instant::now();
     let mut buf = vec![0; 64 * 1024];
     loop {
         step.pass_on(&mut buf, out);
@@ -98,7 +98,7 @@ pub fn wait_step(
             step.pass_on(&mut buf, out);
             return Ok(StepEnd::Interrupted(sig));
         }
-        step.await_output(poll_interval(started.elapsed()));
+        step.await_output(poll_interval(since.elapsed()));
     }
 }
 
