@@ -31,9 +31,9 @@ MODE=${MODE:-switch}
 
 echo "building release binaries..." >&2
 cargo build --release --quiet --bin zdd --example app --example load
-ZDD=$PWD/target/release/zdd
-APP=$PWD/target/release/examples/app
-LOAD=$PWD/target/release/examples/load
+ZDD=$TARGET_DIR/release/zdd
+APP=$TARGET_DIR/release/examples/app
+LOAD=$TARGET_DIR/release/examples/load
 
 B=$(mktemp -d /tmp/zdd-bench.XXXXXX)
 chmod 755 "$B"   # nginx's workers (nobody) look for zdd's switch file below it

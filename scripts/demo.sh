@@ -12,13 +12,18 @@ cd "$(dirname "$0")/.."
 ensure_nginx
 ensure_git
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings on a terminal; plain text into a file or a pipe.
+if [ -t 1 ]; then
+  say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  say() { printf '\n== %s\n' "$*"; }
+fi
 
-say "building zdd, the example app and the load client (release)"
+say "building zdd, the example app and the load client (release; the first build takes a minute or two)"
 cargo build --release --quiet --bin zdd --example app --example load
-ZDD=$PWD/target/release/zdd
-APP=$PWD/target/release/examples/app
-LOAD=$PWD/target/release/examples/load
+ZDD=$TARGET_DIR/release/zdd
+APP=$TARGET_DIR/release/examples/app
+LOAD=$TARGET_DIR/release/examples/load
 
 DEMO=$(mktemp -d /tmp/zdd-demo.XXXXXX)
 chmod 755 "$DEMO"   # nginx's workers (nobody) look for zdd's switch file below it

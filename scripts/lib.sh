@@ -19,6 +19,8 @@ ensure_git() {
 # venv) and express 4 (npm), pinned in examples/servers/. Installed once
 # into target/app-servers/; reinstalled when the pins change.
 APP_SERVERS=${ZDD_APP_SERVERS:-$PWD/target/app-servers}
+# Where cargo puts what it builds (CARGO_TARGET_DIR, as cargo reads it).
+TARGET_DIR=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 ensure_app_servers() {
   local dir=$APP_SERVERS req=examples/servers/requirements.txt
   local pkg=examples/servers/express/package.json lock=examples/servers/express/package-lock.json
