@@ -142,12 +142,16 @@ impl AttemptLog {
         let mut parts = Vec::new();
         let mut earlier = "";
         match start {
-            Some(s) if s.is_in(&file) => parts.push((file, s.offset.min(len), len, path)),
+            Some(s) if s.is_in(&file) => {
+                let from = after_marker(&file, s.offset, len);
+                parts.push((file, from, len, path))
+            }
             Some(s) => {
                 let rotated = crate::keeper::rotated_path(slot_log, 1);
                 match open(&rotated) {
                     Some((f, rlen, rpath)) if s.is_in(&f) => {
-                        parts.push((f, s.offset.min(rlen), rlen, rpath))
+                        let from = after_marker(&f, s.offset, rlen);
+                        parts.push((f, from, rlen, rpath))
                     }
                     _ => earlier = "; its earlier part is in the log's older rotated files",
                 }
@@ -189,6 +193,19 @@ impl AttemptLog {
             let _ = out.write_all(b"\n");
         }
     }
+}
+
+/// Where the line after zdd's marker at `offset` begins: the attempt's
+/// file has that marker already, as the start it says.
+fn after_marker(file: &File, offset: u64, len: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut line = [0u8; 4096];
+    let n = file.read_at(&mut line, offset).unwrap_or(0);
+    line[..n]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(offset, |nl| offset + nl as u64 + 1)
+        .min(len)
 }
 
 /// A build's or hook's output on its way into the attempt's file (or the
@@ -335,14 +352,17 @@ impl Entry {
         })
     }
 
-    /// "deploy of 5145c65a3ef0 at 2026-12-03T103755.123Z".
+    /// "deploy of 5145c65a3ef0 at 2026-12-03T10:37:55Z", its time as
+    /// `zdd history` writes times.
     fn described(&self) -> String {
-        format!(
-            "{} of {} at {}",
-            self.action,
-            git::short(&self.sha),
-            self.stamp
-        )
+        let s = &self.stamp;
+        let at = match (s.get(..11), s.get(11..13), s.get(13..15), s.get(15..17)) {
+            (Some(day), Some(h), Some(m), Some(sec)) if day.ends_with('T') => {
+                format!("{day}{h}:{m}:{sec}Z")
+            }
+            _ => s.clone(),
+        };
+        format!("{} of {} at {at}", self.action, git::short(&self.sha))
     }
 }
 
@@ -471,6 +491,11 @@ mod tests {
         assert_eq!(e.sha, SHA);
         let again = format!("2026-12-03T103755.123Z.02-rollback-{SHA}.log");
         assert_eq!(Entry::parse(&again).unwrap().action, "rollback");
+        assert_eq!(
+            e.described(),
+            "deploy of 5145c65a3ef0 at 2026-12-03T10:37:55Z",
+            "as zdd history writes times"
+        );
         for bad in [
             "a.log".to_string(),
             format!("2026-12-03T103755.123Z-build-{SHA}.log"),
@@ -619,7 +644,8 @@ mod tests {
         let text = std::fs::read_to_string(log.path()).unwrap();
         assert!(!text.contains("before"), "{text}");
         assert!(
-            text.ends_with(":\n=== zdd T: start\nlistening\nfailed\n"),
+            // From the line after zdd's marker: the attempt's file has its own.
+            text.ends_with("/a.log:\nlistening\nfailed\n"),
             "{text}"
         );
         // An inode reused by another file is no start of this one.
@@ -639,7 +665,7 @@ mod tests {
         let text = std::fs::read_to_string(log.path()).unwrap();
         assert!(
             text.ends_with(&format!(
-                "the app's output, from {} and {}:\n=== zdd T: start\nlistening\nfailedafter the rotation\n",
+                "the app's output, from {} and {}:\nlistening\nfailedafter the rotation\n",
                 rotated.display(),
                 slot_log.display()
             )),
@@ -647,8 +673,7 @@ mod tests {
         );
         // More than the cap across both: the last bytes of the two.
         let (old, new) = ("o".repeat(200 * 1024), "n".repeat(100 * 1024 - 1) + "\n");
-        let old = format!("=== zdd T: start\n{old}");
-        std::fs::write(&rotated, format!("x\n{old}")).unwrap();
+        std::fs::write(&rotated, format!("x\n=== zdd T: start\n{old}")).unwrap();
         let start2 = spot(&rotated, 2);
         std::fs::write(&slot_log, &new).unwrap();
         log.copy_output(&slot_log, start2);
