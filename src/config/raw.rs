@@ -43,8 +43,18 @@ pub fn duration_bounds(key: &str) -> (Duration, Duration) {
 
 /// Parse `100ms`, `30s`, `5m`, `1h` (and combinations like `1m30s`).
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?} ({e}); expected a number with ms, s, m or h, like \"100ms\" or \"30s\""))
+    use humantime::DurationError as E;
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        // One list of units, zdd's: not also the library's own.
+        let why = match e {
+            E::UnknownUnit { unit, .. } => format!("unknown unit {unit:?}"),
+            E::InvalidCharacter(at) => format!("an unexpected character at {}", at + 1),
+            E::NumberExpected(at) => format!("a number expected at {}", at + 1),
+            E::NumberOverflow => "too large".to_string(),
+            E::Empty => "empty".to_string(),
+        };
+        format!("invalid duration {s:?} ({why}); expected a number with ms, s, m or h, like \"100ms\" or \"30s\"")
+    })
 }
 
 #[derive(Deserialize)]

@@ -55,6 +55,15 @@ fn bad_duration_names_the_value() {
         e.starts_with("/etc/zdd/zdd.toml:4:11: invalid duration \"soon\""),
         "{e}"
     );
+    // One list of units, zdd's.
+    let e = err("name = \"s\"\nstart = \"x\"\n[stop]\ntimeout = \"30x\"\n");
+    assert!(
+        e.contains(
+            "invalid duration \"30x\" (unknown unit \"x\"); expected a number with ms, s, m or h"
+        ),
+        "{e}"
+    );
+    assert!(!e.contains("supported units"), "{e}");
 }
 
 #[test]
