@@ -80,8 +80,14 @@ pub type Verified = Result<(), Failure>;
 /// at once, with its exit status), `health.timeout` passes, or zdd is
 /// signalled. The first probe is immediate; the next ones come after 2 ms,
 /// doubling up to `health.interval`, so a fast app is seen ready within a
-/// few milliseconds without hammering a slow one.
-pub fn wait_ready(health: &Health, checker: &Checker, started: &mut Started) -> Verified {
+/// few milliseconds without hammering a slow one. `watch` sees how long it
+/// has waited, after each check that did not pass.
+pub fn wait_ready(
+    health: &Health,
+    checker: &Checker,
+    started: &mut Started,
+    watch: &mut dyn FnMut(&mut Started, Duration),
+) -> Verified {
     let t = Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
@@ -98,6 +104,7 @@ pub fn wait_ready(health: &Health, checker: &Checker, started: &mut Started) -> 
         if let Some(status) = started.exited() {
             return exited_during_start_up(status);
         }
+        watch(started, t.elapsed());
         if t.elapsed() >= health.timeout {
             return Err(Failure::Commit(format!(
                 "not healthy after {} (last check of {}: {last})",

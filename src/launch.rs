@@ -151,7 +151,20 @@ pub fn verify(
     then: impl FnOnce() -> Verified,
 ) -> Verified {
     let checker = Checker::new(health, port);
-    let verdict = match health::wait_ready(health, &checker, started) {
+    // An app that listens, but elsewhere, is said while zdd still waits.
+    let mut said = false;
+    let mut watch = |started: &mut Started, waited: Duration| {
+        if !said && waited >= SAY_ELSEWHERE_AFTER {
+            said = true;
+            if let Some(elsewhere) = listens_elsewhere(started, port) {
+                log::warn!(
+                    "{elsewhere}; still waiting for its health check (at most health.timeout, {})",
+                    humantime::format_duration(health.timeout)
+                );
+            }
+        }
+    };
+    let verdict = match health::wait_ready(health, &checker, started, &mut watch) {
         // The answer must have come from the new app, not from something
         // else that holds the port.
         Ok(()) => match answered_by(started, port) {
@@ -188,6 +201,9 @@ fn could_not_start((root, name): (&Path, &str), started: &mut Started) -> Option
     let why = keeper::read_status(root, name, started.id.pid)?.start_failed?;
     Some(format!("its keeper could not start the app: {why}"))
 }
+
+/// How long a start waits before it says that the app listens elsewhere.
+const SAY_ELSEWHERE_AFTER: Duration = Duration::from_secs(2);
 
 /// Where the app listens, said when it is not where the health check
 /// looks (`127.0.0.1:$PORT`): a `start` that ignores `$PORT`, or binds

@@ -48,7 +48,7 @@ pub(super) fn fetch_and_resolve(
             true => format!(
                 "unknown commit {:?}: not a sha, tag or branch in {repo}{}",
                 wanted.as_str(),
-                duration_hint(wanted.as_str())
+                hint(wanted.as_str(), &run.config.branch)
             ),
             false => format!(
                 "branch {:?} not found in {repo}; set `branch` in the config",
@@ -63,9 +63,16 @@ pub(super) fn fetch_and_resolve(
     })
 }
 
-/// An unknown COMMIT that reads as a duration was meant for `--wait`,
-/// which takes its value after `=` only (a bare `--wait` waits forever).
-fn duration_hint(commit: &str) -> String {
+/// What an unknown COMMIT may have meant: `HEAD`, which zdd's copy of
+/// the repository has none of (it fetches branches and tags), or a
+/// duration for `--wait`, which takes its value after `=` only (a bare
+/// `--wait` waits forever).
+fn hint(commit: &str, branch: &str) -> String {
+    if commit.eq_ignore_ascii_case("HEAD") {
+        return format!(
+            "; zdd's copy of the repository has branches and tags, no HEAD: `zdd deploy` alone deploys the tip of {branch}"
+        );
+    }
     match crate::config::parse_duration(commit) {
         Ok(_) => {
             format!("; to wait at most {commit} for the lock, write --wait={commit} (with the =)")

@@ -288,12 +288,20 @@ fn an_app_listening_elsewhere_is_named_with_the_port_it_should_use() {
     let p = Project::new("");
     let elsewhere = free_port();
     p.commit("v1-elsewhere", &format!("export PORT={elsewhere}"));
-    p.edit_config(|c| c.replace("timeout = \"15s\"", "timeout = \"1s\""));
+    p.edit_config(|c| c.replace("timeout = \"15s\"", "timeout = \"3s\""));
     let r = p.zdd(&["deploy"]);
     assert_eq!(r.code, 1, "{r:?}");
+    // Said while zdd still waits (after 2 s), not only at the end.
     assert!(
         r.stderr.contains(&format!(
-            "failed: the app listens on 127.0.0.1:{elsewhere}, not on 127.0.0.1:$PORT ({}): make `start` listen on 127.0.0.1 and the port zdd sets in $PORT; not healthy after 1s",
+            "the app listens on 127.0.0.1:{elsewhere}, not on 127.0.0.1:$PORT ({}): make `start` listen on 127.0.0.1 and the port zdd sets in $PORT; still waiting for its health check (at most health.timeout, 3s)",
+            p.ports[0]
+        )),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains(&format!(
+            "failed: the app listens on 127.0.0.1:{elsewhere}, not on 127.0.0.1:$PORT ({}): make `start` listen on 127.0.0.1 and the port zdd sets in $PORT; not healthy after 3s",
             p.ports[0]
         )),
         "{r:?}"
@@ -375,6 +383,14 @@ fn small_things_a_newcomer_met() {
                 .replace("REPO", &p.repo().display().to_string())
                 .as_str()
         ),
+        "{r:?}"
+    );
+    // `zdd deploy HEAD`: what zdd's copy of the repository has instead.
+    let r = run_bounded(zdd_cmd(&p, &["deploy", "HEAD"]), Duration::from_secs(60));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("no HEAD: `zdd deploy` alone deploys the tip of main"),
         "{r:?}"
     );
 
