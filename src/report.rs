@@ -428,6 +428,9 @@ fn status_text(r: &StatusReport) -> String {
     out.push_str(&format!("next deploy goes to slot {}", r.next_deploy));
     match &r.rollback_to {
         Some(c) => out.push_str(&format!("; `zdd rollback` brings back {}\n", git::short(c))),
+        None if r.active.is_some() => out.push_str(
+            "; nothing older than the live release to roll back to (`zdd releases` lists the kept ones)\n",
+        ),
         None => out.push_str("; nothing to roll back to\n"),
     }
     if let Some(h) = &r.last {
