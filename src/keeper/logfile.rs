@@ -135,42 +135,10 @@ impl LogFile {
                 }
             }
         }
-        if self.lost > 0 && self.file.is_some() {
-            // A line held back goes after the note, whole.
-            let held_since = self.held_since;
-            let start = self
-                .buf
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |nl| nl + 1);
-            let held = match held_since {
-                Some(_) => self.buf.split_off(start),
-                None => Vec::new(),
-            };
-            if !held.is_empty() {
-                self.at_line_start = start > 0 || self.file_ends_line;
-            }
-            self.own_line(&format!(
-                "=== zdd {}: keeper {}: {} line(s) lost: could not write the log ({})",
-                crate::text::now(),
-                std::process::id(),
-                self.lost,
-                self.lost_why
-            ));
-            // Still failing: they stay counted (the note is no app line),
-            // and so do the new ones.
-            let lost = self.lost;
-            let flushed = self.flush();
-            if !held.is_empty() {
-                self.buf.extend_from_slice(&held);
-                self.at_line_start = false;
-                self.held_since = held_since;
-            }
-            if flushed.is_err() {
-                self.lost = lost;
-                self.drop_lines(data);
-                return;
-            }
+        if self.lost > 0 && self.file.is_some() && !self.note_lost() {
+            // Still failing: the new lines are lost too, and counted.
+            self.drop_lines(data);
+            return;
         }
         let stamp = if self.policy.timestamps {
             format!("{} ", humantime::format_rfc3339_micros(now))
@@ -235,6 +203,45 @@ impl LogFile {
         let _ = self.flush_lines();
     }
 
+    /// Before anything more reaches the file after lines were lost: the
+    /// line that says how many (a line held back goes after it, whole).
+    /// `false` while it cannot be written: the count stands.
+    fn note_lost(&mut self) -> bool {
+        let held_since = self.held_since;
+        let start = self
+            .buf
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |nl| nl + 1);
+        let held = match held_since {
+            Some(_) => self.buf.split_off(start),
+            None => Vec::new(),
+        };
+        if !held.is_empty() {
+            self.at_line_start = start > 0 || self.file_ends_line;
+        }
+        self.own_line(&format!(
+            "=== zdd {}: keeper {}: {} line(s) lost: could not write the log ({})",
+            crate::text::now(),
+            std::process::id(),
+            self.lost,
+            self.lost_why
+        ));
+        // The note is no app line: a failed one adds nothing to the count.
+        let lost = self.lost;
+        let flushed = self.flush();
+        if !held.is_empty() {
+            self.buf.extend_from_slice(&held);
+            self.at_line_start = false;
+            self.held_since = held_since;
+        }
+        self.lost = match flushed {
+            Ok(()) => 0,
+            Err(_) => lost,
+        };
+        flushed.is_ok()
+    }
+
     /// When the line held back is due in the file, if one is.
     pub fn deadline(&self) -> Option<Instant> {
         self.held_since.map(|since| since + HOLD)
@@ -243,7 +250,18 @@ impl LogFile {
     /// Write the line held back once [`HOLD`] has passed.
     pub fn flush_due(&mut self, now: Instant) {
         if self.deadline().is_some_and(|due| due <= now) {
-            let _ = self.flush();
+            // After a loss, the note first; while it cannot be written,
+            // the line held back is lost too (never held on: no spin).
+            if self.lost == 0 || self.note_lost() {
+                let _ = self.flush();
+            } else {
+                let held = std::mem::take(&mut self.buf);
+                self.drop_lines(&held);
+                self.buf = held;
+                self.buf.clear();
+                self.held_since = None;
+                self.at_line_start = self.file_ends_line;
+            }
         }
     }
 
@@ -334,14 +352,13 @@ impl LogFile {
                 None => self.partial + written as u64,
             };
         }
-        match &result {
-            Ok(()) => self.lost = 0,
-            Err(e) => {
-                self.lost_why = e.to_string();
-                self.drop_lines(&buf[written..]);
-                // What follows starts where the file ends.
-                self.at_line_start = self.file_ends_line;
-            }
+        // A write that works does not end a loss: only the note that says
+        // so does (`note_lost`).
+        if let Err(e) = &result {
+            self.lost_why = e.to_string();
+            self.drop_lines(&buf[written..]);
+            // What follows starts where the file ends.
+            self.at_line_start = self.file_ends_line;
         }
         // The allocation is kept for the next chunk.
         self.buf = buf;
@@ -608,6 +625,35 @@ mod tests {
         for (offset, line) in [(4, "two"), (8, "three"), (14, "four")] {
             assert!(text[offset..].starts_with(line), "{offset}: {text:?}");
         }
+    }
+
+    #[test]
+    fn a_line_held_back_through_a_loss_comes_after_the_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut log = LogFile::new(&path, LogPolicy::DEFAULT);
+        log.write(b"before\nhalf");
+        log.set_file(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        );
+        log.write(b" a line\nthe next"); // the first is lost, the next held
+        assert_eq!(log.lost, 1);
+        log.set_file(crate::process::open_log(&path).unwrap());
+        // Space again, and the held line is due before anything else comes:
+        // the note still goes first.
+        let due = log.deadline().expect("held");
+        log.flush_due(due);
+        log.write(b" one\n");
+        log.finish();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "before", "{text}");
+        assert!(lines[1].contains("1 line(s) lost"), "{text}");
+        assert_eq!(lines[2], "the next one", "{text}");
+        assert_eq!(lines.len(), 3, "{text}");
     }
 
     #[test]
