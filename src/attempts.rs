@@ -198,13 +198,8 @@ impl AttemptLog {
 /// Where the line after zdd's marker at `offset` begins: the attempt's
 /// file has that marker already, as the start it says.
 fn after_marker(file: &File, offset: u64, len: u64) -> u64 {
-    use std::os::unix::fs::FileExt;
-    let mut line = [0u8; 4096];
-    let n = file.read_at(&mut line, offset).unwrap_or(0);
-    line[..n]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(offset, |nl| offset + nl as u64 + 1)
+    crate::process::next_line_start(file, offset + 1, 4096)
+        .unwrap_or(offset)
         .min(len)
 }
 

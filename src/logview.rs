@@ -789,17 +789,10 @@ impl Tail {
         let pos = match start {
             Some(s) if s.is_in(&file) => s.offset.min(end),
             // From the first line that starts in the window.
-            Some(_) if end > ROTATED_WINDOW => {
-                let from = end - ROTATED_WINDOW;
-                let mut window = vec![0u8; ROTATED_WINDOW as usize];
-                file.read_exact_at(&mut window, from)
-                    .map_err(Error::io("cannot read", &path))?;
-                window
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(from, |nl| from + nl as u64 + 1)
+            Some(_) => {
+                let from = end.saturating_sub(ROTATED_WINDOW);
+                process::next_line_start(&file, from, ROTATED_WINDOW as usize).unwrap_or(from)
             }
-            Some(_) => 0,
             None => end,
         };
         Ok(Tail::at(&current, file, &meta, pos, &dir.path))

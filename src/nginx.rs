@@ -528,9 +528,8 @@ fn accepting_workers(master: i32) -> Vec<(i32, u64)> {
         .children_of(master)
         .into_iter()
         .filter(|&(pid, _)| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|title| {
-                title.starts_with(b"nginx: worker process")
-                    && !title.windows(13).any(|w| w == b"shutting down")
+            crate::process::command_of(pid).is_some_and(|title| {
+                title.starts_with("nginx: worker process") && !title.contains("shutting down")
             })
         })
         .collect()

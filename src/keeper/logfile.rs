@@ -92,7 +92,7 @@ impl LogFile {
             Ok(f) => {
                 self.size = f.metadata().map_or(0, |m| m.len());
                 self.partial = 0;
-                self.file_ends_line = self.size == 0 || ends_line(&self.path, self.size);
+                self.file_ends_line = crate::process::ends_line(&f, self.size);
                 self.file = Some(f);
                 self.times = crate::process::open_log(&times_path(&self.path)).ok();
                 self.indexed_second = None;
@@ -161,9 +161,9 @@ impl LogFile {
                 // A line that would cross the cap. Held back whole (none
                 // of it in the file yet), it goes on in the next file if
                 // it fits in one; else it ends here.
-                let start = self.buf.iter().rposition(|&b| b == b'\n');
+                let start = self.unfinished_from();
                 let whole = start.is_some() || self.file_ends_line;
-                let start = start.map_or(0, |nl| nl + 1);
+                let start = start.unwrap_or(0);
                 if whole && (self.buf.len() - start) as u64 + needs <= max {
                     let line = self.buf.split_off(start);
                     if self.rotate().is_err() {
@@ -208,11 +208,7 @@ impl LogFile {
     /// `false` while it cannot be written: the count stands.
     fn note_lost(&mut self) -> bool {
         let held_since = self.held_since;
-        let start = self
-            .buf
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |nl| nl + 1);
+        let start = self.unfinished_from().unwrap_or(0);
         let held = match held_since {
             Some(_) => self.buf.split_off(start),
             None => Vec::new(),
@@ -242,6 +238,12 @@ impl LogFile {
         flushed.is_ok()
     }
 
+    /// Where in `buf` the line not finished yet begins: after its last
+    /// newline; `None` when `buf` holds none (the line began before it).
+    fn unfinished_from(&self) -> Option<usize> {
+        self.buf.iter().rposition(|&b| b == b'\n').map(|nl| nl + 1)
+    }
+
     /// When the line held back is due in the file, if one is.
     pub fn deadline(&self) -> Option<Instant> {
         self.held_since.map(|since| since + HOLD)
@@ -268,11 +270,7 @@ impl LogFile {
     /// Write what is buffered up to its last line's end; hold back a line
     /// not finished yet (at most [`HOLD_MAX`] of it).
     fn flush_lines(&mut self) -> std::io::Result<()> {
-        let end = self
-            .buf
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |nl| nl + 1);
+        let end = self.unfinished_from().unwrap_or(0);
         let held = self.buf.len() - end;
         if held == 0 || held > HOLD_MAX {
             return self.flush();
@@ -303,12 +301,9 @@ impl LogFile {
         if self.indexed_second == Some(second) {
             return;
         }
-        let offset = match (
-            self.at_line_start,
-            self.buf.iter().rposition(|&b| b == b'\n'),
-        ) {
+        let offset = match (self.at_line_start, self.unfinished_from()) {
             (true, _) => self.size + self.buf.len() as u64,
-            (false, Some(nl)) => self.size + nl as u64 + 1,
+            (false, Some(start)) => self.size + start as u64,
             (false, None) => self.size.saturating_sub(self.partial),
         };
         if let Some(times) = &mut self.times {
@@ -421,16 +416,6 @@ impl LogFile {
     }
 }
 
-/// Whether the file at `path`, `size` bytes long, ends a line (an earlier
-/// keeper's, or zdd's marker, may have left it mid-line).
-fn ends_line(path: &Path, size: u64) -> bool {
-    use std::os::unix::fs::FileExt;
-    let mut last = [0u8; 1];
-    crate::fsutil::open_nofollow(path)
-        .and_then(|f| f.read_exact_at(&mut last, size - 1))
-        .map_or(true, |()| last[0] == b'\n')
-}
-
 fn rename_if_there(from: &Path, to: &Path) -> std::io::Result<()> {
     match std::fs::rename(from, to) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -448,6 +433,14 @@ mod tests {
             keep,
             timestamps: false,
         }
+    }
+
+    /// /dev/full: every write fails with ENOSPC, at once (never blocks).
+    fn full_disk() -> File {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
     }
 
     /// Every file of the log, oldest first.
@@ -633,12 +626,7 @@ mod tests {
         let path = dir.path().join("a.log");
         let mut log = LogFile::new(&path, LogPolicy::DEFAULT);
         log.write(b"before\nhalf");
-        log.set_file(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open("/dev/full")
-                .unwrap(),
-        );
+        log.set_file(full_disk());
         log.write(b" a line\nthe next"); // the first is lost, the next held
         assert_eq!(log.lost, 1);
         log.set_file(crate::process::open_log(&path).unwrap());
@@ -662,13 +650,7 @@ mod tests {
         let path = dir.path().join("a.log");
         let mut log = LogFile::new(&path, LogPolicy::DEFAULT);
         log.write(b"before\n");
-        // /dev/full: every write fails with ENOSPC, at once (never blocks).
-        log.set_file(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open("/dev/full")
-                .unwrap(),
-        );
+        log.set_file(full_disk());
         log.write(b"lost 1\nlost 2\n");
         log.write(b"lost 3\n");
         assert_eq!(log.lost, 3);
@@ -689,12 +671,7 @@ mod tests {
         // A line held back while the disk was full stays whole, after the
         // note.
         log.write(b"half a li");
-        log.set_file(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open("/dev/full")
-                .unwrap(),
-        );
+        log.set_file(full_disk());
         log.write(b"ne\nthe next li");
         log.set_file(crate::process::open_log(&path).unwrap());
         log.write(b"ne\n");

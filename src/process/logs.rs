@@ -5,11 +5,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// Open a log for appending, never through a symlink.
+/// Open a log for appending (and reading: whether it ends a line, see
+/// [`ends_line`]), never through a symlink.
 pub fn open_log(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
@@ -74,20 +76,10 @@ pub fn log_marker(path: &Path, text: &str) {
 /// taken after it. When the write fails (a full disk), where it would
 /// have begun: what follows is still the start's.
 pub fn log_marker_at(path: &Path, text: &str) -> Option<LogSpot> {
-    use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-    // As `open_log`, and readable: is its last byte a line's end?
-    let mut f = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .ok()?;
+    use std::os::unix::fs::MetadataExt;
+    let mut f = open_log(path).ok()?;
     let meta = f.metadata().ok()?;
-    let mut last = [0u8; 1];
-    let mid_line =
-        meta.len() > 0 && f.read_exact_at(&mut last, meta.len() - 1).is_ok() && last[0] != b'\n';
+    let mid_line = !ends_line(&f, meta.len());
     let line = format!(
         "{}=== zdd {}: {text}\n",
         if mid_line { "\n" } else { "" },
@@ -105,6 +97,33 @@ pub fn log_marker_at(path: &Path, text: &str) -> Option<LogSpot> {
         inode: meta.ino(),
         offset,
     })
+}
+
+/// Whether `file`, `len` bytes long, ends a line (an empty one does; one
+/// that cannot be read is taken to).
+pub fn ends_line(file: &File, len: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8; 1];
+    len == 0
+        || file
+            .read_exact_at(&mut last, len - 1)
+            .map_or(true, |()| last[0] == b'\n')
+}
+
+/// Where the first line that begins at or after `from` (within `scan`
+/// bytes of it) begins: `from` itself at the file's start, else just
+/// after the next newline; `None` when none comes within `scan`.
+pub fn next_line_start(file: &File, from: u64, scan: usize) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    if from == 0 {
+        return Some(0);
+    }
+    let mut window = vec![0u8; scan];
+    let n = file.read_at(&mut window, from - 1).ok()?;
+    window[..n]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|nl| from - 1 + nl as u64 + 1)
 }
 
 /// How long a log is now: where what is written from now on starts.

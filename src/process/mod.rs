@@ -21,7 +21,8 @@ use crate::user::RunAs;
 pub use fence::command_of;
 pub use identity::{boot_id, claims, is_keeper, read_stat, user_of, ProcessId, Stat, Table};
 pub use logs::{
-    log_marker, log_marker_at, log_path, log_size, open_log, tail_note, tail_note_since, LogSpot,
+    ends_line, log_marker, log_marker_at, log_path, log_size, next_line_start, open_log, tail_note,
+    tail_note_since, LogSpot,
 };
 pub use step::{spawn_step, wait_step, RunningStep, StepEnd};
 pub use stop::{stop_group, stop_group_watched, StopReport, StopWith, Stopped};
